@@ -1,0 +1,144 @@
+//! `portcullis serve`: validate the configuration and run the platform.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use portcullis_config::{Action, Mode, PlatformConfig, SpaceName};
+
+use super::{load_config, Global};
+use crate::output::{print_json, Format};
+use crate::EXIT_OK;
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+#[command(long_about = "Validate a platform configuration and run the platform's servers.\n\n\
+With --check, only validate the file and print a summary of what would run; \
+exit 2 if the file is invalid.")]
+pub struct Args {
+    /// Platform configuration file (TOML).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: PathBuf,
+
+    /// Only validate the configuration and print a summary; start nothing.
+    #[arg(long)]
+    check: bool,
+
+    /// Summary format for --check: "table" (text for people) or "json" (the
+    /// validated configuration with every default filled in).
+    #[arg(long, value_enum, default_value_t = Format::Table, value_name = "FORMAT")]
+    format: Format,
+}
+
+/// Runs `serve`.
+pub async fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
+    let config = load_config(&args.config)?;
+    let data_dir = global.data_dir(config.data_dir.as_deref())?;
+
+    if args.check {
+        match args.format {
+            Format::Json => print_json(&serde_json::json!({
+                "kind": "config_check",
+                "valid": true,
+                "data_dir": data_dir,
+                "config": config,
+            }))?,
+            Format::Table => print!("{}", summary(&config, &data_dir)),
+        }
+        return Ok(EXIT_OK);
+    }
+
+    let store = global.open_store(config.store_url.as_deref(), config.data_dir.as_deref()).await?;
+    tracing::info!(config = %args.config.display(), data_dir = %data_dir.display(), backend = %store.backend(), "platform starting");
+
+    // NOTE: the store is the only part run here so far; the listeners are
+    // started by this command as their crates are added.
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tracing::info!("platform stopping");
+    store.close().await;
+    Ok(EXIT_OK)
+}
+
+/// Formats the short summary printed by `serve --check`.
+fn summary(config: &PlatformConfig, data_dir: &std::path::Path) -> String {
+    let mut lines = vec![format!("configuration is valid: {}", config.source.display())];
+    let mut row = |key: &str, value: String| lines.push(format!("  {key:<15}{value}"));
+
+    row("trust domain", config.trust_domain.clone());
+    row("data directory", data_dir.display().to_string());
+    row(
+        "store",
+        match &config.store_url {
+            Some(url) if url.starts_with("sqlite:") => format!("SQLite {url}"),
+            Some(_) => "PostgreSQL (store.url)".into(),
+            None => format!("SQLite {}", data_dir.join(portcullis_store::SQLITE_FILE).display()),
+        },
+    );
+    let l = &config.listeners;
+    row("listeners", format!("gateway {}, egress {}, token {}, operator {}", l.gateway, l.egress, l.token, l.operator));
+    for service in &config.services {
+        row(
+            "service",
+            format!(
+                "{} -> {} ({} routes, scopes {})",
+                service.name,
+                service.upstream,
+                service.routes.len(),
+                service.scopes.join(" ")
+            ),
+        );
+    }
+    for (name, space) in &config.spaces {
+        let egress = match &space.egress_allow_hosts {
+            None => "platform egress list".to_owned(),
+            Some(hosts) => format!("{} egress hosts", hosts.len()),
+        };
+        let label = match name {
+            SpaceName::Live => "space live",
+            SpaceName::Sandbox => "space sandbox",
+        };
+        row(label, format!("services {}; {egress}", space.services.join(", ")));
+    }
+    let policies: Vec<String> = config
+        .guard
+        .policies
+        .iter()
+        .map(|p| {
+            let action = match p.action {
+                Action::Ban => "ban",
+                Action::Throttle { .. } => "throttle",
+            };
+            let mode = if p.mode == Mode::Report { ", report only" } else { "" };
+            format!("{} ({action}{mode})", p.name)
+        })
+        .collect();
+    row("guard", format!("{} policies: {}", policies.len(), policies.join(", ")));
+    let e = &config.egress;
+    let ports: Vec<String> = e.allow_ports.iter().map(u16::to_string).collect();
+    row(
+        "egress",
+        format!(
+            "{} mode; {} allowed hosts, {} allowed CIDR ranges, ports {}",
+            if e.mode == Mode::Enforce { "enforce" } else { "report" },
+            e.allow_hosts.len(),
+            e.allow_cidrs.len(),
+            ports.join(", ")
+        ),
+    );
+    let h = &config.runtime.hardening;
+    row(
+        "runtime",
+        format!(
+            "{} driver; {} MiB memory, {} CPUs, {} pids, read-only root {}",
+            match config.runtime.driver {
+                portcullis_config::Driver::Docker => "docker",
+                portcullis_config::Driver::Process => "process",
+            },
+            h.memory_mib,
+            h.cpus,
+            h.pids,
+            if h.read_only_root { "on" } else { "OFF" }
+        ),
+    );
+    lines.push(String::new());
+    lines.join("\n")
+}

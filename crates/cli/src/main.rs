@@ -1,0 +1,80 @@
+//! `portcullis`: the operator's command for the Portcullis platform.
+//!
+//! Exit codes: 0 success, 1 a check found problems, 2 usage or
+//! configuration error (clap's own usage errors also exit 2).
+
+mod commands;
+mod logging;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code when a check ran and found problems.
+pub const EXIT_PROBLEMS: u8 = 1;
+/// Exit code for a usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Portcullis: a security layer for platforms that run third-party apps in
+/// containers.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, propagate_version = true, max_term_width = 100)]
+#[command(after_help = "Exit codes: 0 success, 1 a check found problems, 2 usage or configuration error.")]
+struct Cli {
+    /// Directory for the CA, the store and logs. Default: $XDG_DATA_HOME/portcullis
+    /// (or ~/.local/share/portcullis), unless the configuration sets data_dir.
+    #[arg(long, global = true, env = "PORTCULLIS_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Log line format on standard error: "human" (coloured on a terminal) or
+    /// "json" (one JSON object per line).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Human, value_name = "FORMAT")]
+    log_format: logging::LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a platform configuration and run the platform's servers.
+    Serve(commands::serve::Args),
+    /// Register, list, show and remove third-party apps.
+    #[command(subcommand)]
+    App(commands::app::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("portcullis: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_PROBLEMS);
+        }
+    };
+
+    let global = commands::Global { data_dir: cli.data_dir };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => commands::serve::run(&global, args).await,
+            Command::App(command) => commands::app::run(&global, command).await,
+        }
+    });
+
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            let code = commands::exit_code_of(&error);
+            tracing::error!(error = format!("{error:#}"), "command failed");
+            eprintln!("portcullis: error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}

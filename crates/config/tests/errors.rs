@@ -1,0 +1,100 @@
+//! Broken configurations, each derived from the weather example by one edit,
+//! and the exact key path the error must name.
+
+use std::path::Path;
+
+use portcullis_config::{parse, ConfigError};
+
+const EXAMPLE: &str = include_str!("../../../examples/weather-platform/platform.toml");
+
+fn edited(from: &str, to: &str) -> String {
+    assert!(EXAMPLE.contains(from), "the example no longer contains {from:?}");
+    EXAMPLE.replacen(from, to, 1)
+}
+
+fn error_of(text: &str) -> ConfigError {
+    parse(Path::new("platform.toml"), text).expect_err("the configuration should be rejected")
+}
+
+#[test]
+fn example_is_valid() {
+    let config = parse(Path::new("examples/weather-platform/platform.toml"), EXAMPLE).expect("example parses");
+    assert_eq!(config.trust_domain, "weather.example");
+    assert_eq!(config.services.len(), 2);
+    assert_eq!(config.guard.policies.len(), 4);
+    assert_eq!(config.identity.app_cert_lifetime.as_secs(), 86_400);
+}
+
+#[test]
+fn broken_configurations_name_key_path() {
+    // (case, edited text, key path in the error, text the message must contain)
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("unknown top-level key", format!("trust_domian = \"x\"\n{EXAMPLE}"), "trust_domian", "unknown field"),
+        ("unknown nested key", edited("pids = 128 ", "pid = 128 "), "runtime.hardening.pid", "unknown field"),
+        ("wrong type", edited("threshold = 20\n", "threshold = \"twenty\"\n"), "guard.policies[0].threshold", "invalid type"),
+        ("negative memory limit", edited("memory_mib = 256", "memory_mib = -256"), "runtime.hardening.memory_mib", "from 16 to"),
+        ("zero-length window", edited("window = \"5s\"", "window = \"0s\""), "guard.policies[2].window", "duration from"),
+        ("duration without unit", edited("duration = \"1h\"", "duration = \"3600\""), "guard.policies[0].duration", "with a unit"),
+        ("route to unknown scope", edited("scope = \"weather:read\"", "scope = \"weather:write\""), "services[0].routes[0].scope", "weather:read"),
+        ("space names unknown service", edited("services = [\"weather\", \"records\"]", "services = [\"weather\", \"billing\"]"), "spaces.live.services[1]", "records"),
+        ("unknown space", edited("[spaces.sandbox]", "[spaces.staging]"), "spaces.staging", "sandbox"),
+        ("prefix with dot segment", edited("prefix = \"/weather/v1/\"", "prefix = \"/weather/../v1/\""), "services[0].routes[0].prefix", "segment"),
+        ("prefix with percent", edited("prefix = \"/weather/v1/\"", "prefix = \"/weather/%2e/\""), "services[0].routes[0].prefix", "'%'"),
+        ("unknown method", edited("methods = [\"GET\", \"HEAD\"]", "methods = [\"GET\", \"FETCH\"]"), "services[0].routes[0].methods[1]", "GET"),
+        ("duplicate route", edited("methods = [\"POST\", \"PUT\", \"DELETE\"]", "methods = [\"POST\", \"GET\"]"), "services[1].routes[1].prefix", "not already routed"),
+        ("scope of another service", edited("scopes = [\"weather:read\"]", "scopes = [\"records:read\"]"), "services[0].scopes[0]", "weather:<action>"),
+        ("upstream without scheme", edited("upstream = \"https://127.0.0.1:9101\"", "upstream = \"127.0.0.1:9101\""), "services[0].upstream", "https://"),
+        ("duplicate service", edited("name = \"records\"", "name = \"weather\""), "services[1].name", "not used by another service"),
+        ("bad listener", edited("gateway = \"127.0.0.1:8443\"", "gateway = \"localhost:8443\""), "listeners.gateway", "IP address and port"),
+        ("listener reused", edited("egress = \"127.0.0.1:8444\"", "egress = \"127.0.0.1:8443\""), "listeners.egress", "listeners.gateway"),
+        ("match-all egress host", edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"*\"]"), "egress.allow_hosts[0]", "every host"),
+        ("wildcard in the middle", edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"feed.*.test\"]"), "egress.allow_hosts[0]", "leading"),
+        ("upper-case host", edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"Feed.Weather.test.\"]"), "egress.allow_hosts[0]", "\"feed.weather.test\""),
+        ("unicode host", edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"bücher.test\"]"), "egress.allow_hosts[0]", "xn--bcher-kva.test"),
+        ("space widens egress", edited("egress_allow_hosts = []", "egress_allow_hosts = [\"evil.test\"]"), "spaces.sandbox.egress_allow_hosts[0]", "only narrow"),
+        ("cidr with host bits", edited("allow_cidrs = []", "allow_cidrs = [\"10.1.2.3/8\"]"), "egress.allow_cidrs[0]", "\"10.0.0.0/8\""),
+        ("port out of range", edited("allow_ports = [80, 443]", "allow_ports = [80, 70000]"), "egress.allow_ports[1]", "65535"),
+        ("unknown outcome class", edited("classes = [\"400\"]", "classes = [\"418\"]"), "guard.policies[1].classes[0]", "too_large"),
+        ("throttle without rate", edited("throttle_per_second = 1.0\n", ""), "guard.policies[1].throttle_per_second", "requests per second"),
+        ("unknown mode", edited("mode = \"enforce\"\n\n[[guard.policies]]\nname = \"malformed\"", "mode = \"dry-run\"\n\n[[guard.policies]]\nname = \"malformed\""), "guard.policies[0].mode", "report"),
+        ("unknown driver", edited("driver = \"docker\"", "driver = \"podman\""), "runtime.driver", "process"),
+        ("renewal too late", edited("renew_at = 0.66", "renew_at = 1.5"), "identity.renew_at", "0.9"),
+        ("bad trust domain", edited("trust_domain = \"weather.example\"", "trust_domain = \"Weather Example\""), "trust_domain", "DNS name"),
+        ("missing live space", edited("[spaces.live]\nservices = [\"weather\", \"records\"]\n", ""), "spaces", "[spaces.live]"),
+        ("bad exempt app", edited("exempt_apps = []", "exempt_apps = [\"Ops_Probe\"]"), "guard.exempt_apps[0]", "lowercase"),
+        ("ban longer than max", edited("max_ban = \"7d\"", "max_ban = \"30m\""), "guard.policies[0].duration", "guard.max_ban"),
+        ("store url scheme", edited("# url = \"postgres://portcullis@localhost/portcullis\"", "url = \"mysql://root:secret@db/x\""), "store.url", "postgres://"),
+    ];
+
+    assert!(cases.len() >= 12);
+    for (case, text, key, needle) in cases {
+        let error = error_of(&text);
+        println!("{case}: {error}");
+        assert_eq!(error.key(), Some(key), "{case}: wrong key path in: {error}");
+        let message = error.to_string();
+        assert!(message.starts_with("platform.toml"), "{case}: file not named in: {message}");
+        assert!(message.contains(needle), "{case}: {needle:?} missing from: {message}");
+    }
+}
+
+#[test]
+fn store_url_error_hides_password() {
+    let text = edited("# url = \"postgres://portcullis@localhost/portcullis\"", "url = \"mysql://root:hunter2@db/x\"");
+    let message = error_of(&text).to_string();
+    assert!(!message.contains("hunter2"), "password leaked into: {message}");
+}
+
+#[test]
+fn syntax_error_names_line() {
+    let error = error_of("trust_domain = \"a\"\nlisteners = [\n");
+    let message = error.to_string();
+    assert!(matches!(error, ConfigError::Syntax { .. }), "{message}");
+    assert!(message.starts_with("platform.toml:"), "{message}");
+}
+
+#[test]
+fn wrong_type_names_line() {
+    let message = error_of(&edited("threshold = 20\n", "threshold = \"twenty\"\n")).to_string();
+    let line = EXAMPLE.lines().position(|l| l == "threshold = 20").unwrap() + 1;
+    assert!(message.starts_with(&format!("platform.toml:{line}:")), "{message}");
+}

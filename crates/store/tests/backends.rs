@@ -1,0 +1,140 @@
+//! The same store operations on SQLite and on a real PostgreSQL server.
+
+mod common;
+
+use portcullis_store::*;
+
+async fn exercise(store: &Store) {
+    assert_eq!(store.schema_version().await.unwrap(), 1);
+
+    // Apps.
+    let app = store.insert_app("weather-app", "Weather App", "acme").await.unwrap();
+    assert_eq!(app.state, AppState::Submitted);
+    let duplicate = store.insert_app("weather-app", "Again", "acme").await.unwrap_err();
+    assert!(matches!(duplicate, StoreError::Duplicate { .. }), "{duplicate}");
+    assert_eq!(duplicate.to_string(), "app \"weather-app\" already exists");
+    store.insert_app("bad-app", "Bad App", "mallory").await.unwrap();
+    assert!(store.set_app_state("bad-app", AppState::Live).await.unwrap());
+    assert!(!store.set_app_state("no-such-app", AppState::Live).await.unwrap());
+    let apps = store.apps().await.unwrap();
+    let ids: Vec<&str> = apps.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["bad-app", "weather-app"]);
+    assert_eq!(store.app("bad-app").await.unwrap().unwrap().state, AppState::Live);
+    assert_eq!(store.app("nobody").await.unwrap(), None);
+
+    // Grants.
+    assert!(store.add_grant("weather-app", "weather", "weather:read", "operator").await.unwrap());
+    assert!(!store.add_grant("weather-app", "weather", "weather:read", "operator").await.unwrap());
+    assert!(store.add_grant("bad-app", "records", "records:read", "operator").await.unwrap());
+    assert_eq!(store.grants(None).await.unwrap().len(), 2);
+    let grants = store.grants(Some("weather-app")).await.unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].scope, "weather:read");
+    assert!(store.remove_grant("weather-app", "weather", "weather:read").await.unwrap());
+    assert!(!store.remove_grant("weather-app", "weather", "weather:read").await.unwrap());
+
+    // Decisions: one in force, one simulated, one expired, one lifted.
+    let now = now_ms();
+    let decision = |kind, simulated, started_at, expires_at| NewDecision {
+        app_id: "bad-app".into(),
+        kind,
+        reason: "401 or 403 at least 20 times in 60s".into(),
+        policy: Some("unauthorised".into()),
+        evidence: r#"{"401":17,"403":3}"#.into(),
+        origin: DecisionOrigin::Guard,
+        simulated,
+        started_at,
+        expires_at,
+    };
+    let ban = store.insert_decision(&decision(DecisionKind::Ban, false, now - 1000, Some(now + 3_600_000))).await.unwrap();
+    let report = store.insert_decision(&decision(DecisionKind::Ban, true, now - 1000, Some(now + 3_600_000))).await.unwrap();
+    let expired = store
+        .insert_decision(&decision(DecisionKind::Throttle { per_second: 1.0 }, false, now - 10_000, Some(now - 1)))
+        .await
+        .unwrap();
+    let lifted = store.insert_decision(&decision(DecisionKind::Throttle { per_second: 2.5 }, false, now - 1000, None)).await.unwrap();
+    assert!(ban < report && report < expired && expired < lifted);
+    assert!(store.lift_decision(lifted, "operator", now).await.unwrap());
+    assert!(!store.lift_decision(lifted, "operator", now).await.unwrap());
+
+    let in_force: Vec<i64> = store.decisions_in_force(now).await.unwrap().iter().map(|d| d.id).collect();
+    assert_eq!(in_force, [ban]);
+    let all = store.decisions(Some("bad-app")).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].id, lifted, "newest first");
+    assert_eq!(all[0].decision.kind, DecisionKind::Throttle { per_second: 2.5 });
+    assert_eq!(all[0].lifted_by.as_deref(), Some("operator"));
+    let stored = store.decision(report).await.unwrap().unwrap();
+    assert!(stored.decision.simulated);
+    assert_eq!(stored.decision.evidence, r#"{"401":17,"403":3}"#);
+    assert!(store.decisions(Some("weather-app")).await.unwrap().is_empty());
+
+    // Certificates, pins and revocation.
+    let cert = |serial: &str, pin: &str, not_after| CertificateRecord {
+        serial: serial.into(),
+        identity: "spiffe://weather.example/app/weather-app".into(),
+        kind: CertificateKind::App,
+        subject: "weather-app".into(),
+        spki_sha256: pin.into(),
+        not_before: now - 1000,
+        not_after,
+        issued_at: now - 1000,
+        revoked_at: None,
+        revocation_reason: None,
+    };
+    store.insert_certificate(&cert("0a", "pin-old", now + 1000)).await.unwrap();
+    store.insert_certificate(&cert("0b", "pin-new", now + 5000)).await.unwrap();
+    store.insert_certificate(&cert("0c", "pin-expired", now - 1)).await.unwrap();
+    assert!(matches!(store.insert_certificate(&cert("0a", "x", now)).await, Err(StoreError::Duplicate { .. })));
+    assert_eq!(store.valid_pins(CertificateKind::App, "weather-app", now).await.unwrap(), ["pin-new", "pin-old"]);
+    assert!(store.revoke_certificate("0a", "key compromise", now).await.unwrap());
+    assert!(!store.revoke_certificate("0a", "again", now).await.unwrap());
+    assert_eq!(store.valid_pins(CertificateKind::App, "weather-app", now).await.unwrap(), ["pin-new"]);
+    assert_eq!(store.revoked_serials(now).await.unwrap(), ["0a"]);
+    assert_eq!(store.revoke_subject(CertificateKind::App, "weather-app", "app banned", now).await.unwrap(), 2);
+    assert!(store.valid_pins(CertificateKind::App, "weather-app", now).await.unwrap().is_empty());
+    assert_eq!(store.certificates(Some((CertificateKind::App, "weather-app"))).await.unwrap().len(), 3);
+    assert!(store.certificates(Some((CertificateKind::Service, "weather-app"))).await.unwrap().is_empty());
+    assert_eq!(store.certificate("0b").await.unwrap().unwrap().revocation_reason.as_deref(), Some("app banned"));
+
+    // Removing an app removes its grants but keeps decisions.
+    assert!(store.remove_app("bad-app").await.unwrap());
+    assert!(!store.remove_app("bad-app").await.unwrap());
+    assert!(store.grants(Some("bad-app")).await.unwrap().is_empty());
+    assert_eq!(store.decisions(Some("bad-app")).await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn sqlite_backend_round_trip() {
+    let (store, dir) = common::sqlite().await;
+    assert_eq!(store.backend(), Backend::Sqlite);
+    exercise(&store).await;
+    store.close().await;
+
+    // Reopening applies no migration twice and keeps the rows.
+    let reopened = Store::open_in(dir.path()).await.unwrap();
+    assert_eq!(reopened.apps().await.unwrap().len(), 1);
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join(SQLITE_FILE).display())).await.unwrap()).await.unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn postgres_backend_round_trip() {
+    let Some(database) = common::postgres("round_trip").await else {
+        return;
+    };
+    let store = Store::open(&database.url).await.expect("open PostgreSQL store");
+    assert_eq!(store.backend(), Backend::Postgres);
+    exercise(&store).await;
+    store.close().await;
+    let reopened = Store::open(&database.url).await.unwrap();
+    assert_eq!(reopened.apps().await.unwrap().len(), 1);
+    reopened.close().await;
+    database.drop_now().await;
+}
+
+#[tokio::test]
+async fn unsupported_url_is_rejected() {
+    let error = Store::open("mysql://root:hunter2@db/x").await.unwrap_err();
+    assert_eq!(error.to_string(), "unsupported store URL scheme \"mysql\": use sqlite:PATH or postgres://USER@HOST/DB");
+}
