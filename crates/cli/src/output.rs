@@ -5,7 +5,7 @@
 //! under a stable key; fields are only ever added, never renamed or removed,
 //! within a major version.
 
-use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_BORDERS_ONLY};
 use serde::Serialize;
 
 /// Output format of a listing or report.
@@ -27,7 +27,10 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 /// Prints rows as a table with `header`.
 pub fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
     for row in rows {
         table.add_row(row);
     }

@@ -112,10 +112,7 @@ impl Location {
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<PlatformConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
     parse(path, &text)
 }
 

@@ -44,10 +44,7 @@ pub(crate) fn check_dns_label(value: &str) -> Result<(), String> {
     if value.is_empty() || value.len() > 63 {
         return Err("1 to 63 characters".into());
     }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
+    if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
         return Err("only lowercase letters, digits and '-'".into());
     }
     if value.starts_with('-') || value.ends_with('-') {
@@ -243,8 +240,7 @@ pub enum OutcomeClass {
 
 impl OutcomeClass {
     /// The spellings accepted in the configuration, in display order.
-    pub const NAMES: [&'static str; 8] =
-        ["2xx", "400", "401", "403", "404", "too_large", "429", "5xx"];
+    pub const NAMES: [&'static str; 8] = ["2xx", "400", "401", "403", "404", "too_large", "429", "5xx"];
 
     /// Parses one of [`Self::NAMES`].
     pub fn parse(value: &str) -> Option<Self> {

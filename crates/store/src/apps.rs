@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::{now_ms, unique_violation, Store, StoreError};
+use crate::{Store, StoreError, now_ms, unique_violation};
 
 /// Where an app is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,15 +97,17 @@ impl Store {
     /// Registers a new app in state `submitted`.
     pub async fn insert_app(&self, id: &str, name: &str, owner: &str) -> Result<AppRecord, StoreError> {
         let now = now_ms();
-        sqlx::query("INSERT INTO apps (id, name, owner, state, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
-            .bind(id)
-            .bind(name)
-            .bind(owner)
-            .bind(AppState::Submitted.as_str())
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| unique_violation(e, || format!("app {id:?}")))?;
+        sqlx::query(
+            "INSERT INTO apps (id, name, owner, state, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(owner)
+        .bind(AppState::Submitted.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_violation(e, || format!("app {id:?}")))?;
         Ok(AppRecord {
             id: id.to_owned(),
             name: name.to_owned(),

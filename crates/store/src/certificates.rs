@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::{unique_violation, Store, StoreError};
+use crate::{Store, StoreError, unique_violation};
 
 /// Whom a certificate was issued to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -112,7 +112,10 @@ impl Store {
     }
 
     /// Lists certificates, newest first, optionally of one kind and subject.
-    pub async fn certificates(&self, of: Option<(CertificateKind, &str)>) -> Result<Vec<CertificateRecord>, StoreError> {
+    pub async fn certificates(
+        &self,
+        of: Option<(CertificateKind, &str)>,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
         let (kind, subject) = match of {
             Some((kind, subject)) => (Some(kind.as_str()), Some(subject)),
             None => (None, None),
@@ -143,7 +146,13 @@ impl Store {
     }
 
     /// Revokes every unrevoked certificate of a subject and returns how many.
-    pub async fn revoke_subject(&self, kind: CertificateKind, subject: &str, reason: &str, at_ms: i64) -> Result<u64, StoreError> {
+    pub async fn revoke_subject(
+        &self,
+        kind: CertificateKind,
+        subject: &str,
+        reason: &str,
+        at_ms: i64,
+    ) -> Result<u64, StoreError> {
         let result = sqlx::query(
             "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 \
              WHERE kind = $3 AND subject = $4 AND revoked_at IS NULL",
@@ -160,17 +169,24 @@ impl Store {
     /// Lists the serials of all revoked certificates that have not expired
     /// at `now_ms` (an expired certificate is refused anyway).
     pub async fn revoked_serials(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
-        let serials = sqlx::query_scalar("SELECT serial FROM certificates WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY serial")
-            .bind(now_ms)
-            .fetch_all(&self.pool)
-            .await?;
+        let serials = sqlx::query_scalar(
+            "SELECT serial FROM certificates WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY serial",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(serials)
     }
 
     /// Lists the SPKI pins of a subject's certificates that are valid at
     /// `now_ms` and not revoked. During rotation this holds the old and the
     /// new pin.
-    pub async fn valid_pins(&self, kind: CertificateKind, subject: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
+    pub async fn valid_pins(
+        &self,
+        kind: CertificateKind,
+        subject: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let pins = sqlx::query_scalar(
             "SELECT DISTINCT spki_sha256 FROM certificates WHERE kind = $1 AND subject = $2 \
              AND revoked_at IS NULL AND not_before <= $3 AND not_after > $3 ORDER BY spki_sha256",

@@ -92,7 +92,9 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<DecisionRecord, StoreError> {
     let kind: String = row.try_get("kind")?;
     let kind = match kind.as_str() {
         "ban" => DecisionKind::Ban,
-        "throttle" => DecisionKind::Throttle { per_second: row.try_get::<Option<f64>, _>("throttle_per_second")?.unwrap_or(0.0) },
+        "throttle" => {
+            DecisionKind::Throttle { per_second: row.try_get::<Option<f64>, _>("throttle_per_second")?.unwrap_or(0.0) }
+        }
         _ => return Err(StoreError::Corrupt { column: "decisions.kind", value: kind }),
     };
     let origin: String = row.try_get("origin")?;
@@ -159,10 +161,12 @@ impl Store {
     pub async fn decisions(&self, app_id: Option<&str>) -> Result<Vec<DecisionRecord>, StoreError> {
         let rows = match app_id {
             Some(app) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM decisions WHERE app_id = $1 ORDER BY id DESC")))
-                    .bind(app)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM decisions WHERE app_id = $1 ORDER BY id DESC"
+                )))
+                .bind(app)
+                .fetch_all(&self.pool)
+                .await?
             }
             None => {
                 sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM decisions ORDER BY id DESC")))
@@ -189,12 +193,13 @@ impl Store {
     /// Lifts a decision before its expiry. Returns false if it does not
     /// exist or was already lifted.
     pub async fn lift_decision(&self, id: i64, by: &str, at_ms: i64) -> Result<bool, StoreError> {
-        let result = sqlx::query("UPDATE decisions SET lifted_at = $1, lifted_by = $2 WHERE id = $3 AND lifted_at IS NULL")
-            .bind(at_ms)
-            .bind(by)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let result =
+            sqlx::query("UPDATE decisions SET lifted_at = $1, lifted_by = $2 WHERE id = $3 AND lifted_at IS NULL")
+                .bind(at_ms)
+                .bind(by)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
         Ok(result.rows_affected() == 1)
     }
 }

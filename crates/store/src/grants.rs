@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::{now_ms, Store, StoreError};
+use crate::{Store, StoreError, now_ms};
 
 /// One granted scope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,7 +23,13 @@ pub struct GrantRecord {
 impl Store {
     /// Grants `scope` on `service` to an app. Granting an existing grant
     /// again changes nothing and returns false.
-    pub async fn add_grant(&self, app_id: &str, service: &str, scope: &str, granted_by: &str) -> Result<bool, StoreError> {
+    pub async fn add_grant(
+        &self,
+        app_id: &str,
+        service: &str,
+        scope: &str,
+        granted_by: &str,
+    ) -> Result<bool, StoreError> {
         let result = sqlx::query(
             "INSERT INTO grants (app_id, service, scope, granted_by, created_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (app_id, service, scope) DO NOTHING",

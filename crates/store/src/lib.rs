@@ -160,10 +160,7 @@ impl Store {
             pool.execute("PRAGMA journal_mode = WAL;").await.map_err(connect)?;
         }
 
-        migrator(backend)
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate { backend, source })?;
+        migrator(backend).run(&pool).await.map_err(|source| StoreError::Migrate { backend, source })?;
 
         tracing::debug!(%backend, "store opened and migrated");
         Ok(Self { pool, backend })
@@ -181,9 +178,8 @@ impl Store {
 
     /// Returns the newest migration version applied.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&self.pool)
-            .await?;
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success").fetch_one(&self.pool).await?;
         Ok(version.unwrap_or(0))
     }
 }
@@ -197,7 +193,13 @@ fn migrator(backend: Backend) -> Migrator {
     let migrations = files
         .iter()
         .map(|(version, description, sql)| {
-            Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, sqlx::SqlSafeStr::into_sql_str(*sql), false)
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(*sql),
+                false,
+            )
         })
         .collect();
     Migrator::with_migrations(migrations)

@@ -46,13 +46,18 @@ async fn exercise(store: &Store) {
         started_at,
         expires_at,
     };
-    let ban = store.insert_decision(&decision(DecisionKind::Ban, false, now - 1000, Some(now + 3_600_000))).await.unwrap();
-    let report = store.insert_decision(&decision(DecisionKind::Ban, true, now - 1000, Some(now + 3_600_000))).await.unwrap();
+    let ban =
+        store.insert_decision(&decision(DecisionKind::Ban, false, now - 1000, Some(now + 3_600_000))).await.unwrap();
+    let report =
+        store.insert_decision(&decision(DecisionKind::Ban, true, now - 1000, Some(now + 3_600_000))).await.unwrap();
     let expired = store
         .insert_decision(&decision(DecisionKind::Throttle { per_second: 1.0 }, false, now - 10_000, Some(now - 1)))
         .await
         .unwrap();
-    let lifted = store.insert_decision(&decision(DecisionKind::Throttle { per_second: 2.5 }, false, now - 1000, None)).await.unwrap();
+    let lifted = store
+        .insert_decision(&decision(DecisionKind::Throttle { per_second: 2.5 }, false, now - 1000, None))
+        .await
+        .unwrap();
     assert!(ban < report && report < expired && expired < lifted);
     assert!(store.lift_decision(lifted, "operator", now).await.unwrap());
     assert!(!store.lift_decision(lifted, "operator", now).await.unwrap());
@@ -114,7 +119,12 @@ async fn sqlite_backend_round_trip() {
     // Reopening applies no migration twice and keeps the rows.
     let reopened = Store::open_in(dir.path()).await.unwrap();
     assert_eq!(reopened.apps().await.unwrap().len(), 1);
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join(SQLITE_FILE).display())).await.unwrap()).await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(
+            &sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join(SQLITE_FILE).display())).await.unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(mode, "wal");
 }
 

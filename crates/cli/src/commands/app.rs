@@ -4,7 +4,7 @@ use portcullis_config::AppId;
 use portcullis_store::AppRecord;
 
 use super::{Global, UsageError};
-use crate::output::{print_json, print_table, timestamp, Format};
+use crate::output::{Format, print_json, print_table, timestamp};
 use crate::{EXIT_OK, EXIT_PROBLEMS};
 
 /// Subcommands of `app`.
@@ -62,7 +62,9 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<u8> {
             let apps = store.apps().await?;
             match format {
                 Format::Json => print_json(&serde_json::json!({ "kind": "app_list", "apps": apps }))?,
-                Format::Table => print_table(&["ID", "NAME", "OWNER", "STATE", "REGISTERED"], apps.iter().map(row).collect()),
+                Format::Table => {
+                    print_table(&["ID", "NAME", "OWNER", "STATE", "REGISTERED"], apps.iter().map(row).collect())
+                }
             }
         }
         Command::Show { id, format } => {

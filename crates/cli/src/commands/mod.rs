@@ -25,9 +25,7 @@ pub struct UsageError(pub String);
 
 /// Maps an error to the documented exit code.
 pub fn exit_code_of(error: &anyhow::Error) -> u8 {
-    let usage = error
-        .chain()
-        .any(|cause| cause.is::<UsageError>() || cause.is::<portcullis_config::ConfigError>());
+    let usage = error.chain().any(|cause| cause.is::<UsageError>() || cause.is::<portcullis_config::ConfigError>());
     if usage { EXIT_USAGE } else { EXIT_PROBLEMS }
 }
 
@@ -45,9 +43,9 @@ impl Global {
         if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| Path::new(v).is_absolute()) {
             return Ok(PathBuf::from(xdg).join("portcullis"));
         }
-        let home = std::env::var_os("HOME")
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| UsageError("neither --data-dir, XDG_DATA_HOME nor HOME is set: pass --data-dir DIR".into()))?;
+        let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or_else(|| {
+            UsageError("neither --data-dir, XDG_DATA_HOME nor HOME is set: pass --data-dir DIR".into())
+        })?;
         Ok(PathBuf::from(home).join(".local/share/portcullis"))
     }
 

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use portcullis_config::{Action, Mode, PlatformConfig, SpaceName};
 
-use super::{load_config, Global};
-use crate::output::{print_json, Format};
+use super::{Global, load_config};
 use crate::EXIT_OK;
+use crate::output::{Format, print_json};
 
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]

@@ -40,16 +40,16 @@ impl PgDatabase {
 pub async fn postgres(test: &str) -> Option<PgDatabase> {
     sqlx::any::install_default_drivers();
     let Ok(admin_url) = std::env::var(POSTGRES_ENV) else {
-        assert!(std::env::var_os("CI").is_none(), "{POSTGRES_ENV} must be set under CI; run the tests with scripts/test");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{POSTGRES_ENV} must be set under CI; run the tests with scripts/test"
+        );
         eprintln!("skipping the PostgreSQL half of {test}: {POSTGRES_ENV} is not set (scripts/test sets it)");
         return None;
     };
     let name = format!("portcullis_{test}_{}", std::process::id());
     let admin = sqlx::AnyPool::connect(&admin_url).await.expect("connect to the test PostgreSQL server");
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-        .await
-        .unwrap();
+    admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await.unwrap();
     admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
     admin.close().await;
 

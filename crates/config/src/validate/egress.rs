@@ -1,0 +1,252 @@
+//! Egress rules, host patterns and spaces.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::*;
+use crate::model::*;
+use crate::raw::*;
+
+pub(super) fn spaces(
+    check: &Checker,
+    raw: &BTreeMap<String, RawSpace>,
+    services: &[Service],
+    egress: &EgressSettings,
+) -> Result<BTreeMap<SpaceName, Space>> {
+    let mut spaces = BTreeMap::new();
+    for (name, space) in raw {
+        let key = format!("spaces.{name}");
+        let space_name = match name.as_str() {
+            "live" => SpaceName::Live,
+            "sandbox" => SpaceName::Sandbox,
+            _ => return Err(check.invalid(key, quote(name), "a space named \"live\" or \"sandbox\"")),
+        };
+
+        for (index, service) in space.services.iter().enumerate() {
+            if !services.iter().any(|s| &s.name == service) {
+                let defined: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+                return Err(check.invalid(
+                    format!("{key}.services[{index}]"),
+                    quote(service),
+                    format!("a service defined under [[services]]: {}", defined.join(", ")),
+                ));
+            }
+        }
+
+        let egress_allow_hosts = match &space.egress_allow_hosts {
+            None => None,
+            Some(hosts) => {
+                let mut patterns = Vec::new();
+                for (index, host) in hosts.iter().enumerate() {
+                    let host_key = format!("{key}.egress_allow_hosts[{index}]");
+                    let pattern = host_pattern(check, &host_key, host)?;
+                    if !egress.allow_hosts.iter().any(|platform| covers(platform, &pattern)) {
+                        return Err(check.invalid(
+                            host_key,
+                            quote(host),
+                            "a host also allowed by egress.allow_hosts (a space can only narrow the platform's list)",
+                        ));
+                    }
+                    patterns.push(pattern);
+                }
+                Some(patterns)
+            }
+        };
+
+        spaces.insert(space_name, Space { services: space.services.clone(), egress_allow_hosts });
+    }
+    if !spaces.contains_key(&SpaceName::Live) {
+        return Err(check.invalid(
+            "spaces",
+            "(no [spaces.live] table)",
+            "a [spaces.live] table listing the services live apps may reach",
+        ));
+    }
+    Ok(spaces)
+}
+
+/// Returns whether every name matched by `inner` is matched by `outer`.
+pub(super) fn covers(outer: &HostPattern, inner: &HostPattern) -> bool {
+    match (outer, inner) {
+        (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+        (HostPattern::Exact(_), HostPattern::Suffix(_)) => false,
+        (HostPattern::Suffix(domain), HostPattern::Exact(name) | HostPattern::Suffix(name)) => {
+            name.strip_suffix(domain.as_str()).is_some_and(|rest| rest.ends_with('.'))
+                || (matches!(inner, HostPattern::Suffix(_)) && name == domain)
+        }
+    }
+}
+
+/// Parses a host rule: an exact name or `*.` followed by a domain, in the
+/// normalised form the proxy compares against (lowercase IDNA A-labels, no
+/// trailing dot). A non-normalised spelling is rejected with the normalised
+/// one suggested, so the file always shows what is matched.
+pub(super) fn host_pattern(check: &Checker, key: &str, text: &str) -> Result<HostPattern> {
+    let (wildcard, name) = match text.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    if name.is_empty() || name == "*" || text == "*" {
+        return Err(check.invalid(
+            key,
+            quote(text),
+            "a host name or \"*.domain\"; a rule matching every host is not accepted",
+        ));
+    }
+    if name.contains('*') {
+        return Err(check.invalid(key, quote(text), "'*' only as a leading \"*.\" label, such as \"*.example.org\""));
+    }
+    if name.parse::<IpAddr>().is_ok() || name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok() {
+        return Err(check.invalid(key, quote(text), "a host name; list IP addresses in allow_cidrs or deny_cidrs"));
+    }
+
+    let normalised = idna::domain_to_ascii(name.trim_end_matches('.')).unwrap_or_default();
+    let valid = !normalised.is_empty()
+        && normalised.len() <= 253
+        && normalised.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !valid {
+        return Err(check.invalid(key, quote(text), "a host name of letters, digits and '-' in dot-separated labels"));
+    }
+    if normalised != name {
+        let suggestion = if wildcard { format!("*.{normalised}") } else { normalised };
+        return Err(check.invalid(key, quote(text), format!("the normalised spelling {}", quote(&suggestion))));
+    }
+    if wildcard && !name.contains('.') {
+        return Err(check.invalid(
+            key,
+            quote(text),
+            "a wildcard below a domain of at least two labels, such as \"*.example.org\"",
+        ));
+    }
+
+    Ok(if wildcard { HostPattern::Suffix(name.to_owned()) } else { HostPattern::Exact(name.to_owned()) })
+}
+
+pub(super) fn host_list(check: &Checker, key: &str, raw: &[String]) -> Result<Vec<HostPattern>> {
+    raw.iter().enumerate().map(|(index, host)| host_pattern(check, &format!("{key}[{index}]"), host)).collect()
+}
+
+pub(super) fn cidr_list(check: &Checker, key: &str, raw: &[String]) -> Result<Vec<IpNet>> {
+    let mut nets = Vec::new();
+    for (index, text) in raw.iter().enumerate() {
+        let key = format!("{key}[{index}]");
+        let net: IpNet = text.parse().map_err(|_| {
+            check.invalid(&key, quote(text), "a CIDR range such as \"203.0.113.0/24\" or \"2001:db8::/32\"")
+        })?;
+        if net.trunc() != net {
+            return Err(check.invalid(
+                &key,
+                quote(text),
+                format!("the network address {}", quote(&net.trunc().to_string())),
+            ));
+        }
+        if net.prefix_len() == 0 {
+            return Err(check.invalid(&key, quote(text), "a range narrower than every address"));
+        }
+        nets.push(net);
+    }
+    Ok(nets)
+}
+
+pub(super) fn egress(check: &Checker, raw: &RawEgress) -> Result<EgressSettings> {
+    let mode = check.one_of(
+        "egress.mode",
+        raw.mode.as_deref(),
+        Mode::Enforce,
+        &[("enforce", Mode::Enforce), ("report", Mode::Report)],
+    )?;
+
+    let mut allow_ports = Vec::new();
+    for (index, port) in raw.allow_ports.clone().unwrap_or_else(|| vec![80, 443]).into_iter().enumerate() {
+        let port = check.integer(&format!("egress.allow_ports[{index}]"), Some(port), 0, 1, 65_535, "TCP port")?;
+        allow_ports.push(port as u16);
+    }
+
+    let countries = match &raw.countries {
+        None => None,
+        Some(countries) => Some(country_rule(check, countries)?),
+    };
+
+    Ok(EgressSettings {
+        mode,
+        allow_hosts: host_list(check, "egress.allow_hosts", &raw.allow_hosts)?,
+        allow_cidrs: cidr_list(check, "egress.allow_cidrs", &raw.allow_cidrs)?,
+        allow_ports,
+        deny_hosts: host_list(check, "egress.deny_hosts", &raw.deny_hosts)?,
+        deny_cidrs: cidr_list(check, "egress.deny_cidrs", &raw.deny_cidrs)?,
+        connect_timeout: check.duration(
+            "egress.connect_timeout",
+            raw.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            MINUTE * 2,
+        )?,
+        idle_timeout: check.duration(
+            "egress.idle_timeout",
+            raw.idle_timeout.as_deref(),
+            MINUTE,
+            Duration::from_secs(1),
+            HOUR,
+        )?,
+        max_tunnel_lifetime: check.duration(
+            "egress.max_tunnel_lifetime",
+            raw.max_tunnel_lifetime.as_deref(),
+            HOUR,
+            Duration::from_secs(1),
+            DAY,
+        )?,
+        max_tunnels_per_app: check.integer(
+            "egress.max_tunnels_per_app",
+            raw.max_tunnels_per_app,
+            32,
+            1,
+            10_000,
+            "tunnels",
+        )? as u32,
+        countries,
+    })
+}
+
+pub(super) fn country_rule(check: &Checker, raw: &RawCountries) -> Result<CountryRule> {
+    let (allow, codes, key) = match (&raw.allow, &raw.deny) {
+        (Some(codes), None) => (true, codes, "egress.countries.allow"),
+        (None, Some(codes)) => (false, codes, "egress.countries.deny"),
+        _ => {
+            return Err(check.invalid(
+                "egress.countries",
+                "(both or neither of allow and deny set)",
+                "exactly one of allow or deny",
+            ));
+        }
+    };
+    if codes.is_empty() {
+        return Err(check.invalid(key, "[]", "at least one ISO 3166-1 alpha-2 country code"));
+    }
+    for (index, code) in codes.iter().enumerate() {
+        if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(check.invalid(
+                format!("{key}[{index}]"),
+                quote(code),
+                "an upper-case ISO 3166-1 alpha-2 code such as \"DE\"",
+            ));
+        }
+    }
+    if raw.database.is_empty() {
+        return Err(check.invalid(
+            "egress.countries.database",
+            "\"\"",
+            "the path of a MaxMind-format (.mmdb) database",
+        ));
+    }
+    Ok(CountryRule { database: PathBuf::from(&raw.database), allow, codes: codes.clone() })
+}
