@@ -68,6 +68,8 @@ pub struct PlatformConfig {
     pub listeners: Listeners,
     /// Certificate lifetimes.
     pub identity: IdentitySettings,
+    /// OAuth 2.0 token service settings.
+    pub token: TokenSettings,
     /// Platform services, in file order. Names are unique.
     pub services: Vec<Service>,
     /// Spaces by name; `live` is always present.
@@ -112,6 +114,23 @@ pub struct IdentitySettings {
     /// Fraction of the lifetime after which a certificate is renewed, in
     /// 0.1..=0.9 (default 2/3).
     pub renew_at: f64,
+}
+
+/// OAuth 2.0 token service settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenSettings {
+    /// The `iss` of every token: an https URL without query or fragment.
+    pub issuer: String,
+    /// Lifetime of access tokens (default 5 min).
+    pub access_token_lifetime: Duration,
+    /// Lifetime of refresh tokens (default 30 days).
+    pub refresh_token_lifetime: Duration,
+    /// How often the signing key is replaced (default 24 h).
+    pub key_rotation: Duration,
+    /// Sustained token requests per second per client.
+    pub rate_per_second: f64,
+    /// Token requests allowed in a burst above the sustained rate.
+    pub rate_burst: u32,
 }
 
 /// One platform service behind the gateway.

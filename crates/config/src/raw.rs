@@ -19,6 +19,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub identity: RawIdentity,
     #[serde(default)]
+    pub token: RawToken,
+    #[serde(default)]
     pub services: Vec<RawService>,
     pub spaces: BTreeMap<String, RawSpace>,
     #[serde(default)]
@@ -51,6 +53,17 @@ pub(crate) struct RawIdentity {
     pub platform_cert_lifetime: Option<String>,
     pub app_cert_lifetime: Option<String>,
     pub renew_at: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawToken {
+    pub issuer: Option<String>,
+    pub access_token_lifetime: Option<String>,
+    pub refresh_token_lifetime: Option<String>,
+    pub key_rotation: Option<String>,
+    pub rate_per_second: Option<f64>,
+    pub rate_burst: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

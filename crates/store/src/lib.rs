@@ -16,6 +16,7 @@ mod apps;
 mod certificates;
 mod decisions;
 mod grants;
+mod oauth;
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -30,6 +31,7 @@ pub use apps::{AppRecord, AppState};
 pub use certificates::{CertificateKind, CertificateRecord};
 pub use decisions::{DecisionKind, DecisionOrigin, DecisionRecord, NewDecision};
 pub use grants::GrantRecord;
+pub use oauth::{RefreshTokenRecord, RefreshUse};
 
 /// File name of the SQLite database inside the data directory.
 pub const SQLITE_FILE: &str = "portcullis.db";
@@ -187,8 +189,14 @@ impl Store {
 /// The migrations of `backend`, embedded in the binary.
 fn migrator(backend: Backend) -> Migrator {
     let files: &[(i64, &str, &'static str)] = match backend {
-        Backend::Sqlite => &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))],
-        Backend::Postgres => &[(1, "initial", include_str!("../migrations/postgres/0001_initial.sql"))],
+        Backend::Sqlite => &[
+            (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
+            (2, "oauth", include_str!("../migrations/sqlite/0002_oauth.sql")),
+        ],
+        Backend::Postgres => &[
+            (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
+            (2, "oauth", include_str!("../migrations/postgres/0002_oauth.sql")),
+        ],
     };
     let migrations = files
         .iter()

@@ -5,7 +5,7 @@ mod common;
 use portcullis_store::*;
 
 async fn exercise(store: &Store) {
-    assert_eq!(store.schema_version().await.unwrap(), 1);
+    assert_eq!(store.schema_version().await.unwrap(), 2);
 
     // Apps.
     let app = store.insert_app("weather-app", "Weather App", "acme").await.unwrap();
@@ -101,6 +101,58 @@ async fn exercise(store: &Store) {
     assert_eq!(store.certificates(Some((CertificateKind::App, "weather-app"))).await.unwrap().len(), 3);
     assert!(store.certificates(Some((CertificateKind::Service, "weather-app"))).await.unwrap().is_empty());
     assert_eq!(store.certificate("0b").await.unwrap().unwrap().revocation_reason.as_deref(), Some("app banned"));
+
+    // OAuth state.
+    assert!(store.add_redirect_uri("weather-app", "https://app.example/callback").await.unwrap());
+    assert!(!store.add_redirect_uri("weather-app", "https://app.example/callback").await.unwrap());
+    assert_eq!(store.redirect_uris("weather-app").await.unwrap(), ["https://app.example/callback"]);
+    store.insert_customer("alice", "$argon2id$stand-in").await.unwrap();
+    assert!(matches!(store.insert_customer("alice", "x").await, Err(StoreError::Duplicate { .. })));
+    assert_eq!(store.customer_secret_hash("alice").await.unwrap().as_deref(), Some("$argon2id$stand-in"));
+    assert_eq!(store.customer_secret_hash("bob").await.unwrap(), None);
+
+    let refresh = |hash: &str, jti: &str, expires_at| RefreshTokenRecord {
+        token_hash: hash.into(),
+        family_id: "family-1".into(),
+        app_id: "weather-app".into(),
+        customer_id: "alice".into(),
+        audience: "spiffe://weather.example/service/weather".into(),
+        scopes: "weather:read".into(),
+        access_jti: jti.into(),
+        access_exp: 1_900_000_000,
+        issued_at: now,
+        expires_at,
+        used_at: None,
+        revoked_at: None,
+    };
+    store.insert_refresh_token(&refresh("hash-1", "jti-1", now + 60_000)).await.unwrap();
+    store.insert_refresh_token(&refresh("hash-2", "jti-2", now + 60_000)).await.unwrap();
+    store.insert_refresh_token(&refresh("hash-old", "jti-0", now - 1)).await.unwrap();
+    assert!(
+        matches!(store.use_refresh_token("hash-1", now).await.unwrap(), RefreshUse::Fresh(r) if r.access_jti == "jti-1")
+    );
+    assert_eq!(store.use_refresh_token("hash-old", now).await.unwrap(), RefreshUse::Invalid);
+    assert_eq!(store.use_refresh_token("hash-none", now).await.unwrap(), RefreshUse::Unknown);
+    match store.use_refresh_token("hash-1", now).await.unwrap() {
+        RefreshUse::Reused { family_id, app_id, access_tokens } => {
+            assert_eq!(family_id, "family-1");
+            assert_eq!(app_id, "weather-app");
+            let jtis: Vec<&str> = access_tokens.iter().map(|(jti, _)| jti.as_str()).collect();
+            assert_eq!(jtis.len(), 3);
+            assert!(jtis.contains(&"jti-2"));
+        }
+        other => panic!("reuse not detected: {other:?}"),
+    }
+    assert_eq!(store.use_refresh_token("hash-2", now).await.unwrap(), RefreshUse::Invalid, "family revoked");
+
+    store.revoke_access_token("jti-9", "weather-app", 2_000).await.unwrap();
+    store.revoke_access_token("jti-8", "weather-app", 1_000).await.unwrap();
+    assert_eq!(store.revoked_access_tokens(1_500).await.unwrap(), [("jti-9".to_owned(), 2_000)]);
+    store.set_token_cut_off("weather-app", 100).await.unwrap();
+    store.set_token_cut_off("weather-app", 50).await.unwrap();
+    assert_eq!(store.token_cut_offs().await.unwrap(), [("weather-app".to_owned(), 100)]);
+    store.set_token_cut_off("weather-app", 150).await.unwrap();
+    assert_eq!(store.token_cut_offs().await.unwrap(), [("weather-app".to_owned(), 150)]);
 
     // Removing an app removes its grants but keeps decisions.
     assert!(store.remove_app("bad-app").await.unwrap());

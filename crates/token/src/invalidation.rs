@@ -74,6 +74,17 @@ impl InvalidationsHandle {
         tracing::info!(app_id, at, "access tokens of app invalidated");
     }
 
+    /// Replaces the whole snapshot with state loaded from the store, which
+    /// is the source of truth when several processes change it.
+    pub fn replace(
+        &self,
+        revoked: impl IntoIterator<Item = (String, i64)>,
+        cut_offs: impl IntoIterator<Item = (String, i64)>,
+    ) {
+        let next = Invalidations { revoked: revoked.into_iter().collect(), cut_offs: cut_offs.into_iter().collect() };
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next);
+    }
+
     /// Drops revoked ids whose tokens expired before `now` minus `leeway`,
     /// and cut-offs older than `max_lifetime + leeway`, which no unexpired
     /// token can precede.

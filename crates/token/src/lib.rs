@@ -18,6 +18,7 @@ mod claims;
 mod invalidation;
 mod issue;
 mod keys;
+pub mod server;
 mod verify;
 
 use std::path::PathBuf;

@@ -11,11 +11,12 @@
 //! 4. signature, unless this exact token string passed steps 1 to 4 before
 //!    (a bounded cache, because an app reuses a token for many requests and
 //!    an ECDSA verification costs about 50 µs);
-//! 5. claims: `iss`, `aud`, `nbf`, `iat` and `exp` with the leeway;
-//! 6. binding: `cnf.x5t#S256` equals the thumbprint of the client
-//!    certificate of the connection the token arrived on;
-//! 7. invalidation: the `jti` is not revoked and the app has no cut-off at
-//!    or after `iat`.
+//! 5. claims: `iss`, then `nbf`, `iat` and `exp` with the leeway;
+//! 6. invalidation: the `jti` is not revoked and the app has no cut-off at
+//!    or after `iat`;
+//! 7. audience: `aud` is the routed service;
+//! 8. binding: `cnf.x5t#S256` equals the thumbprint of the client
+//!    certificate of the connection the token arrived on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -210,6 +211,26 @@ impl Verifier {
         certificate_der: &[u8],
         now: i64,
     ) -> Result<VerifiedToken, RejectReason> {
+        let claims = self.check_token(token, now)?;
+
+        if claims.aud != audience {
+            return Err(RejectReason::Audience { got: claims.aud, expected: audience.to_owned() });
+        }
+        if claims.cnf.x5t_s256 != certificate_thumbprint(certificate_der) {
+            return Err(RejectReason::CertificateMismatch);
+        }
+        Ok(VerifiedToken { claims })
+    }
+
+    /// Checks everything but the audience and the certificate binding, for
+    /// introspection (RFC 7662) and revocation (RFC 7009), where the caller
+    /// is not the token's holder. Returns the claims of an active token.
+    pub fn inspect(&self, token: &str, now: i64) -> Result<AccessClaims, RejectReason> {
+        self.check_token(token, now)
+    }
+
+    /// Steps 1 to 6 of the module's list.
+    fn check_token(&self, token: &str, now: i64) -> Result<AccessClaims, RejectReason> {
         let kid = check_header(token)?;
 
         let keys = self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
@@ -237,18 +258,12 @@ impl Verifier {
         if claims.iss != self.issuer {
             return Err(RejectReason::Issuer(claims.iss));
         }
-        if claims.aud != audience {
-            return Err(RejectReason::Audience { got: claims.aud, expected: audience.to_owned() });
-        }
         if claims.exp + self.leeway_secs <= now {
             return Err(RejectReason::Expired(claims.exp));
         }
         let valid_from = claims.nbf.max(claims.iat);
         if valid_from > now + self.leeway_secs {
             return Err(RejectReason::NotYetValid(valid_from));
-        }
-        if claims.cnf.x5t_s256 != certificate_thumbprint(certificate_der) {
-            return Err(RejectReason::CertificateMismatch);
         }
 
         let invalidations = self.invalidations.snapshot();
@@ -258,8 +273,7 @@ impl Verifier {
         if invalidations.cut_off(&claims.sub).is_some_and(|cut_off| claims.iat <= cut_off) {
             return Err(RejectReason::Invalidated(claims.sub));
         }
-
-        Ok(VerifiedToken { claims })
+        Ok(claims)
     }
 }
 

@@ -116,6 +116,7 @@ pub(crate) fn validate(file: &Path, raw: RawConfig) -> Result<PlatformConfig> {
     let store_url = store_url(&check, raw.store.url)?;
     let listeners = listeners(&check, &raw.listeners)?;
     let identity = identity(&check, &raw.identity)?;
+    let token = token(&check, &raw.token, &listeners)?;
     let services = services(&check, &raw.services)?;
     let egress = egress(&check, &raw.egress)?;
     let spaces = spaces(&check, &raw.spaces, &services, &egress)?;
@@ -130,6 +131,7 @@ pub(crate) fn validate(file: &Path, raw: RawConfig) -> Result<PlatformConfig> {
         store_url,
         listeners,
         identity,
+        token,
         services,
         spaces,
         gateway,

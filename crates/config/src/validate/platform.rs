@@ -186,3 +186,50 @@ pub(super) fn runtime(check: &Checker, raw: &RawRuntime) -> Result<RuntimeSettin
     };
     Ok(RuntimeSettings { driver, hardening })
 }
+
+pub(super) fn token(check: &Checker, raw: &RawToken, listeners: &Listeners) -> Result<TokenSettings> {
+    let issuer = match &raw.issuer {
+        None => format!("https://{}", listeners.token),
+        Some(text) => {
+            let expected = "an https:// URL with a host, without user info, query or fragment";
+            let url = url::Url::parse(text).map_err(|_| check.invalid("token.issuer", quote(text), expected))?;
+            let valid = url.scheme() == "https"
+                && url.host().is_some()
+                && url.username().is_empty()
+                && url.query().is_none()
+                && url.fragment().is_none();
+            if !valid {
+                return Err(check.invalid("token.issuer", quote(text), expected));
+            }
+            text.trim_end_matches('/').to_owned()
+        }
+    };
+    let access_token_lifetime = check.duration(
+        "token.access_token_lifetime",
+        raw.access_token_lifetime.as_deref(),
+        MINUTE * 5,
+        MINUTE,
+        HOUR,
+    )?;
+    Ok(TokenSettings {
+        issuer,
+        access_token_lifetime,
+        refresh_token_lifetime: check.duration(
+            "token.refresh_token_lifetime",
+            raw.refresh_token_lifetime.as_deref(),
+            DAY * 30,
+            HOUR,
+            DAY * 365,
+        )?,
+        key_rotation: check.duration("token.key_rotation", raw.key_rotation.as_deref(), DAY, HOUR, DAY * 90)?,
+        rate_per_second: check.float(
+            "token.rate_per_second",
+            raw.rate_per_second,
+            5.0,
+            0.01,
+            10_000.0,
+            "requests per second",
+        )?,
+        rate_burst: check.integer("token.rate_burst", raw.rate_burst, 20, 1, 100_000, "requests")? as u32,
+    })
+}

@@ -1,0 +1,302 @@
+//! The OAuth 2.0 authorization server (RFC 6749) of the platform.
+//!
+//! Endpoints, all under one listener that uses the platform's TLS policy:
+//!
+//! | path | does |
+//! | --- | --- |
+//! | `POST /oauth2/token` | `client_credentials`, `authorization_code` with PKCE S256, `refresh_token` |
+//! | `GET`, `POST /oauth2/authorize` | the customer consent page |
+//! | `POST /oauth2/introspect` | RFC 7662, for platform services and components |
+//! | `POST /oauth2/revoke` | RFC 7009, for the token's app and platform components |
+//! | `GET /.well-known/oauth-authorization-server` | RFC 8414 metadata |
+//! | `GET /oauth2/jwks` | the signing keys (RFC 7517) |
+//!
+//! Apps authenticate with their mutual-TLS certificate (RFC 8705 section
+//! 2.1, `tls_client_auth`). The listener puts the verified certificate and
+//! its SPIFFE id into each request as a [`TlsClient`] extension; a request
+//! without it is an unauthenticated caller, which only the consent page,
+//! the metadata and the JWKS accept.
+
+mod authorize;
+mod error;
+mod introspect;
+mod metadata;
+mod token_endpoint;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use portcullis_config::PlatformConfig;
+use portcullis_store::Store;
+
+pub use authorize::hash_customer_secret;
+pub use error::OAuthError;
+
+use crate::{InvalidationsHandle, TokenError, TokenIssuer, Verifier, VerifierKeys};
+
+/// The verified client certificate of the connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    /// The SPIFFE id from the certificate's URI SAN.
+    pub spiffe_id: String,
+    /// The DER certificate, for the token binding.
+    pub certificate_der: Arc<Vec<u8>>,
+}
+
+/// Who a [`TlsClient`] is, within this trust domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An app, by id.
+    App(String),
+    /// A platform service, by name.
+    Service(String),
+    /// A component of Portcullis itself.
+    Platform(String),
+}
+
+/// A service as the token service needs it: its audience and scopes.
+#[derive(Debug, Clone)]
+struct ServiceInfo {
+    name: String,
+    audience: String,
+    scopes: Vec<String>,
+}
+
+/// An authorization code waiting to be exchanged (RFC 6749 section 4.1.2).
+#[derive(Debug, Clone)]
+struct PendingCode {
+    app_id: String,
+    customer_id: String,
+    redirect_uri: String,
+    audience: String,
+    scopes: Vec<String>,
+    /// The PKCE S256 challenge (RFC 7636 section 4.2).
+    code_challenge: String,
+    /// Seconds since the Unix epoch.
+    expires_at: i64,
+    /// Set once exchanged; a second exchange revokes this family.
+    family_id: Option<String>,
+}
+
+/// Lifetime of an authorization code: 60 seconds.
+const CODE_LIFETIME_SECS: i64 = 60;
+
+/// The token service's shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct TokenService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    trust_domain: String,
+    issuer: TokenIssuer,
+    verifier: Verifier,
+    invalidations: InvalidationsHandle,
+    store: Store,
+    services: Vec<ServiceInfo>,
+    refresh_lifetime_secs: i64,
+    limiter: DefaultKeyedRateLimiter<String>,
+    /// Codes by the SHA-256 of their value.
+    codes: Mutex<HashMap<String, PendingCode>>,
+    /// Key of the consent page's CSRF tokens.
+    csrf_key: aws_lc_rs::hmac::Key,
+    clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenService").field("issuer", &self.inner.issuer.issuer()).finish_non_exhaustive()
+    }
+}
+
+/// Returns the current time in seconds since the Unix epoch.
+fn system_clock() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl TokenService {
+    /// Creates the service for `config`, with `issuer`'s keys, the shared
+    /// `invalidations` (the gateway's verifier reads the same handle) and
+    /// the system clock.
+    pub fn new(
+        config: &PlatformConfig,
+        issuer: TokenIssuer,
+        invalidations: InvalidationsHandle,
+        store: Store,
+    ) -> Result<Self, TokenError> {
+        Self::with_clock(config, issuer, invalidations, store, Arc::new(system_clock))
+    }
+
+    /// Like [`TokenService::new`], with an injected clock returning seconds
+    /// since the Unix epoch.
+    pub fn with_clock(
+        config: &PlatformConfig,
+        issuer: TokenIssuer,
+        invalidations: InvalidationsHandle,
+        store: Store,
+        clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    ) -> Result<Self, TokenError> {
+        let now = clock();
+        let (public, grace) = {
+            let keys = issuer.keys().read().unwrap_or_else(|p| p.into_inner());
+            (keys.public_keys(now), keys.grace_secs())
+        };
+        let verifier = Verifier::new(
+            issuer.issuer(),
+            VerifierKeys::from_public_keys(&public)?,
+            grace,
+            crate::DEFAULT_LEEWAY_SECS,
+            invalidations.clone(),
+        );
+
+        let services = config
+            .services
+            .iter()
+            .map(|s| ServiceInfo {
+                name: s.name.clone(),
+                audience: format!("spiffe://{}/service/{}", config.trust_domain, s.name),
+                scopes: s.scopes.clone(),
+            })
+            .collect();
+
+        let token = &config.token;
+        let burst = NonZeroU32::new(token.rate_burst.max(1)).expect("burst is at least 1");
+        let period = Duration::from_secs_f64(1.0 / token.rate_per_second);
+        let quota = Quota::with_period(period).expect("validated rate is positive").allow_burst(burst);
+
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let csrf_key = aws_lc_rs::hmac::Key::generate(aws_lc_rs::hmac::HMAC_SHA256, &rng)
+            .map_err(|_| TokenError::Key { kid: "(csrf)".into(), reason: "key generation failed".into() })?;
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                trust_domain: config.trust_domain.clone(),
+                issuer,
+                verifier,
+                invalidations,
+                store,
+                services,
+                refresh_lifetime_secs: token.refresh_token_lifetime.as_secs() as i64,
+                limiter: RateLimiter::keyed(quota),
+                codes: Mutex::new(HashMap::new()),
+                csrf_key,
+                clock,
+            }),
+        })
+    }
+
+    /// The HTTP routes of the service.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/oauth2/token", post(token_endpoint::token))
+            .route("/oauth2/authorize", get(authorize::show).post(authorize::decide))
+            .route("/oauth2/introspect", post(introspect::introspect))
+            .route("/oauth2/revoke", post(introspect::revoke))
+            .route("/.well-known/oauth-authorization-server", get(metadata::metadata))
+            .route("/oauth2/jwks", get(metadata::jwks))
+            .with_state(self.clone())
+    }
+
+    /// A verifier sharing this service's keys and invalidations, for the
+    /// gateway.
+    pub fn verifier(&self) -> &Verifier {
+        &self.inner.verifier
+    }
+
+    /// Seconds since the Unix epoch, from the injected clock.
+    fn now(&self) -> i64 {
+        (self.inner.clock)()
+    }
+
+    /// Classifies a client certificate's SPIFFE id within the trust domain.
+    fn caller(&self, client: Option<&TlsClient>) -> Option<Caller> {
+        let client = client?;
+        let path = client.spiffe_id.strip_prefix("spiffe://")?.strip_prefix(self.inner.trust_domain.as_str())?;
+        let (kind, name) = path.strip_prefix('/')?.split_once('/')?;
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        match kind {
+            "app" => Some(Caller::App(name.to_owned())),
+            "service" => Some(Caller::Service(name.to_owned())),
+            "platform" => Some(Caller::Platform(name.to_owned())),
+            _ => None,
+        }
+    }
+
+    /// Finds the one service all `scopes` belong to.
+    fn service_of(&self, scopes: &[String]) -> Option<&ServiceInfo> {
+        let first = scopes.first()?;
+        let service = self.inner.services.iter().find(|s| s.scopes.contains(first))?;
+        scopes.iter().all(|scope| service.scopes.contains(scope)).then_some(service)
+    }
+
+    /// Refuses every token of `app_id` issued up to now, in the store (for
+    /// other processes) and in the shared handle (for this one, at once).
+    /// Used when a grant is withdrawn, the app is banned or its credentials
+    /// are rotated.
+    pub async fn invalidate_app(&self, app_id: &str) -> Result<(), portcullis_store::StoreError> {
+        let now = self.now();
+        self.inner.store.set_token_cut_off(app_id, now).await?;
+        self.inner.store.revoke_refresh_tokens_of_app(app_id, now * 1000).await?;
+        self.inner.invalidations.cut_off_app(app_id, now);
+        Ok(())
+    }
+
+    /// Reloads revoked tokens and cut-offs from the store, picking up
+    /// changes made by other processes (the CLI withdrawing a grant).
+    pub async fn sync_invalidations(&self) -> Result<(), portcullis_store::StoreError> {
+        let now = self.now();
+        let revoked = self.inner.store.revoked_access_tokens(now).await?;
+        let cut_offs = self.inner.store.token_cut_offs().await?;
+        self.inner.invalidations.replace(revoked, cut_offs);
+        self.inner.codes.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, code| code.expires_at > now);
+        Ok(())
+    }
+
+    /// Runs [`TokenService::sync_invalidations`] every `period` until the
+    /// task is dropped; errors are logged and retried on the next tick.
+    pub async fn run_sync(self, period: Duration) {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.sync_invalidations().await {
+                tracing::warn!(%error, "reloading token invalidations from the store failed; retrying");
+            }
+        }
+    }
+}
+
+/// Hex SHA-256 of a secret, the form in which codes and refresh tokens are
+/// kept, so a copy of the store or of memory does not yield usable tokens.
+fn secret_hash(secret: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh random secret: 32 bytes, base64url.
+fn random_secret() -> String {
+    use aws_lc_rs::rand::SecureRandom;
+    use base64::Engine;
+    let mut bytes = [0_u8; 32];
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut bytes).expect("system random number generator");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Parses an `application/x-www-form-urlencoded` body or query, rejecting
+/// a repeated parameter (RFC 6749 section 3.1 and 3.2).
+fn parse_form(bytes: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let mut params = HashMap::new();
+    for (name, value) in form_urlencoded::parse(bytes) {
+        if params.insert(name.to_string(), value.to_string()).is_some() {
+            return Err(OAuthError::invalid_request(format!("parameter {name} is repeated")));
+        }
+    }
+    Ok(params)
+}
