@@ -133,7 +133,8 @@ pub fn split_authority(authority: &str) -> Result<(&str, u16), HostError> {
 fn parse_ipv6_literal(inner: &str) -> Result<IpAddr, &'static str> {
     let (address, zone) = match inner.split_once('%') {
         Some((address, zone)) => {
-            let zone = zone.strip_prefix("25").filter(|z| !z.is_empty()).unwrap_or(zone);
+            // RFC 6874 writes the '%' as "%25"; curl also accepts a bare '%'.
+            let zone = zone.strip_prefix("25").unwrap_or(zone);
             (address, Some(zone))
         }
         None => (inner, None),
