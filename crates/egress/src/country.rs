@@ -35,7 +35,7 @@ impl CountryDb {
         Ok(Self { path: path.to_owned(), reader })
     }
 
-    /// The database file.
+    /// Returns the database file.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -8,7 +8,7 @@ use portcullis_config::Mode;
 use serde::Serialize;
 
 
-/// What happens to a requested connection.
+/// The outcome class of a requested connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
@@ -22,12 +22,12 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// Whether the proxy may connect.
+    /// Returns whether the proxy may connect.
     pub fn permits_connection(self) -> bool {
         matches!(self, Verdict::Allow | Verdict::ReportOnlyDeny)
     }
 
-    /// The verdict as a stable lowercase string.
+    /// Returns the verdict as a stable lowercase string.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Allow => "allow",
@@ -72,7 +72,7 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
-    /// The code as a stable snake_case string, as serialised.
+    /// Returns the code as a stable snake_case string, as serialised.
     pub fn as_str(self) -> &'static str {
         match self {
             ReasonCode::InvalidHost => "invalid_host",
@@ -109,7 +109,7 @@ impl CheckedTarget {
         Self { addresses }
     }
 
-    /// The checked addresses, in resolver order. Never empty.
+    /// Returns the checked addresses in resolver order. The list is never empty.
     pub fn addresses(&self) -> &[SocketAddr] {
         &self.addresses
     }
@@ -143,7 +143,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Whether the proxy may connect.
+    /// Returns whether the proxy may connect.
     pub fn is_permitted(&self) -> bool {
         self.verdict.permits_connection()
     }
@@ -161,12 +161,12 @@ pub(crate) struct Finding {
 }
 
 impl Finding {
-    /// A finding of a rule that is enforced in every mode.
+    /// Creates a finding of a rule that is enforced in every mode.
     pub fn enforced(reason: ReasonCode, rule: impl Into<String>, message: String) -> Self {
         Self { reason, message, rule: rule.into(), mode: Mode::Enforce }
     }
 
-    /// A finding of a rule that follows its rule set's `mode`.
+    /// Creates a finding of a rule that follows its rule set's `mode`.
     pub fn staged(mode: Mode, reason: ReasonCode, rule: impl Into<String>, message: String) -> Self {
         Self { reason, message, rule: rule.into(), mode }
     }

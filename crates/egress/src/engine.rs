@@ -31,7 +31,7 @@
 //!
 //! Steps 3, 8 and 9 follow the mode of their rule set: the platform's
 //! `egress.mode`, or for the app's manifest list the app's mode. In report
-//! mode their denial is recorded and evaluation goes on; if nothing
+//! mode their denial is recorded and evaluation goes on. If nothing
 //! enforced denies, the verdict is [`Verdict::ReportOnlyDeny`] with the
 //! first recorded denial, and the connection may proceed. Steps 1, 2, 4, 5
 //! and 6 are enforced in every mode: report mode stages allow-lists, and
@@ -67,7 +67,7 @@ impl Engine {
         Self { rules, resolver }
     }
 
-    /// The platform rules.
+    /// Returns the platform rules.
     pub fn rules(&self) -> &EgressRules {
         &self.rules
     }

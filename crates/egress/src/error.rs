@@ -12,7 +12,7 @@ use std::time::Duration;
 pub struct HostError {
     /// The host as requested.
     pub host: String,
-    /// What is wrong with it.
+    /// The problem, as a sentence fragment.
     pub reason: &'static str,
 }
 
@@ -20,7 +20,7 @@ pub struct HostError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EgressError {
-    /// An app's manifest asks for a host the platform (or the app's space)
+    /// An app's manifest requests a host the platform (or the app's space)
     /// does not allow. Likely cause: the app developer listed a host the
     /// operator has not put in `egress.allow_hosts`.
     #[error(
@@ -31,7 +31,7 @@ pub enum EgressError {
         app_id: String,
         /// The host pattern as written in the manifest.
         host: String,
-        /// Which list would have been widened (`egress.allow_hosts` or
+        /// The list that would have been widened (`egress.allow_hosts` or
         /// `spaces.<name>.egress_allow_hosts`).
         scope: String,
     },
@@ -43,7 +43,7 @@ pub enum EgressError {
         app_id: String,
         /// The host pattern as written.
         host: String,
-        /// What is accepted, with the normalised spelling where there is one.
+        /// The accepted form, with the normalised spelling where there is one.
         expected: String,
     },
 

@@ -81,7 +81,7 @@ impl Host {
         Ok(Host::Name(name.to_owned()))
     }
 
-    /// The name, if this host is a name.
+    /// Returns the name, if this host is a name.
     pub fn name(&self) -> Option<&str> {
         match self {
             Host::Name(name) => Some(name),
@@ -151,7 +151,7 @@ fn parse_ipv6_literal(inner: &str) -> Result<IpAddr, &'static str> {
         .map_err(|_| "the text in brackets is not an IPv6 address")
 }
 
-/// The WHATWG URL Standard's "ends in a number" check: whether the last
+/// Implements the WHATWG URL Standard's "ends in a number" check: whether the last
 /// label (ignoring one trailing empty label) is all digits or parses as an
 /// IPv4 number (`0x` hex, `0` octal, decimal).
 fn ends_in_number(host: &str) -> bool {
@@ -192,7 +192,7 @@ fn parse_ipv4_number(part: &str) -> Option<u64> {
     Some(value)
 }
 
-/// The WHATWG URL Standard's IPv4 parser: one to four parts separated by
+/// Implements the WHATWG URL Standard's IPv4 parser: one to four parts separated by
 /// `.`, an optional trailing `.`, every part but the last at most 255, and
 /// the last filling the remaining bytes (`127.1` is 127.0.0.1, `2130706433`
 /// is 127.0.0.1).
@@ -223,8 +223,8 @@ pub(crate) fn parse_ipv4(text: &str) -> Option<Ipv4Addr> {
 }
 
 /// Checks a lowercase ASCII name without its trailing dot against RFC 1123
-/// section 2.1 host name syntax (letters, digits, `-`; labels of 1 to 63
-/// characters; at most 253 characters).
+/// section 2.1 host name syntax. Labels are 1 to 63 letters, digits or `-`,
+/// and the name has at most 253 characters.
 fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("the host name is empty");

@@ -1,9 +1,9 @@
 //! The decision engine of the Portcullis egress proxy.
 //!
 //! Given an app, a requested host and a port, [`Engine::decide`] returns a
-//! [`Decision`]: a verdict, a stable reason code with a message, the id of
-//! the rule that decided, and for a permitted connection the exact socket
-//! addresses that were checked. [`connect`] connects only to those
+//! [`Decision`]. It holds a verdict, a stable reason code with a message and
+//! the id of the rule that decided. For a permitted connection it also holds
+//! the exact socket addresses that were checked. [`connect`] connects only to those
 //! addresses, so a second DNS answer cannot redirect the connection.
 //!
 //! What the engine does:

@@ -18,7 +18,7 @@ pub struct TunnelCounter {
 }
 
 impl TunnelCounter {
-    /// A counter allowing `limit` concurrent tunnels per app.
+    /// Creates a counter allowing `limit` concurrent tunnels per app.
     pub fn new(limit: u32) -> Arc<Self> {
         Arc::new(Self { limit, open: Mutex::new(HashMap::new()) })
     }
@@ -36,7 +36,7 @@ impl TunnelCounter {
         Ok(TunnelGuard { counter: Arc::clone(self), app_id: app_id.clone() })
     }
 
-    /// The number of tunnels `app_id` has open.
+    /// Returns the number of tunnels `app_id` has open.
     pub fn open(&self, app_id: &AppId) -> u32 {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         open.get(app_id).copied().unwrap_or(0)
@@ -61,7 +61,7 @@ pub struct TunnelGuard {
 }
 
 impl TunnelGuard {
-    /// The app the tunnel belongs to.
+    /// Returns the app the tunnel belongs to.
     pub fn app_id(&self) -> &AppId {
         &self.app_id
     }
@@ -115,12 +115,13 @@ impl AppBytes {
 }
 
 impl ByteCounter {
-    /// An empty counter.
+    /// Creates an empty counter.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The totals of `app_id`, zero for an app never recorded.
+    /// Returns the (sent, received) totals of `app_id` in bytes, zero for an
+    /// app never recorded.
     pub fn totals(&self, app_id: &AppId) -> (u64, u64) {
         let totals = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
         totals.get(app_id).map_or((0, 0), |bytes| (bytes.sent(), bytes.received()))

@@ -5,7 +5,7 @@ use portcullis_config::HostPattern;
 
 use crate::host::Host;
 
-/// Returns whether `name` (normalised as [`Host::Name`] holds it) matches
+/// Returns whether `name` (normalised as in [`Host::Name`]) matches
 /// `pattern`. `*.example.org` matches `a.example.org` and `a.b.example.org`
 /// but neither `example.org` nor `evilexample.org`.
 pub fn matches(pattern: &HostPattern, name: &str) -> bool {

@@ -69,7 +69,7 @@ pub struct StaticResolver {
 }
 
 impl StaticResolver {
-    /// An empty resolver.
+    /// Creates an empty resolver.
     pub fn new() -> Self {
         Self::default()
     }

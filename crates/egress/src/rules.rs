@@ -28,7 +28,7 @@ impl EgressRules {
         Ok(Self { settings, countries })
     }
 
-    /// The settings the rules were built from.
+    /// Returns the settings the rules were built from.
     pub fn settings(&self) -> &EgressSettings {
         &self.settings
     }
@@ -76,9 +76,9 @@ impl AppRules {
     /// the space's list, or the platform's if the space has none).
     ///
     /// Each requested pattern must be in normalised form (`api.example.org`,
-    /// `*.example.org`) and covered by a pattern of `egress.allow_hosts` and,
-    /// if the space has a list, by one of the space's; otherwise
-    /// [`EgressError::HostWidened`] names the pattern. The app's list runs
+    /// `*.example.org`). It must be covered by a pattern of
+    /// `egress.allow_hosts` and, if the space has a list, by one of the
+    /// space's. Otherwise [`EgressError::HostWidened`] names the pattern. The app's list runs
     /// in the platform's mode; see [`with_mode`](Self::with_mode).
     pub fn new(
         rules: &EgressRules,
@@ -124,17 +124,17 @@ impl AppRules {
         self
     }
 
-    /// The app.
+    /// Returns the app.
     pub fn app_id(&self) -> &AppId {
         &self.app_id
     }
 
-    /// The space the app runs in.
+    /// Returns the space the app runs in.
     pub fn space(&self) -> SpaceName {
         self.space
     }
 
-    /// The manifest's host patterns, if it lists any.
+    /// Returns the manifest's host patterns, if it lists any.
     pub fn hosts(&self) -> Option<&[HostPattern]> {
         self.hosts.as_deref()
     }

@@ -13,10 +13,10 @@
 //!   Azure, OpenStack) and fd00:ec2::254 (AWS over IPv6). Both sit inside
 //!   ranges already listed, and get their own entry so a denial names them.
 //!
-//! Blocks inside 192.0.0.0/24 and 2001::/23 that the registries mark as
-//! globally reachable (PCP and TURN anycast, AMT, AS112, ORCHIDv2, Drone
-//! Remote ID) are refused with their enclosing block, because no app needs
-//! to open a TCP connection to them through a forward proxy.
+//! Some blocks inside 192.0.0.0/24 and 2001::/23 are marked globally
+//! reachable (PCP and TURN anycast, AMT, AS112, ORCHIDv2, Drone Remote ID).
+//! They are refused with their enclosing block, because no app needs to
+//! open a TCP connection to them through a forward proxy.
 //!
 //! IPv6 forms that embed an IPv4 address are checked by the address they
 //! embed: IPv4-mapped (`::ffff:0:0/96`), IPv4-compatible (`::/96`), 6to4
@@ -105,7 +105,7 @@ pub static SPECIAL_RANGES: LazyLock<Vec<SpecialRange>> = LazyLock::new(|| {
     IPV4.iter()
         .chain(IPV6)
         .map(|&(cidr, id, name, source)| SpecialRange {
-            net: cidr.parse().expect("the special-purpose table holds valid CIDRs"),
+            net: cidr.parse().expect("the special-purpose table contains only valid CIDRs"),
             id,
             name,
             source,
@@ -113,7 +113,8 @@ pub static SPECIAL_RANGES: LazyLock<Vec<SpecialRange>> = LazyLock::new(|| {
         .collect()
 });
 
-/// Why an address is special-purpose.
+/// The special-purpose block an address falls in, and the embedding form it
+/// was found through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classification {
     /// The block that decided: for an embedding form, the block of the
@@ -126,7 +127,7 @@ pub struct Classification {
 }
 
 impl Classification {
-    /// The rule id: `special:<id>`, or `special:<form>:<id>` for an
+    /// Returns the rule id: `special:<id>`, or `special:<form>:<id>` for an
     /// embedded address, such as `special:6to4:loopback`.
     pub fn rule_id(&self) -> String {
         match &self.embedded {
@@ -135,7 +136,7 @@ impl Classification {
         }
     }
 
-    /// A sentence naming the address, the block and its source.
+    /// Returns a sentence naming the address, the block and its source.
     pub fn describe(&self, ip: IpAddr) -> String {
         let range = self.range;
         match &self.embedded {
@@ -204,7 +205,7 @@ pub fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
         .then(|| ipv4_in_form(range.id, v6))
 }
 
-/// The IPv4 address inside an embedding form: the low 32 bits for
+/// Extracts the IPv4 address inside an embedding form: the low 32 bits for
 /// IPv4-mapped, IPv4-compatible and NAT64 /96 (RFC 6052 section 2.2), bits
 /// 16 to 47 for 6to4 (RFC 3056 section 2).
 fn ipv4_in_form(form: &str, v6: Ipv6Addr) -> Ipv4Addr {
