@@ -1,0 +1,31 @@
+//! Connecting to the addresses a decision checked, and to nothing else.
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::decision::CheckedTarget;
+use crate::error::EgressError;
+
+/// Opens a TCP connection to the first of the target's checked addresses
+/// that accepts, trying them in order. `timeout` (the configured
+/// `egress.connect_timeout`) bounds all attempts together, not each one.
+///
+/// No name is resolved here: the addresses are those the engine checked,
+/// so a DNS answer that changes after the decision (DNS rebinding) cannot
+/// change where the connection goes.
+pub async fn connect(target: &CheckedTarget, timeout: Duration) -> Result<TcpStream, EgressError> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+
+    for &address in target.addresses() {
+        match timeout_at(deadline, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(source)) => last_error = Some(EgressError::Connect { address, source }),
+            Err(_) => return Err(EgressError::ConnectTimeout { address, timeout }),
+        }
+    }
+
+    Err(last_error.expect("a checked target has at least one address"))
+}

@@ -1,0 +1,49 @@
+//! The decision engine of the Portcullis egress proxy.
+//!
+//! Given an app, a requested host and a port, [`Engine::decide`] returns a
+//! [`Decision`]. It holds a verdict, a stable reason code with a message and
+//! the id of the rule that decided. For a permitted connection it also holds
+//! the exact socket addresses that were checked. [`connect`] connects only to those
+//! addresses, so a second DNS answer cannot redirect the connection.
+//!
+//! What the engine does:
+//! - parses hosts as HTTP clients do, including IPv4 literals such as
+//!   `0x7f.1` or `2130706433` and bracketed IPv6 with a zone id
+//!   ([`Host::parse`]);
+//! - matches names against the platform's, the space's and the app's
+//!   allow-lists and the platform's deny-list ([`EgressRules`],
+//!   [`AppRules`]);
+//! - resolves names itself through an injectable [`Resolve`], refusing the
+//!   whole answer if any address is special-purpose ([`special`]);
+//! - applies an optional country rule from a MaxMind-format database;
+//! - counts tunnels and bytes per app ([`TunnelCounter`], [`ByteCounter`]);
+//! - describes each decision as an [`EgressEvent`].
+//!
+//! What it does not do: accept connections, parse HTTP, identify the
+//! calling app or copy bytes. The proxy server does that and calls this
+//! crate.
+
+mod connect;
+mod country;
+mod decision;
+mod engine;
+mod error;
+mod event;
+mod host;
+mod limits;
+mod pattern;
+mod resolve;
+mod rules;
+pub mod special;
+
+pub use connect::connect;
+pub use country::CountryDb;
+pub use decision::{CheckedTarget, Decision, ReasonCode, Verdict};
+pub use engine::Engine;
+pub use error::{EgressError, HostError};
+pub use event::EgressEvent;
+pub use host::{split_authority, Host, MAX_LABEL_LEN, MAX_NAME_LEN};
+pub use limits::{AppBytes, ByteAccounting, ByteCounter, Direction, TunnelCounter, TunnelGuard};
+pub use pattern::{covers, matches, parse_pattern};
+pub use resolve::{HickoryResolver, Resolve, ResolveFuture, StaticResolver};
+pub use rules::{AppRules, EgressRules};
