@@ -46,6 +46,9 @@ enum Command {
     /// Register, list, show and remove third-party apps.
     #[command(subcommand)]
     App(commands::app::Command),
+    /// List, show, add and lift ban and throttle decisions.
+    #[command(subcommand)]
+    Ban(commands::ban::Command),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => commands::serve::run(&global, args).await,
             Command::App(command) => commands::app::run(&global, command).await,
+            Command::Ban(command) => commands::ban::run(&global, command).await,
         }
     });
 

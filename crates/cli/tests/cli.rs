@@ -29,7 +29,7 @@ fn help_lists_commands_and_exit_codes() {
     let output = portcullis(dir.path(), &["--help"]);
     assert_eq!(output.status.code(), Some(0));
     let text = stdout(&output);
-    for command in ["serve", "app"] {
+    for command in ["serve", "app", "ban"] {
         assert!(text.contains(&format!("\n  {command} ")), "{command} missing from:\n{text}");
     }
     assert!(text.contains("Exit codes: 0 success, 1 a check found problems, 2 usage or configuration error"));

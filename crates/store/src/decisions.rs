@@ -190,6 +190,23 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
+    /// Returns the newest guard ban of `app_id` that took effect (not
+    /// simulated) and was not lifted by hand, the base of the next ban's
+    /// escalation.
+    pub async fn latest_guard_ban(&self, app_id: &str) -> Result<Option<DecisionRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM decisions WHERE app_id = $1 AND origin = $2 AND kind = $3 AND simulated = $4 \
+             AND lifted_at IS NULL ORDER BY id DESC LIMIT 1"
+        )))
+        .bind(app_id)
+        .bind(DecisionOrigin::Guard.as_str())
+        .bind("ban")
+        .bind(0_i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
     /// Lifts a decision before its expiry. Returns false if it does not
     /// exist or was already lifted.
     pub async fn lift_decision(&self, id: i64, by: &str, at_ms: i64) -> Result<bool, StoreError> {

@@ -74,6 +74,16 @@ async fn exercise(store: &Store) {
     assert_eq!(stored.decision.evidence, r#"{"401":17,"403":3}"#);
     assert!(store.decisions(Some("weather-app")).await.unwrap().is_empty());
 
+    // The escalation base skips simulated, lifted and operator decisions and throttles.
+    assert_eq!(store.latest_guard_ban("bad-app").await.unwrap().map(|d| d.id), Some(ban));
+    let operator_ban =
+        NewDecision { origin: DecisionOrigin::Operator, ..decision(DecisionKind::Ban, false, now, None) };
+    store.insert_decision(&operator_ban).await.unwrap();
+    let lifted_ban = store.insert_decision(&decision(DecisionKind::Ban, false, now, Some(now + 1))).await.unwrap();
+    assert!(store.lift_decision(lifted_ban, "operator", now).await.unwrap());
+    assert_eq!(store.latest_guard_ban("bad-app").await.unwrap().map(|d| d.id), Some(ban));
+    assert_eq!(store.latest_guard_ban("weather-app").await.unwrap(), None);
+
     // Certificates, pins and revocation.
     let cert = |serial: &str, pin: &str, not_after| CertificateRecord {
         serial: serial.into(),
@@ -158,7 +168,7 @@ async fn exercise(store: &Store) {
     assert!(store.remove_app("bad-app").await.unwrap());
     assert!(!store.remove_app("bad-app").await.unwrap());
     assert!(store.grants(Some("bad-app")).await.unwrap().is_empty());
-    assert_eq!(store.decisions(Some("bad-app")).await.unwrap().len(), 4);
+    assert_eq!(store.decisions(Some("bad-app")).await.unwrap().len(), 6);
 }
 
 #[tokio::test]
