@@ -229,6 +229,9 @@ impl Guard {
             started_at: now,
             expires_at: Some(now.saturating_add(duration_ms(duration))),
         };
+        // NOTE: a decision the store cannot record is not published, so while
+        // the store is down the guard fails open; the policy re-arms and the
+        // next event past the threshold tries again.
         let id = self.store.insert_decision(&decision).await.map_err(|source| GuardError::StoreDecision {
             app_id: app_id.to_owned(),
             policy: policy.name.clone(),
