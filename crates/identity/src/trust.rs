@@ -5,7 +5,10 @@
 //! query the store. A background task reloads both sets from the store
 //! every [`REFRESH_INTERVAL`] (1 s), so a revocation or a newly recorded
 //! pin takes effect on new handshakes within about one interval plus one
-//! store query. If reloading keeps failing, the sets age past
+//! store query. The same bound applies to a newly issued app leaf: it is
+//! rejected with `access_denied` until the next reload, so a deploy that
+//! issues and connects at once calls [`TrustCache::refresh`] first. If
+//! reloading keeps failing, the sets age past
 //! [`MAX_STALENESS`] and verifiers reject every certificate (fail closed)
 //! until a reload succeeds.
 

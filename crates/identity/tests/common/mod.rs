@@ -143,6 +143,14 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Reloads revocations and pins now instead of waiting for the
+    /// refresher, as a deploy does after recording a new leaf.
+    pub async fn reload(&self, platform: &Platform) {
+        self.cache.refresh(&platform.store).await.unwrap();
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
