@@ -46,6 +46,9 @@ enum Command {
     /// Register, list, show and remove third-party apps.
     #[command(subcommand)]
     App(commands::app::Command),
+    /// Manage the platform CA: create it, issue, list and revoke certificates.
+    #[command(subcommand)]
+    Ca(commands::ca::Command),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => commands::serve::run(&global, args).await,
             Command::App(command) => commands::app::run(&global, command).await,
+            Command::Ca(command) => commands::ca::run(&global, command).await,
         }
     });
 

@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod app;
+pub mod ca;
 pub mod serve;
 
 use std::path::{Path, PathBuf};
