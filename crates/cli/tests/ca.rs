@@ -153,4 +153,7 @@ fn issue_rejects_bad_input() {
     }
     let both = portcullis(data, &["ca", "issue", "--app", "a", "--service", "b", "--out", out]);
     assert_eq!(both.status.code(), Some(2), "{}", text(&both));
+    let neither = portcullis(data, &["ca", "issue", "--out", out]);
+    assert_eq!(neither.status.code(), Some(2), "{}", text(&neither));
+    assert!(text(&neither).contains("--app ID, --service NAME or --platform COMPONENT"), "{}", text(&neither));
 }

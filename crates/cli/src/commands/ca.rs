@@ -34,7 +34,7 @@ pub enum Command {
     /// Issue a leaf certificate and write cert.pem, key.pem and ca-bundle.pem.
     Issue {
         #[command(flatten)]
-        subject: Subject,
+        subject: Filter,
         /// DNS name or IP address for a server certificate; repeatable.
         #[arg(long = "dns", value_name = "NAME")]
         dns_names: Vec<String>,
@@ -78,32 +78,17 @@ pub enum Command {
     },
 }
 
-/// Exactly one subject of a leaf.
-#[derive(Debug, clap::Args)]
-#[group(required = true, multiple = false)]
-pub struct Subject {
-    /// App id: spiffe://<trust-domain>/app/<ID>.
-    #[arg(long, value_name = "ID")]
-    app: Option<String>,
-    /// Platform service name: spiffe://<trust-domain>/service/<NAME>.
-    #[arg(long, value_name = "NAME")]
-    service: Option<String>,
-    /// Portcullis component: spiffe://<trust-domain>/platform/<COMPONENT>.
-    #[arg(long, value_name = "COMPONENT")]
-    platform: Option<String>,
-}
-
-/// At most one subject to filter by.
+/// At most one subject: --app, --service or --platform.
 #[derive(Debug, clap::Args)]
 #[group(required = false, multiple = false)]
 pub struct Filter {
-    /// Only this app's certificates.
+    /// App id (spiffe://<trust-domain>/app/<ID>).
     #[arg(long, value_name = "ID")]
     app: Option<String>,
-    /// Only this service's certificates.
+    /// Platform service name (spiffe://<trust-domain>/service/<NAME>).
     #[arg(long, value_name = "NAME")]
     service: Option<String>,
-    /// Only this component's certificates.
+    /// Portcullis component (spiffe://<trust-domain>/platform/<COMPONENT>).
     #[arg(long, value_name = "COMPONENT")]
     platform: Option<String>,
 }
@@ -115,18 +100,6 @@ impl Filter {
             (_, Some(service), _) => Some((CertificateKind::Service, service)),
             (_, _, Some(component)) => Some((CertificateKind::Platform, component)),
             _ => None,
-        }
-    }
-}
-
-impl Subject {
-    fn kind_and_name(&self) -> (CertificateKind, &str) {
-        match (&self.app, &self.service, &self.platform) {
-            (Some(app), _, _) => (CertificateKind::App, app),
-            (_, Some(service), _) => (CertificateKind::Service, service),
-            (_, _, Some(component)) => (CertificateKind::Platform, component),
-            // clap's required group guarantees one of the three.
-            _ => (CertificateKind::App, ""),
         }
     }
 }
@@ -181,7 +154,7 @@ fn init(global: &Global, config: Option<&Path>, trust_domain: Option<String>, fo
 
 async fn issue(
     global: &Global,
-    subject: &Subject,
+    subject: &Filter,
     dns_names: Vec<String>,
     lifetime: Option<Duration>,
     out: &Path,
@@ -204,7 +177,9 @@ async fn issue(
         .into());
     }
 
-    let (kind, name) = subject.kind_and_name();
+    let (kind, name) = subject
+        .subject()
+        .ok_or_else(|| UsageError("name the subject with --app ID, --service NAME or --platform COMPONENT".into()))?;
     let identity = SpiffeId::new(ca.trust_domain(), kind, name).map_err(usage_or)?;
     let mut request = LeafRequest::new(identity, &lifetimes).with_dns_names(dns_names);
     if let Some(lifetime) = lifetime {
