@@ -18,7 +18,7 @@ use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::IdentityError;
 use portcullis_store::{CertificateKind, CertificateRecord, Store};
 
-/// Longest leaf lifetime accepted: 397 days, the CA/Browser Forum's limit
+/// Maximum leaf lifetime: 397 days, the CA/Browser Forum's limit
 /// for server certificates (Baseline Requirements section 6.3.2).
 pub const MAX_LIFETIME: Duration = Duration::from_secs(397 * 24 * 3600);
 
@@ -309,7 +309,7 @@ impl PlatformCa {
         let failed = |source| IdentityError::Certificate { identity: identity.clone(), source };
 
         // X.509 times have whole seconds; truncating here keeps the
-        // returned validity equal to what the certificate says.
+        // returned validity equal to the validity in the certificate.
         let start = request.valid_from.unwrap_or_else(SystemTime::now);
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(portcullis_store::unix_ms(start).max(0) as u64 / 1000);
         let end = start + Duration::from_secs(request.lifetime.as_secs().max(1));

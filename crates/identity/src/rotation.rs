@@ -1,6 +1,6 @@
 //! Certificates that renew themselves while listeners and clients run.
 //!
-//! [`RenewingCertificate`] holds the current leaf behind an [`ArcSwap`].
+//! [`RenewingCertificate`] keeps the current leaf behind an [`ArcSwap`].
 //! rustls asks its resolver for a certificate at each handshake, so a
 //! swapped leaf is used by the next handshake while connections already
 //! open keep the keys they negotiated: nothing restarts and nothing drops.

@@ -34,7 +34,7 @@ struct Snapshot {
     loaded_at: Option<Instant>,
 }
 
-/// Why the cache rejected a certificate.
+/// The outcome of a revocation and pin check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrustVerdict {
     /// Neither revoked nor, for an app, unpinned.
@@ -55,7 +55,7 @@ pub struct TrustCache {
 }
 
 impl TrustCache {
-    /// An empty cache; verifiers reject everything until the first
+    /// Creates an empty cache; verifiers reject everything until the first
     /// [`refresh`](Self::refresh).
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
@@ -127,7 +127,7 @@ impl TrustCache {
         TrustVerdict::Accepted
     }
 
-    /// Whether `serial` was revoked as of the last reload. Long-lived
+    /// Returns whether `serial` was revoked as of the last reload. Long-lived
     /// connections can call this per request, because revocation only
     /// affects new handshakes.
     pub fn is_revoked(&self, serial: &str) -> bool {

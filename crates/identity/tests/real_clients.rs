@@ -122,7 +122,7 @@ async fn weak_protocols_and_suites_rejected() {
     let dir = platform.dir.path().join("clients/valid");
 
     // SECLEVEL=0 lets OpenSSL 3 offer what it would refuse by default, so
-    // the server, not the client, has to say no. rustls answers a hello
+    // the server, not the client, has to say no. rustls responds to a hello
     // without TLS 1.2 or 1.3 with a handshake_failure alert (number 40).
     let cases: &[(&[&str], &str)] = &[
         (&["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"], "alert handshake failure"),

@@ -72,7 +72,7 @@ pub fn rogue_ca() -> (tempfile::TempDir, PlatformCa) {
     (dir, ca)
 }
 
-/// An mTLS HTTP/1.1 server on 127.0.0.1 that answers every request with
+/// An mTLS HTTP/1.1 server on 127.0.0.1 that responds to every request with
 /// `200 OK` and the peer's SPIFFE id as the body. Stops when dropped.
 pub struct TestServer {
     pub port: u16,
