@@ -144,6 +144,7 @@ async fn revoked_while_running_refused_within_2s() {
     let server = TestServer::start(&platform).await;
     let leaf = platform.issue(CertificateKind::App, "forecast", &[]).await;
     let dir = platform.write("revoked", &leaf);
+    server.reload(&platform).await;
 
     let before = curl(server.port, &dir, true, &[]).await;
     assert_eq!(before.code, Some(0), "{}", before.output);
@@ -178,7 +179,7 @@ async fn revoke_app_refuses_every_leaf() {
     let first = platform.write("first", &platform.issue(CertificateKind::App, "forecast", &[]).await);
     let second = platform.write("second", &platform.issue(CertificateKind::App, "forecast", &[]).await);
     let other = platform.write("other", &platform.issue(CertificateKind::App, "radar", &[]).await);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    server.reload(&platform).await;
     for dir in [&first, &second, &other] {
         let outcome = curl(server.port, dir, true, &[]).await;
         assert_eq!(outcome.code, Some(0), "{}: {}", dir.display(), outcome.output);

@@ -146,7 +146,7 @@ async fn issue_with_root_key_offline() {
     assert!(!ca_dir.join(portcullis_identity::ROOT_KEY).exists());
 
     // The server trusts the root: the leaf chains to it without its key.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    server.reload(&platform).await;
     let mut client = connect(&platform, server.port, RenewingCertificate::new(&leaf).unwrap()).await;
     assert_eq!(request_body(&mut client).await, "spiffe://weather.example/app/forecast");
 }
