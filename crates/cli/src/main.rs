@@ -49,6 +49,9 @@ enum Command {
     /// List, show, add and lift ban and throttle decisions.
     #[command(subcommand)]
     Ban(commands::ban::Command),
+    /// Manage the platform CA: create it, issue, list and revoke certificates.
+    #[command(subcommand)]
+    Ca(commands::ca::Command),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => commands::serve::run(&global, args).await,
             Command::App(command) => commands::app::run(&global, command).await,
             Command::Ban(command) => commands::ban::run(&global, command).await,
+            Command::Ca(command) => commands::ca::run(&global, command).await,
         }
     });
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{Instant, timeout_at};
 
 use crate::decision::CheckedTarget;
 use crate::error::EgressError;

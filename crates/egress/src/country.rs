@@ -30,7 +30,9 @@ impl CountryDb {
         let reader = Reader::open_readfile(path).map_err(|error| failed(error.to_string()))?;
         let kind = reader.metadata().database_type.clone();
         if !["Country", "City", "Enterprise"].iter().any(|k| kind.contains(k)) {
-            return Err(failed(format!("database type {kind:?} has no country data; use a GeoIP2 or GeoLite2 Country or City database")));
+            return Err(failed(format!(
+                "database type {kind:?} has no country data; use a GeoIP2 or GeoLite2 Country or City database"
+            )));
         }
         Ok(Self { path: path.to_owned(), reader })
     }

@@ -7,7 +7,6 @@ use std::net::{IpAddr, SocketAddr};
 use portcullis_config::Mode;
 use serde::Serialize;
 
-
 /// The outcome class of a requested connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -173,7 +173,13 @@ impl Engine {
     }
 
     /// Steps 5 to 10 over every address. Returns the allowing finding.
-    fn check_addresses(&self, app: &AppRules, host: &Host, addresses: &[IpAddr], report: &mut Option<Finding>) -> Step<Finding> {
+    fn check_addresses(
+        &self,
+        app: &AppRules,
+        host: &Host,
+        addresses: &[IpAddr],
+        report: &mut Option<Finding>,
+    ) -> Step<Finding> {
         let mut cidr_allow: Option<Finding> = None;
         let mut host_allow: Option<Finding> = None;
 
@@ -193,7 +199,12 @@ impl Engine {
             if let Some((index, net)) = allowed_cidr {
                 if cidr_allow.is_none() {
                     let message = format!("{host} address {ip} is in allow_cidrs entry {net}");
-                    cidr_allow = Some(Finding::staged(self.rules.settings.mode, ReasonCode::CidrAllowed, format!("allow_cidrs[{index}]"), message));
+                    cidr_allow = Some(Finding::staged(
+                        self.rules.settings.mode,
+                        ReasonCode::CidrAllowed,
+                        format!("allow_cidrs[{index}]"),
+                        message,
+                    ));
                 }
                 continue;
             }
@@ -210,7 +221,8 @@ impl Engine {
     /// Step 8: the host name against the platform, space and app lists.
     fn check_host_allowed(&self, app: &AppRules, host: &Host, report: &mut Option<Finding>) -> Step<Finding> {
         let platform_mode = self.rules.settings.mode;
-        let not_allowed = |mode: Mode, message: String| Finding::staged(mode, ReasonCode::NotAllowed, "default:not-allowed", message);
+        let not_allowed =
+            |mode: Mode, message: String| Finding::staged(mode, ReasonCode::NotAllowed, "default:not-allowed", message);
 
         let Some(name) = host.name() else {
             let message = format!("{host} is an IP address outside allow_cidrs");
@@ -265,12 +277,16 @@ impl Engine {
 
         let listed = rule.codes.contains(&code);
         if rule.allow && !listed {
-            let message = format!("{host} address {ip} is in {code}, which is not in the country allow-list {:?}", rule.codes);
+            let message =
+                format!("{host} address {ip} is in {code}, which is not in the country allow-list {:?}", rule.codes);
             return record(report, Finding::staged(mode, ReasonCode::CountryNotAllowed, "country:allow", message));
         }
         if !rule.allow && listed {
             let message = format!("{host} address {ip} is in {code}, which is in the country deny-list");
-            return record(report, Finding::staged(mode, ReasonCode::CountryDenied, format!("country:deny:{code}"), message));
+            return record(
+                report,
+                Finding::staged(mode, ReasonCode::CountryDenied, format!("country:deny:{code}"), message),
+            );
         }
         Ok(())
     }

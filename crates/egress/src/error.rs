@@ -74,7 +74,9 @@ pub enum EgressError {
     },
 
     /// No checked address accepted a connection within the connect timeout.
-    #[error("connecting to {address} timed out after {timeout:?}; raise egress.connect_timeout if the destination is slow")]
+    #[error(
+        "connecting to {address} timed out after {timeout:?}; raise egress.connect_timeout if the destination is slow"
+    )]
     ConnectTimeout {
         /// The address tried last.
         address: SocketAddr,
@@ -83,7 +85,9 @@ pub enum EgressError {
     },
 
     /// The app already has the maximum number of open tunnels.
-    #[error("app {app_id} already has {limit} open egress tunnels, the egress.max_tunnels_per_app limit; close one first")]
+    #[error(
+        "app {app_id} already has {limit} open egress tunnels, the egress.max_tunnels_per_app limit; close one first"
+    )]
     TunnelLimit {
         /// The app.
         app_id: String,

@@ -107,18 +107,14 @@ impl fmt::Display for Host {
 pub fn split_authority(authority: &str) -> Result<(&str, u16), HostError> {
     let invalid = |reason: &'static str| HostError { host: authority.to_owned(), reason };
 
-    let (host, port) = authority
-        .rsplit_once(':')
-        .ok_or(invalid("the authority has no port; expected host:port"))?;
+    let (host, port) = authority.rsplit_once(':').ok_or(invalid("the authority has no port; expected host:port"))?;
     if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
         return Err(invalid("an IPv6 address in an authority must be in brackets, as [::1]:443"));
     }
     if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid("the port must be a decimal number from 1 to 65535"));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| invalid("the port must be a decimal number from 1 to 65535"))?;
+    let port: u16 = port.parse().map_err(|_| invalid("the port must be a decimal number from 1 to 65535"))?;
     if port == 0 {
         return Err(invalid("the port must be a decimal number from 1 to 65535"));
     }
@@ -140,15 +136,13 @@ fn parse_ipv6_literal(inner: &str) -> Result<IpAddr, &'static str> {
         None => (inner, None),
     };
     if let Some(zone) = zone {
-        let valid = !zone.is_empty() && zone.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        let valid = !zone.is_empty()
+            && zone.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
         if !valid {
             return Err("the IPv6 zone id after '%25' must be letters, digits, '-', '.', '_' or '~'");
         }
     }
-    address
-        .parse::<Ipv6Addr>()
-        .map(IpAddr::V6)
-        .map_err(|_| "the text in brackets is not an IPv6 address")
+    address.parse::<Ipv6Addr>().map(IpAddr::V6).map_err(|_| "the text in brackets is not an IPv6 address")
 }
 
 /// Implements the WHATWG URL Standard's "ends in a number" check: whether the last

@@ -42,7 +42,7 @@ pub use decision::{CheckedTarget, Decision, ReasonCode, Verdict};
 pub use engine::Engine;
 pub use error::{EgressError, HostError};
 pub use event::EgressEvent;
-pub use host::{split_authority, Host, MAX_LABEL_LEN, MAX_NAME_LEN};
+pub use host::{Host, MAX_LABEL_LEN, MAX_NAME_LEN, split_authority};
 pub use limits::{AppBytes, ByteAccounting, ByteCounter, Direction, TunnelCounter, TunnelGuard};
 pub use pattern::{covers, matches, parse_pattern};
 pub use resolve::{HickoryResolver, Resolve, ResolveFuture, StaticResolver};

@@ -36,7 +36,8 @@ pub struct HickoryResolver {
 impl HickoryResolver {
     /// Builds a resolver from the system configuration (`/etc/resolv.conf`).
     pub fn from_system_conf() -> Result<Self, EgressError> {
-        let builder = TokioResolver::builder_tokio().map_err(|error| EgressError::ResolverSetup { message: error.to_string() })?;
+        let builder = TokioResolver::builder_tokio()
+            .map_err(|error| EgressError::ResolverSetup { message: error.to_string() })?;
         let inner = builder.build().map_err(|error| EgressError::ResolverSetup { message: error.to_string() })?;
         Ok(Self { inner })
     }
@@ -84,11 +85,7 @@ impl StaticResolver {
 
 impl Resolve for StaticResolver {
     fn resolve<'a>(&'a self, name: &'a str) -> ResolveFuture<'a> {
-        let answer = self
-            .answers
-            .get(name)
-            .cloned()
-            .ok_or_else(|| format!("no record found for {name}"));
+        let answer = self.answers.get(name).cloned().ok_or_else(|| format!("no record found for {name}"));
         Box::pin(async move { answer })
     }
 }

@@ -140,7 +140,13 @@ impl AppRules {
     }
 }
 
-fn check_narrows(app_id: &AppId, text: &str, pattern: &HostPattern, scope: String, outer: &[HostPattern]) -> Result<(), EgressError> {
+fn check_narrows(
+    app_id: &AppId,
+    text: &str,
+    pattern: &HostPattern,
+    scope: String,
+    outer: &[HostPattern],
+) -> Result<(), EgressError> {
     if outer.iter().any(|allowed| covers(allowed, pattern)) {
         return Ok(());
     }

@@ -93,12 +93,8 @@ const IPV6: &[(&str, &str, &str, &str)] = &[
 /// Blocks whose embedded IPv4 address decides, and whose own entry decides
 /// only when the embedded address is public (`None` = the address is then
 /// treated as public).
-const EMBEDDING: &[(&str, bool)] = &[
-    ("ipv4-mapped", false),
-    ("nat64", false),
-    ("6to4", false),
-    ("ipv4-compatible", true),
-];
+const EMBEDDING: &[(&str, bool)] =
+    &[("ipv4-mapped", false), ("nat64", false), ("6to4", false), ("ipv4-compatible", true)];
 
 /// Every special-purpose block, IPv4 first, in table order.
 pub static SPECIAL_RANGES: LazyLock<Vec<SpecialRange>> = LazyLock::new(|| {
@@ -186,10 +182,7 @@ static OUTSIDE_GLOBAL_UNICAST: LazyLock<SpecialRange> = LazyLock::new(|| Special
 });
 
 fn longest_match(ip: IpAddr) -> Option<&'static SpecialRange> {
-    SPECIAL_RANGES
-        .iter()
-        .filter(|range| range.net.contains(&ip))
-        .max_by_key(|range| range.net.prefix_len())
+    SPECIAL_RANGES.iter().filter(|range| range.net.contains(&ip)).max_by_key(|range| range.net.prefix_len())
 }
 
 /// Returns the IPv4 address embedded in an IPv4-mapped, IPv4-compatible,
@@ -199,10 +192,7 @@ pub fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
         return None;
     };
     let range = longest_match(ip)?;
-    EMBEDDING
-        .iter()
-        .any(|(id, _)| *id == range.id)
-        .then(|| ipv4_in_form(range.id, v6))
+    EMBEDDING.iter().any(|(id, _)| *id == range.id).then(|| ipv4_in_form(range.id, v6))
 }
 
 /// Extracts the IPv4 address inside an embedding form: the low 32 bits for

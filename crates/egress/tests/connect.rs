@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use portcullis_egress::{connect, EgressRules, Engine, Resolve, ResolveFuture, StaticResolver, Verdict};
+use portcullis_egress::{EgressRules, Engine, Resolve, ResolveFuture, StaticResolver, Verdict, connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -33,11 +33,8 @@ fn resolver() -> StaticResolver {
 fn country_engine(database: &str, allow: bool, codes: &[&str], mode: Mode) -> portcullis_egress::Engine {
     let mut settings = settings();
     settings.mode = mode;
-    settings.countries = Some(CountryRule {
-        database: data(database),
-        allow,
-        codes: codes.iter().map(|c| (*c).to_owned()).collect(),
-    });
+    settings.countries =
+        Some(CountryRule { database: data(database), allow, codes: codes.iter().map(|c| (*c).to_owned()).collect() });
     engine(settings, resolver())
 }
 

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
 use portcullis_config::{Mode, Space, SpaceName};
-use portcullis_egress::{AppRules, EgressError, EgressEvent, ReasonCode, Resolve, ResolveFuture, StaticResolver, Verdict};
+use portcullis_egress::{
+    AppRules, EgressError, EgressEvent, ReasonCode, Resolve, ResolveFuture, StaticResolver, Verdict,
+};
 
 /// A resolver that returns one answer per call, in order, repeating the
 /// last, and counts its calls.
@@ -90,7 +92,15 @@ async fn invalid_names_denied() {
     let engine = engine(settings(), public_resolver());
     let app = app(&engine);
     let long_label = format!("{}.example.org", "a".repeat(64));
-    for requested in ["exa mple.example.org", "a..example.org", "-a.example.org", "a_b.example.org", ".example.org", long_label.as_str(), "a.example.org:443"] {
+    for requested in [
+        "exa mple.example.org",
+        "a..example.org",
+        "-a.example.org",
+        "a_b.example.org",
+        ".example.org",
+        long_label.as_str(),
+        "a.example.org:443",
+    ] {
         let decision = engine.decide(&app, requested, 443).await;
         assert_eq!(decision.rule, "malformed:host", "{requested:?}");
         assert_eq!(decision.verdict, Verdict::Deny, "{requested:?}");
@@ -288,7 +298,8 @@ fn manifest_widening_rejected() {
         (manifest(&["evilexample.org"]), "evilexample.org"),
     ];
     for (requested, host) in cases {
-        let error = AppRules::new(&rules, app_id(), SpaceName::Live, &space, Some(&requested)).expect_err("widening must fail");
+        let error =
+            AppRules::new(&rules, app_id(), SpaceName::Live, &space, Some(&requested)).expect_err("widening must fail");
         match &error {
             EgressError::HostWidened { host: named, scope, app_id } => {
                 assert_eq!(named, host);
@@ -317,7 +328,8 @@ fn manifest_cannot_widen_space() {
 fn manifest_host_must_be_normalised() {
     let rules = portcullis_egress::EgressRules::new(settings()).unwrap();
     let requested = manifest(&["API.example.org."]);
-    let error = AppRules::new(&rules, app_id(), SpaceName::Live, &live_space(), Some(&requested)).expect_err("must fail");
+    let error =
+        AppRules::new(&rules, app_id(), SpaceName::Live, &live_space(), Some(&requested)).expect_err("must fail");
     assert!(matches!(&error, EgressError::InvalidManifestHost { host, .. } if host == "API.example.org."), "{error}");
     assert!(error.to_string().contains("\"api.example.org\""), "{error}");
 }

@@ -6,7 +6,7 @@ use sqlx::Row;
 use crate::{Store, StoreError, unique_violation};
 
 /// Whom a certificate was issued to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CertificateKind {
     /// A third-party app (`spiffe://<td>/app/<id>`).
@@ -197,5 +197,24 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(pins)
+    }
+
+    /// Lists `(subject, pin)` for every certificate of `kind` that is valid
+    /// at `now_ms` and not revoked: the pin sets of all subjects in one
+    /// query, for a verifier that caches them in memory.
+    pub async fn valid_pins_of_kind(
+        &self,
+        kind: CertificateKind,
+        now_ms: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT subject, spki_sha256 FROM certificates WHERE kind = $1 \
+             AND revoked_at IS NULL AND not_before <= $2 AND not_after > $2 ORDER BY subject, spki_sha256",
+        )
+        .bind(kind.as_str())
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("subject")?, row.try_get("spki_sha256")?))).collect()
     }
 }

@@ -102,6 +102,12 @@ async fn exercise(store: &Store) {
     store.insert_certificate(&cert("0c", "pin-expired", now - 1)).await.unwrap();
     assert!(matches!(store.insert_certificate(&cert("0a", "x", now)).await, Err(StoreError::Duplicate { .. })));
     assert_eq!(store.valid_pins(CertificateKind::App, "weather-app", now).await.unwrap(), ["pin-new", "pin-old"]);
+    let by_subject = store.valid_pins_of_kind(CertificateKind::App, now).await.unwrap();
+    assert_eq!(
+        by_subject,
+        [("weather-app".to_owned(), "pin-new".to_owned()), ("weather-app".to_owned(), "pin-old".to_owned())]
+    );
+    assert!(store.valid_pins_of_kind(CertificateKind::Service, now).await.unwrap().is_empty());
     assert!(store.revoke_certificate("0a", "key compromise", now).await.unwrap());
     assert!(!store.revoke_certificate("0a", "again", now).await.unwrap());
     assert_eq!(store.valid_pins(CertificateKind::App, "weather-app", now).await.unwrap(), ["pin-new"]);

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod ban;
+pub mod ca;
 pub mod serve;
 
 use std::path::{Path, PathBuf};
