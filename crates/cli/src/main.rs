@@ -52,6 +52,12 @@ enum Command {
     /// Manage the platform CA: create it, issue, list and revoke certificates.
     #[command(subcommand)]
     Ca(commands::ca::Command),
+    /// Grant, withdraw and list the scopes apps may use on services.
+    #[command(subcommand)]
+    Grant(commands::grant::Command),
+    /// Create customers who can approve apps on the consent page.
+    #[command(subcommand)]
+    Customer(commands::grant::CustomerCommand),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +79,8 @@ fn main() -> ExitCode {
             Command::App(command) => commands::app::run(&global, command).await,
             Command::Ban(command) => commands::ban::run(&global, command).await,
             Command::Ca(command) => commands::ca::run(&global, command).await,
+            Command::Grant(command) => commands::grant::run(&global, command).await,
+            Command::Customer(command) => commands::grant::run_customer(&global, command).await,
         }
     });
 

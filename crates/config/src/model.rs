@@ -98,8 +98,11 @@ pub struct Listeners {
     pub gateway: SocketAddr,
     /// Egress proxy.
     pub egress: SocketAddr,
-    /// OAuth 2.0 token service.
+    /// OAuth 2.0 token service (mutual TLS for apps and services).
     pub token: SocketAddr,
+    /// The customer consent page (server-authenticated TLS only, for
+    /// browsers); `None` disables the authorization code grant.
+    pub consent: Option<SocketAddr>,
     /// Operator REST API and metrics.
     pub operator: SocketAddr,
 }

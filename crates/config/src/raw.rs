@@ -44,6 +44,7 @@ pub(crate) struct RawListeners {
     pub gateway: String,
     pub egress: String,
     pub token: String,
+    pub consent: Option<String>,
     pub operator: String,
 }
 

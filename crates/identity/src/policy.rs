@@ -68,6 +68,23 @@ pub fn server_config(
     Ok(config)
 }
 
+/// Builds a server configuration without client authentication, for the
+/// few listeners that browsers reach (the customer consent page). Every
+/// other part of the policy is the same as [`server_config`].
+pub fn public_server_config(
+    certificate: Arc<dyn ResolvesServerCert>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, IdentityError> {
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_no_client_auth()
+        .with_cert_resolver(certificate);
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// Builds a client configuration that trusts only the platform root
 /// `root` and presents the client certificate from `certificate`.
 pub fn client_config(

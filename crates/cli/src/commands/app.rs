@@ -21,6 +21,11 @@ pub enum Command {
         /// Developer or organisation responsible for the app.
         #[arg(long)]
         owner: String,
+        /// OAuth redirect URI for the authorization code grant (repeatable):
+        /// an https:// URL, or http://127.0.0.1 or http://[::1] with a port for
+        /// native apps (RFC 8252 section 7.3). Matched exactly.
+        #[arg(long = "redirect-uri", value_name = "URI")]
+        redirect_uris: Vec<String>,
     },
     /// List registered apps.
     List {
@@ -52,9 +57,15 @@ fn app_id(value: &str) -> anyhow::Result<AppId> {
 pub async fn run(global: &Global, command: Command) -> anyhow::Result<u8> {
     let store = global.open_store(None, None).await?;
     match command {
-        Command::Register { id, name, owner } => {
+        Command::Register { id, name, owner, redirect_uris } => {
             let id = app_id(&id)?;
+            for uri in &redirect_uris {
+                check_redirect_uri(uri)?;
+            }
             let record = store.insert_app(id.as_str(), &name, &owner).await?;
+            for uri in &redirect_uris {
+                store.add_redirect_uri(id.as_str(), uri).await?;
+            }
             tracing::info!(app_id = %record.id, owner = %record.owner, "app registered");
             println!("registered app {}", record.id);
         }
@@ -92,4 +103,22 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<u8> {
 
 fn row(app: &AppRecord) -> Vec<String> {
     vec![app.id.clone(), app.name.clone(), app.owner.clone(), app.state.to_string(), timestamp(app.created_at)]
+}
+
+/// Checks a redirect URI: https, or plain http only to a loopback address
+/// (RFC 8252 section 7.3), with no fragment (RFC 6749 section 3.1.2).
+fn check_redirect_uri(uri: &str) -> anyhow::Result<()> {
+    let invalid = || {
+        UsageError(format!(
+            "invalid redirect URI {uri:?}: use an https:// URL, or http://127.0.0.1:PORT/... for a native app, without a fragment"
+        ))
+    };
+    let url = url::Url::parse(uri).map_err(|_| invalid())?;
+    let loopback = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+        || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback());
+    let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+    if !scheme_ok || url.host().is_none() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(invalid().into());
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod ban;
 pub mod ca;
+pub mod grant;
 pub mod serve;
 
 use std::path::{Path, PathBuf};

@@ -63,15 +63,19 @@ pub(super) fn listeners(check: &Checker, raw: &RawListeners) -> Result<Listeners
         gateway: address("gateway", &raw.gateway)?,
         egress: address("egress", &raw.egress)?,
         token: address("token", &raw.token)?,
+        consent: raw.consent.as_deref().map(|text| address("consent", text)).transpose()?,
         operator: address("operator", &raw.operator)?,
     };
 
-    let all = [
+    let mut all = vec![
         ("gateway", listeners.gateway),
         ("egress", listeners.egress),
         ("token", listeners.token),
         ("operator", listeners.operator),
     ];
+    if let Some(consent) = listeners.consent {
+        all.push(("consent", consent));
+    }
     for (index, (key, address)) in all.iter().enumerate() {
         if address.port() == 0 {
             return Err(check.invalid(

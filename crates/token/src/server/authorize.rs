@@ -27,7 +27,8 @@ const CSRF_COOKIE: &str = "portcullis_csrf";
 
 /// Request parameters the consent form carries through, in a fixed order
 /// for the CSRF HMAC.
-const CARRIED: [&str; 6] = ["client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method"];
+const CARRIED: [&str; 7] =
+    ["response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method"];
 
 /// A validated authorization request.
 struct Request {

@@ -1,11 +1,12 @@
 //! The OAuth 2.0 authorization server (RFC 6749) of the platform.
 //!
-//! Endpoints, all under one listener that uses the platform's TLS policy:
+//! Endpoints, on the token listener (client certificates required) unless
+//! noted, both under the platform's TLS policy:
 //!
 //! | path | does |
 //! | --- | --- |
 //! | `POST /oauth2/token` | `client_credentials`, `authorization_code` with PKCE S256, `refresh_token` |
-//! | `GET`, `POST /oauth2/authorize` | the customer consent page |
+//! | `GET`, `POST /oauth2/authorize` | the customer consent page, on the consent listener |
 //! | `POST /oauth2/introspect` | RFC 7662, for platform services and components |
 //! | `POST /oauth2/revoke` | RFC 7009, for the token's app and platform components |
 //! | `GET /.well-known/oauth-authorization-server` | RFC 8414 metadata |
@@ -13,13 +14,13 @@
 //!
 //! Apps authenticate with their mutual-TLS certificate (RFC 8705 section
 //! 2.1, `tls_client_auth`). The listener puts the verified certificate and
-//! its SPIFFE id into each request as a [`TlsClient`] extension; a request
-//! without it is an unauthenticated caller, which only the consent page,
-//! the metadata and the JWKS accept.
+//! its SPIFFE id into each request as a [`TlsClient`] extension. The consent
+//! listener serves customers' browsers, which have no client certificate.
 
 mod authorize;
 mod error;
 mod introspect;
+mod listener;
 mod metadata;
 mod token_endpoint;
 
@@ -36,6 +37,7 @@ use portcullis_store::Store;
 
 pub use authorize::hash_customer_secret;
 pub use error::OAuthError;
+pub use listener::{serve_mutual_tls, serve_public_tls};
 
 use crate::{InvalidationsHandle, TokenError, TokenIssuer, Verifier, VerifierKeys};
 
@@ -94,6 +96,8 @@ pub struct TokenService {
 
 struct Inner {
     trust_domain: String,
+    /// Base URL of the consent listener, if configured.
+    consent_url: Option<String>,
     issuer: TokenIssuer,
     verifier: Verifier,
     invalidations: InvalidationsHandle,
@@ -176,6 +180,7 @@ impl TokenService {
         Ok(Self {
             inner: Arc::new(Inner {
                 trust_domain: config.trust_domain.clone(),
+                consent_url: config.listeners.consent.map(|address| format!("https://{address}")),
                 issuer,
                 verifier,
                 invalidations,
@@ -190,15 +195,24 @@ impl TokenService {
         })
     }
 
-    /// The HTTP routes of the service.
+    /// The routes of the token listener, which requires client
+    /// certificates: token, introspection, revocation, metadata and JWKS.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/oauth2/token", post(token_endpoint::token))
-            .route("/oauth2/authorize", get(authorize::show).post(authorize::decide))
             .route("/oauth2/introspect", post(introspect::introspect))
             .route("/oauth2/revoke", post(introspect::revoke))
             .route("/.well-known/oauth-authorization-server", get(metadata::metadata))
             .route("/oauth2/jwks", get(metadata::jwks))
+            .with_state(self.clone())
+    }
+
+    /// The routes of the consent listener, which browsers reach without a
+    /// client certificate: the authorization endpoint and the metadata.
+    pub fn consent_router(&self) -> Router {
+        Router::new()
+            .route("/oauth2/authorize", get(authorize::show).post(authorize::decide))
+            .route("/.well-known/oauth-authorization-server", get(metadata::metadata))
             .with_state(self.clone())
     }
 
