@@ -178,6 +178,15 @@ async fn authlib_drives_both_grants() {
     );
 }
 
+/// Runs curl as the holder of the certificate in the client directory
+/// `client`, and returns (HTTP status, body).
+fn curl_as(client: &Path, args: &[&str]) -> (u16, String) {
+    let [cert, key, ca] = client_args(client);
+    let mut all = vec!["--cacert", ca.as_str(), "--cert", cert.as_str(), "--key", key.as_str()];
+    all.extend_from_slice(args);
+    curl(&all)
+}
+
 /// Runs curl against the token listener and returns (HTTP status, body).
 fn curl(args: &[&str]) -> (u16, String) {
     let output = Command::new("curl")
@@ -194,14 +203,8 @@ fn curl(args: &[&str]) -> (u16, String) {
 async fn token_endpoint_errors_follow_rfc_6749() {
     let platform = Platform::start().await;
     let url = platform.token_url.clone();
-    let [cert, key, ca] = client_args(&platform.client_dir("weather-app"));
-    let [other_cert, other_key, _] = client_args(&platform.client_dir("other-app"));
-    let [service_cert, service_key, _] = client_args(&platform.client_dir("weather"));
-
-    let app = |body: &str| -> (u16, String) {
-        let (url, cert, key, ca, body) = (url.clone(), cert.clone(), key.clone(), ca.clone(), body.to_owned());
-        curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, "--data", &body, &url])
-    };
+    let ca = client_args(&platform.client_dir("weather-app"))[2].clone();
+    let app = |body: &str| curl_as(&platform.client_dir("weather-app"), &["--data", body, &url]);
 
     // (case, body, status, error code)
     let cases = [
@@ -256,32 +259,16 @@ async fn token_endpoint_errors_follow_rfc_6749() {
     assert_eq!(status, 200, "{body}");
 
     // A service certificate is not a client credential at the token endpoint.
-    let (status, body) = curl(&[
-        "--cacert",
-        &ca,
-        "--cert",
-        &service_cert,
-        "--key",
-        &service_key,
-        "--data",
-        "grant_type=client_credentials&scope=weather:read",
-        &url,
-    ]);
+    let (status, body) =
+        curl_as(&platform.client_dir("weather"), &["--data", "grant_type=client_credentials&scope=weather:read", &url]);
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("invalid_client"), "{body}");
 
     // An app without the grant.
-    let (status, body) = curl(&[
-        "--cacert",
-        &ca,
-        "--cert",
-        &other_cert,
-        "--key",
-        &other_key,
-        "--data",
-        "grant_type=client_credentials&scope=weather:read",
-        &url,
-    ]);
+    let (status, body) = curl_as(
+        &platform.client_dir("other-app"),
+        &["--data", "grant_type=client_credentials&scope=weather:read", &url],
+    );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("scope weather:read is not granted to app other-app"), "{body}");
 
@@ -294,7 +281,6 @@ async fn token_endpoint_errors_follow_rfc_6749() {
 async fn token_endpoint_is_rate_limited_per_client() {
     let platform = Platform::start().await;
     let [_, _, ca] = client_args(&platform.client_dir("weather-app"));
-    let [other_cert, other_key, _] = client_args(&platform.client_dir("other-app"));
     let body = "grant_type=client_credentials&scope=weather:read";
 
     // The example allows a burst of 20 above 5 per second; 40 quick requests
@@ -325,8 +311,7 @@ async fn token_endpoint_is_rate_limited_per_client() {
     assert!(statuses.contains(&429), "no 429 in {statuses:?}");
 
     // Another client is not affected by the first one's limit.
-    let (status, body) =
-        curl(&["--cacert", &ca, "--cert", &other_cert, "--key", &other_key, "--data", body, &platform.token_url]);
+    let (status, body) = curl_as(&platform.client_dir("other-app"), &["--data", body, &platform.token_url]);
     assert_eq!(status, 400, "other-app has its own bucket: {body}");
 }
 
@@ -334,116 +319,62 @@ async fn token_endpoint_is_rate_limited_per_client() {
 async fn introspection_and_revocation_require_authenticated_callers() {
     let platform = Platform::start().await;
     let base = platform.token_url.trim_end_matches("/token").to_owned();
-    let [cert, key, ca] = client_args(&platform.client_dir("weather-app"));
-    let [other_cert, other_key, _] = client_args(&platform.client_dir("other-app"));
-    let [weather_cert, weather_key, _] = client_args(&platform.client_dir("weather"));
-    let [records_cert, records_key, _] = client_args(&platform.client_dir("records"));
 
-    let (status, body) = curl(&[
-        "--cacert",
-        &ca,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--data",
-        "grant_type=client_credentials&scope=weather:read",
-        &platform.token_url,
-    ]);
+    let (status, body) = curl_as(
+        &platform.client_dir("weather-app"),
+        &["--data", "grant_type=client_credentials&scope=weather:read", &platform.token_url],
+    );
     assert_eq!(status, 200, "{body}");
     let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned();
     let token_param = format!("token={token}");
 
     // Introspection: the weather service sees its token; records does not;
     // an app may not introspect.
-    let (status, body) = curl(&[
-        "--cacert",
-        &ca,
-        "--cert",
-        &weather_cert,
-        "--key",
-        &weather_key,
-        "--data",
-        &token_param,
-        &format!("{base}/introspect"),
-    ]);
+    let (status, body) =
+        curl_as(&platform.client_dir("weather"), &["--data", &token_param, &format!("{base}/introspect")]);
     assert_eq!(status, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["active"], true);
     assert_eq!(json["sub"], "weather-app");
     assert_eq!(json["scope"], "weather:read");
 
-    let (_, body) = curl(&[
-        "--cacert",
-        &ca,
-        "--cert",
-        &records_cert,
-        "--key",
-        &records_key,
-        "--data",
-        &token_param,
-        &format!("{base}/introspect"),
-    ]);
+    let (_, body) = curl_as(&platform.client_dir("records"), &["--data", &token_param, &format!("{base}/introspect")]);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["active"], false);
 
     let (status, body) =
-        curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, "--data", &token_param, &format!("{base}/introspect")]);
+        curl_as(&platform.client_dir("weather-app"), &["--data", &token_param, &format!("{base}/introspect")]);
     assert_eq!(status, 401, "{body}");
 
     // Revocation: another app may not revoke it; the owner may.
-    let (status, body) = curl(&[
-        "--cacert",
-        &ca,
-        "--cert",
-        &other_cert,
-        "--key",
-        &other_key,
-        "--data",
-        &token_param,
-        &format!("{base}/revoke"),
-    ]);
+    let (status, body) =
+        curl_as(&platform.client_dir("other-app"), &["--data", &token_param, &format!("{base}/revoke")]);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("unauthorized_client"), "{body}");
 
     let (status, _) =
-        curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, "--data", &token_param, &format!("{base}/revoke")]);
+        curl_as(&platform.client_dir("weather-app"), &["--data", &token_param, &format!("{base}/revoke")]);
     assert_eq!(status, 200);
 
-    let (_, body) = curl(&[
-        "--cacert",
-        &ca,
-        "--cert",
-        &weather_cert,
-        "--key",
-        &weather_key,
-        "--data",
-        &token_param,
-        &format!("{base}/introspect"),
-    ]);
+    let (_, body) = curl_as(&platform.client_dir("weather"), &["--data", &token_param, &format!("{base}/introspect")]);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["active"], false, "revoked token is inactive");
     assert_eq!(platform.store.revoked_access_tokens(now_secs()).await.unwrap().len(), 1, "revocation is stored");
 
     // Unknown tokens get 200 (RFC 7009 section 2.2).
     let (status, _) =
-        curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, "--data", "token=unknown", &format!("{base}/revoke")]);
+        curl_as(&platform.client_dir("weather-app"), &["--data", "token=unknown", &format!("{base}/revoke")]);
     assert_eq!(status, 200);
 
     // Metadata and JWKS.
-    let (status, body) = curl(&[
-        "--cacert",
-        &ca,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        &format!("{}/.well-known/oauth-authorization-server", base.trim_end_matches("/oauth2")),
-    ]);
+    let (status, body) = curl_as(
+        &platform.client_dir("weather-app"),
+        &[&format!("{}/.well-known/oauth-authorization-server", base.trim_end_matches("/oauth2"))],
+    );
     assert_eq!(status, 200, "{body}");
     let metadata: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(metadata["tls_client_certificate_bound_access_tokens"], true);
     assert_eq!(metadata["code_challenge_methods_supported"][0], "S256");
     assert_eq!(metadata["authorization_endpoint"], format!("{}/oauth2/authorize", platform.consent_url));
-    let (_, body) = curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, &format!("{base}/jwks")]);
+    let (_, body) = curl_as(&platform.client_dir("weather-app"), &[&format!("{base}/jwks")]);
     let jwks: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(jwks["keys"][0]["alg"], "ES256");
     assert!(jwks["keys"][0].get("d").is_none(), "no private key material in the JWKS");
@@ -452,18 +383,11 @@ async fn introspection_and_revocation_require_authenticated_callers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn withdrawn_grant_invalidates_tokens_at_once() {
     let platform = Platform::start().await;
-    let [cert, key, ca] = client_args(&platform.client_dir("weather-app"));
-    let (_, body) = curl(&[
-        "--cacert",
-        &ca,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--data",
-        "grant_type=client_credentials&scope=weather:read",
-        &platform.token_url,
-    ]);
+    let [cert, _, _] = client_args(&platform.client_dir("weather-app"));
+    let (_, body) = curl_as(
+        &platform.client_dir("weather-app"),
+        &["--data", "grant_type=client_credentials&scope=weather:read", &platform.token_url],
+    );
     let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned();
     let leaf_pem = std::fs::read(&cert).unwrap();
     let leaf: rustls_pki_types::CertificateDer<'static> =
