@@ -165,6 +165,11 @@ impl SigningKeys {
         &self.keys.iter().find(|k| k.retired_at.is_none()).expect("one current key").kid
     }
 
+    /// When the current key was created, seconds since the Unix epoch.
+    pub fn current_created_at(&self) -> i64 {
+        self.keys.iter().find(|k| k.retired_at.is_none()).expect("one current key").created_at
+    }
+
     pub(crate) fn current_encoding_key(&self) -> &EncodingKey {
         &self.current
     }

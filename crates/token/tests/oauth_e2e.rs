@@ -410,3 +410,42 @@ async fn withdrawn_grant_invalidates_tokens_at_once() {
     platform.service.invalidate_app("weather-app").await.unwrap();
     assert!(platform.service.verifier().verify(&token, &audience, &leaf, now_secs()).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_key_rotates_when_due() {
+    let platform = Platform::start().await;
+    let client = platform.client_dir("weather-app");
+    let request = ["--data", "grant_type=client_credentials&scope=weather:read", platform.token_url.as_str()];
+    let (_, body) = curl_as(&client, &request);
+    let old_token =
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned();
+
+    let key_file = platform.dir.path().join("signing-keys.json");
+    let rotation = std::time::Duration::from_secs(3600);
+    assert!(!platform.service.rotate_keys_if_due(rotation, &key_file).unwrap(), "a fresh key is not due");
+    assert!(platform.service.rotate_keys_if_due(std::time::Duration::ZERO, &key_file).unwrap());
+    assert!(key_file.exists(), "the rotated keys are saved");
+
+    let jwks_url = platform.token_url.replace("/token", "/jwks");
+    let (_, body) = curl_as(&client, &[jwks_url.as_str()]);
+    let jwks: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "the old key stays published");
+
+    let (_, body) = curl_as(&client, &request);
+    let new_token =
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned();
+    let kid = |token: &str| -> String {
+        use base64::Engine;
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"].as_str().unwrap().to_owned()
+    };
+    assert_ne!(kid(&old_token), kid(&new_token));
+
+    let leaf_pem = std::fs::read(client.join("cert.pem")).unwrap();
+    let leaf: rustls_pki_types::CertificateDer<'static> =
+        rustls_pki_types::pem::PemObject::from_pem_slice(&leaf_pem).unwrap();
+    let audience = format!("spiffe://{DOMAIN}/service/weather");
+    for token in [&old_token, &new_token] {
+        assert!(platform.service.verifier().verify(token, &audience, &leaf, now_secs()).is_ok());
+    }
+}

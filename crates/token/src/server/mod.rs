@@ -273,6 +273,36 @@ impl TokenService {
         Ok(())
     }
 
+    /// Replaces the signing key once it is `rotation` old, saves the key
+    /// file at `key_file`, and hands the new public keys to the verifier.
+    /// Returns whether a new key was made.
+    pub fn rotate_keys_if_due(&self, rotation: Duration, key_file: &std::path::Path) -> Result<bool, TokenError> {
+        let now = self.now();
+        let mut keys = self.inner.issuer.keys().write().unwrap_or_else(|p| p.into_inner());
+        let due = keys.current_created_at() + rotation.as_secs() as i64 <= now;
+        if due {
+            keys.rotate(now)?;
+            keys.save(key_file)?;
+        } else {
+            keys.prune(now);
+        }
+        self.inner.verifier.set_keys(VerifierKeys::from_public_keys(&keys.public_keys(now))?);
+        Ok(due)
+    }
+
+    /// Runs [`TokenService::rotate_keys_if_due`] once a minute until the
+    /// task is dropped; errors are logged and retried on the next tick.
+    pub async fn run_key_rotation(self, rotation: Duration, key_file: std::path::PathBuf) {
+        let mut ticker = tokio::time::interval(Duration::from_secs(60));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.rotate_keys_if_due(rotation, &key_file) {
+                tracing::error!(%error, "rotating the token signing key failed; retrying in a minute");
+            }
+        }
+    }
+
     /// Runs [`TokenService::sync_invalidations`] every `period` until the
     /// task is dropped; errors are logged and retried on the next tick.
     pub async fn run_sync(self, period: Duration) {
