@@ -47,15 +47,29 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
 
+    let data_dir = global.ensure_data_dir(config.data_dir.as_deref())?;
     let store = global.open_store(config.store_url.as_deref(), config.data_dir.as_deref()).await?;
     tracing::info!(config = %args.config.display(), data_dir = %data_dir.display(), backend = %store.backend(), "platform starting");
 
-    // NOTE: the store is the only part run here so far; the listeners are
-    // started by this command as their crates are added.
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    tracing::info!("platform stopping");
+    let platform = portcullis_platform::Platform::start(&config, &data_dir, store.clone())
+        .await
+        .context("starting the platform")?;
+    wait_for_stop_signal().await?;
+    platform.shutdown().await;
     store.close().await;
     Ok(EXIT_OK)
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM.
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("stop signal received");
+    Ok(())
 }
 
 /// Formats the short summary printed by `serve --check`.

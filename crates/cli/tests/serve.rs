@@ -1,0 +1,142 @@
+//! `portcullis serve` runs the platform until SIGTERM, with real clients.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const EXAMPLE: &str = include_str!("../../../examples/weather-platform/platform.toml");
+
+fn portcullis(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("PORTCULLIS_LOG")
+        .env_remove("PORTCULLIS_CONFIG")
+        .output()
+        .expect("run portcullis")
+}
+
+/// Kills the server on drop, so a failing test leaves no process behind.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Ports that were free a moment ago, for the listeners.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+fn wait_for_port(port: u16, server: &mut Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            panic!("portcullis serve exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "portcullis serve did not listen on {port} within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn serve_runs_token_service_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ports = free_ports(5);
+    let config = dir.path().join("platform.toml");
+    let text = EXAMPLE
+        .replace("127.0.0.1:8443", &format!("127.0.0.1:{}", ports[0]))
+        .replace("127.0.0.1:8444", &format!("127.0.0.1:{}", ports[1]))
+        .replace("127.0.0.1:8445", &format!("127.0.0.1:{}", ports[2]))
+        .replace("127.0.0.1:8446", &format!("127.0.0.1:{}", ports[3]))
+        .replace("127.0.0.1:8447", &format!("127.0.0.1:{}", ports[4]));
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap();
+
+    // Without a CA, serve refuses with the fix.
+    let output = portcullis(&data, &["serve", "--config", config]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("create one with `portcullis ca init --config FILE`"));
+
+    for args in [
+        vec!["ca", "init", "--config", config],
+        vec!["app", "register", "--id", "weather-app", "--name", "Weather", "--owner", "acme"],
+        vec![
+            "grant",
+            "add",
+            "--app",
+            "weather-app",
+            "--service",
+            "weather",
+            "--scope",
+            "weather:read",
+            "--config",
+            config,
+        ],
+    ] {
+        let output = portcullis(&data, &args);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let app_dir = dir.path().join("app");
+    let output = portcullis(&data, &["ca", "issue", "--app", "weather-app", "--out", app_dir.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--log-format", "json", "serve", "--config", config])
+            .env_remove("PORTCULLIS_LOG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(ports[2], &mut server);
+
+    // An app fetches a token with curl over mutual TLS.
+    let file = |name: &str| app_dir.join(name).display().to_string();
+    let token = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(["--cacert", &file("ca-bundle.pem"), "--cert", &file("cert.pem"), "--key", &file("key.pem")])
+        .args(["--data", "grant_type=client_credentials&scope=weather:read"])
+        .arg(format!("https://127.0.0.1:{}/oauth2/token", ports[2]))
+        .output()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&token.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&token.stdout)));
+    assert_eq!(body["token_type"], "Bearer", "{body}");
+    assert_eq!(body["scope"], "weather:read");
+
+    // The consent page answers without a client certificate.
+    let consent = Command::new("curl")
+        .args(["--silent", "--max-time", "10", "--output", "/dev/null", "--write-out", "%{http_code}"])
+        .args(["--cacert", &file("ca-bundle.pem")])
+        .arg(format!("https://127.0.0.1:{}/.well-known/oauth-authorization-server", ports[4]))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&consent.stdout), "200");
+
+    // SIGTERM stops it cleanly.
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop within 20 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut log = String::new();
+    std::io::Read::read_to_string(server.0.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(log.contains("\"platform started\""), "{log}");
+    assert!(log.contains("\"platform stopped\""), "{log}");
+}

@@ -1,0 +1,294 @@
+//! The Portcullis control plane: starts the platform's parts from one
+//! configuration and wires them together.
+//!
+//! [`Platform::start`] opens the store, loads the platform CA, issues each
+//! listener its own certificate (renewed before it expires), and starts:
+//!
+//! - the trust cache that every app-facing listener consults for pins and
+//!   revocations, reloaded every second;
+//! - the guard, with its event queue and decision subscription;
+//! - the token service on `listeners.token` (client certificates required)
+//!   and, if configured, the consent page on `listeners.consent`, with the
+//!   reload of token invalidations twice a second and signing key rotation.
+//!
+//! [`Platform::shutdown`] stops accepting, drains the listeners and stops
+//! the guard.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use portcullis_config::PlatformConfig;
+use portcullis_guard::{Guard, RunningGuard, SystemClock};
+use portcullis_identity::{
+    CertificateKind, IssuedLeaf, LeafRequest, Lifetimes, PlatformAcceptor, PlatformCa, PlatformClientVerifier,
+    RefresherGuard, RenewalGuard, RenewingCertificate, SpiffeId, TrustCache, policy,
+};
+use portcullis_store::Store;
+use portcullis_token::server::TokenService;
+use portcullis_token::{InvalidationsHandle, SigningKeys, TokenIssuer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A failure to start the platform.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlatformError {
+    /// The CA directory has no usable CA.
+    #[error("no platform CA in {dir}: {source}; create one with `portcullis ca init --config FILE`")]
+    NoCa {
+        /// The CA directory.
+        dir: PathBuf,
+        /// Why loading failed.
+        source: portcullis_identity::IdentityError,
+    },
+
+    /// The CA is for another trust domain than the configuration.
+    #[error("the CA in {dir} is for trust domain {found:?}, but the configuration says {expected:?}")]
+    TrustDomainMismatch {
+        /// The CA directory.
+        dir: PathBuf,
+        /// The CA's trust domain.
+        found: String,
+        /// The configuration's.
+        expected: String,
+    },
+
+    /// A listener could not bind its address.
+    #[error("cannot listen on {address} for the {listener} listener: {source}; is another process using it?")]
+    Bind {
+        /// Which listener (the configuration key under `listeners`).
+        listener: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+
+    /// Issuing a certificate or building a TLS configuration failed.
+    #[error("identity: {0}")]
+    Identity(#[from] portcullis_identity::IdentityError),
+
+    /// The token service could not start.
+    #[error("token service: {0}")]
+    Token(#[from] portcullis_token::TokenError),
+
+    /// The guard could not start.
+    #[error("guard: {0}")]
+    Guard(#[from] portcullis_guard::GuardError),
+
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] portcullis_store::StoreError),
+}
+
+/// Addresses the running platform listens on (the configured ones, with
+/// port 0 resolved).
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    /// The token service.
+    pub token: SocketAddr,
+    /// The consent page, if configured.
+    pub consent: Option<SocketAddr>,
+}
+
+/// The running platform.
+pub struct Platform {
+    addresses: Addresses,
+    guard: RunningGuard,
+    token: TokenService,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    _renewals: Vec<RenewalGuard>,
+    _trust_refresher: RefresherGuard,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform").field("addresses", &self.addresses).finish_non_exhaustive()
+    }
+}
+
+/// Completes when `stop` becomes true or its sender is dropped.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn bind(listener: &'static str, address: SocketAddr) -> Result<TcpListener, PlatformError> {
+    TcpListener::bind(address).await.map_err(|source| PlatformError::Bind { listener, address, source })
+}
+
+impl Platform {
+    /// Starts every part of the platform that `config` describes, with its
+    /// CA and keys in `data_dir` and its state in `store`.
+    pub async fn start(config: &PlatformConfig, data_dir: &Path, store: Store) -> Result<Self, PlatformError> {
+        let ca_dir = data_dir.join("ca");
+        let ca =
+            Arc::new(PlatformCa::load(&ca_dir).map_err(|source| PlatformError::NoCa { dir: ca_dir.clone(), source })?);
+        if ca.trust_domain().as_str() != config.trust_domain {
+            return Err(PlatformError::TrustDomainMismatch {
+                dir: ca_dir,
+                found: ca.trust_domain().as_str().to_owned(),
+                expected: config.trust_domain.clone(),
+            });
+        }
+        let lifetimes = Lifetimes::from_settings(&config.identity);
+
+        let trust = TrustCache::new();
+        trust.refresh(&store).await?;
+        let trust_refresher = trust.spawn_refresher(store.clone(), portcullis_identity::REFRESH_INTERVAL);
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut servers = Vec::new();
+        let mut background = Vec::new();
+        let mut renewals = Vec::new();
+
+        // Guard.
+        let guard = Guard::start(config.guard.clone(), store.clone(), Arc::new(SystemClock)).await?;
+        let guard = guard.spawn(portcullis_guard::DEFAULT_QUEUE_CAPACITY);
+
+        // Token service.
+        let token_listener = bind("token", config.listeners.token).await?;
+        let consent_listener = match config.listeners.consent {
+            Some(address) => Some(bind("consent", address).await?),
+            None => None,
+        };
+        let addresses = Addresses {
+            token: token_listener.local_addr().map_err(|source| PlatformError::Bind {
+                listener: "token",
+                address: config.listeners.token,
+                source,
+            })?,
+            consent: consent_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        };
+
+        let token_dir = data_dir.join("token");
+        std::fs::create_dir_all(&token_dir)
+            .map_err(|e| portcullis_token::TokenError::KeyFile { path: token_dir.clone(), reason: e.to_string() })?;
+        let key_file = token_dir.join("signing-keys.json");
+        let lifetime = config.token.access_token_lifetime.as_secs() as i64;
+        let grace = lifetime + portcullis_token::DEFAULT_LEEWAY_SECS;
+        let keys = Arc::new(RwLock::new(SigningKeys::load_or_create(&key_file, now_secs(), grace)?));
+        let issuer = TokenIssuer::new(config.token.issuer.clone(), lifetime, keys);
+        let token = TokenService::new(config, issuer, InvalidationsHandle::default(), store.clone())?;
+        token.sync_invalidations().await?;
+        background.push(tokio::spawn(token.clone().run_sync(Duration::from_millis(500))));
+        background.push(tokio::spawn(token.clone().run_key_rotation(config.token.key_rotation, key_file)));
+
+        let (certificate, renewal) =
+            listener_certificate(&ca, &store, &lifetimes, config, "token", addresses.token).await?;
+        renewals.push(renewal);
+        let verifier = PlatformClientVerifier::new(ca.root(), ca.trust_domain().clone(), Arc::clone(&trust))?;
+        let acceptor = PlatformAcceptor::new(certificate, verifier, &[b"h2", b"http/1.1"])?;
+        servers.push(tokio::spawn(portcullis_token::server::serve_mutual_tls(
+            token_listener,
+            acceptor,
+            token.router(),
+            stopped(stop_rx.clone()),
+        )));
+
+        if let (Some(listener), Some(address)) = (consent_listener, addresses.consent) {
+            let (certificate, renewal) =
+                listener_certificate(&ca, &store, &lifetimes, config, "consent", address).await?;
+            renewals.push(renewal);
+            let tls = Arc::new(policy::public_server_config(certificate, &[b"http/1.1"])?);
+            servers.push(tokio::spawn(portcullis_token::server::serve_public_tls(
+                listener,
+                tls,
+                token.consent_router(),
+                stopped(stop_rx.clone()),
+            )));
+        }
+
+        tracing::info!(token = %addresses.token, consent = ?addresses.consent, "platform started");
+        Ok(Self {
+            addresses,
+            guard,
+            token,
+            stop,
+            servers,
+            background,
+            _renewals: renewals,
+            _trust_refresher: trust_refresher,
+        })
+    }
+
+    /// The addresses the platform listens on.
+    pub fn addresses(&self) -> &Addresses {
+        &self.addresses
+    }
+
+    /// The running guard: its event queue, decisions and statistics.
+    pub fn guard(&self) -> &RunningGuard {
+        &self.guard
+    }
+
+    /// The token service.
+    pub fn token(&self) -> &TokenService {
+        &self.token
+    }
+
+    /// Stops accepting connections, drains the listeners and stops the guard.
+    pub async fn shutdown(self) {
+        tracing::info!("platform stopping");
+        let _ = self.stop.send(true);
+        for server in self.servers {
+            let _ = server.await;
+        }
+        for task in self.background {
+            task.abort();
+        }
+        self.guard.stop().await;
+        tracing::info!("platform stopped");
+    }
+}
+
+/// Issues the certificate of the platform component `component`, listening
+/// on `address`, and keeps it renewed.
+async fn listener_certificate(
+    ca: &Arc<PlatformCa>,
+    store: &Store,
+    lifetimes: &Lifetimes,
+    config: &PlatformConfig,
+    component: &str,
+    address: SocketAddr,
+) -> Result<(Arc<RenewingCertificate>, RenewalGuard), PlatformError> {
+    let request = component_request(ca, lifetimes, component, address)?;
+    let leaf: IssuedLeaf = ca.issue_and_record(store, &request).await?;
+    let certificate = RenewingCertificate::new(&leaf)?;
+
+    let (ca, store, lifetimes) = (Arc::clone(ca), store.clone(), lifetimes.clone());
+    let component = component.to_owned();
+    let renewal = certificate.spawn_renewal(config.identity.renew_at, move || {
+        let (ca, store, lifetimes, component) = (Arc::clone(&ca), store.clone(), lifetimes.clone(), component.clone());
+        async move {
+            let request = component_request(&ca, &lifetimes, &component, address)?;
+            ca.issue_and_record(&store, &request).await
+        }
+    });
+    Ok((certificate, renewal))
+}
+
+/// The leaf request of a platform component: its SPIFFE id, and as server
+/// names `localhost`, the listener's address unless it is unspecified, and
+/// `<component>.<trust domain>`.
+fn component_request(
+    ca: &PlatformCa,
+    lifetimes: &Lifetimes,
+    component: &str,
+    address: SocketAddr,
+) -> Result<LeafRequest, portcullis_identity::IdentityError> {
+    let id = SpiffeId::new(ca.trust_domain(), CertificateKind::Platform, component)?;
+    let mut names = vec!["localhost".to_owned(), format!("{component}.{}", ca.trust_domain().as_str())];
+    if !address.ip().is_unspecified() {
+        names.push(address.ip().to_string());
+    }
+    Ok(LeafRequest::new(id, lifetimes).with_dns_names(names))
+}
