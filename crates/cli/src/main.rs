@@ -63,6 +63,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
+    let json_logs = cli.log_format == logging::LogFormat::Json;
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -88,7 +89,11 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             let code = commands::exit_code_of(&error);
-            tracing::error!(error = format!("{error:#}"), "command failed");
+            // People read the line below; machines reading JSON logs get
+            // the failure as a log record too.
+            if json_logs {
+                tracing::error!(error = format!("{error:#}"), "command failed");
+            }
             eprintln!("portcullis: error: {error:#}");
             ExitCode::from(code)
         }

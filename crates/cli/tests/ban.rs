@@ -1,7 +1,10 @@
 //! `portcullis ban` on a store with known decisions.
 
+mod common;
+
+use common::*;
+
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
 use portcullis_store::{DecisionKind, DecisionOrigin, NewDecision, Store};
@@ -10,24 +13,6 @@ use portcullis_store::{DecisionKind, DecisionOrigin, NewDecision, Store};
 const STARTED: i64 = 1_796_083_200_000;
 /// 2099-01-01T00:00:00Z, far enough ahead to stay in force.
 const FAR_FUTURE: i64 = 4_070_908_800_000;
-
-fn portcullis(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("PORTCULLIS_LOG", "off")
-        .output()
-        .expect("run portcullis")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8(output.stderr.clone()).unwrap()
-}
 
 /// Stores three decisions: 1 a guard ban in force, 2 an expired operator
 /// throttle, 3 a simulated guard ban.

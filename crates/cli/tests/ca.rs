@@ -1,19 +1,13 @@
 //! `portcullis ca` end to end: init, issue, list, revoke, on a temporary
 //! data directory.
 
+mod common;
+
+use common::*;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
-
-fn portcullis(data_dir: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("PORTCULLIS_DATA_DIR")
-        .output()
-        .unwrap()
-}
 
 fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))

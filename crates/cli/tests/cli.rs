@@ -1,27 +1,8 @@
 //! The `portcullis` binary as an operator runs it.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/weather-platform/platform.toml");
-
-fn portcullis(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("PORTCULLIS_LOG")
-        .output()
-        .expect("run portcullis")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8(output.stderr.clone()).unwrap()
-}
+use common::*;
 
 #[test]
 fn help_lists_commands_and_exit_codes() {

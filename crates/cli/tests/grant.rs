@@ -1,29 +1,12 @@
 //! `portcullis grant`, `portcullis customer` and redirect URIs, as an
 //! operator runs them.
 
+mod common;
+
+use common::*;
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/weather-platform/platform.toml");
-
-fn portcullis(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("PORTCULLIS_LOG")
-        .env_remove("PORTCULLIS_CONFIG")
-        .output()
-        .expect("run portcullis")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8(output.stderr.clone()).unwrap()
-}
+use std::process::Output;
 
 fn register(dir: &Path, id: &str, extra: &[&str]) -> Output {
     let mut args = vec!["app", "register", "--id", id, "--name", "Weather", "--owner", "acme"];

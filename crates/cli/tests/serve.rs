@@ -1,21 +1,13 @@
 //! `portcullis serve` runs the platform until SIGTERM, with real clients.
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use common::portcullis;
+
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const EXAMPLE: &str = include_str!("../../../examples/weather-platform/platform.toml");
-
-fn portcullis(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("PORTCULLIS_LOG")
-        .env_remove("PORTCULLIS_CONFIG")
-        .output()
-        .expect("run portcullis")
-}
 
 /// Kills the server on drop, so a failing test leaves no process behind.
 struct Server(Child);
