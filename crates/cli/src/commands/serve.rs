@@ -23,6 +23,11 @@ pub struct Args {
     #[arg(long)]
     check: bool,
 
+    /// Create the platform CA in the data directory first if there is none
+    /// (as `portcullis ca init` would). An existing CA is always reused.
+    #[arg(long, conflicts_with = "check")]
+    init: bool,
+
     /// Summary format for --check: "table" (text for people) or "json" (the
     /// validated configuration with every default filled in).
     #[arg(long, value_enum, default_value_t = Format::Table, value_name = "FORMAT")]
@@ -48,6 +53,12 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     }
 
     let data_dir = global.ensure_data_dir(config.data_dir.as_deref())?;
+    let ca_dir = data_dir.join("ca");
+    if args.init && !ca_dir.join(portcullis_identity::INTERMEDIATE_CERT).exists() {
+        let domain = portcullis_identity::TrustDomain::parse(&config.trust_domain)?;
+        portcullis_identity::init_ca(&ca_dir, &domain, false).context("creating the platform CA")?;
+        tracing::info!(dir = %ca_dir.display(), trust_domain = %config.trust_domain, "platform CA created; keep ca/root-key.pem offline");
+    }
     let store = global.open_store(config.store_url.as_deref(), config.data_dir.as_deref()).await?;
     tracing::info!(config = %args.config.display(), data_dir = %data_dir.display(), backend = %store.backend(), "platform starting");
 
