@@ -32,6 +32,7 @@ mod event;
 mod host;
 mod limits;
 mod pattern;
+pub mod proxy;
 mod resolve;
 mod rules;
 pub mod special;
