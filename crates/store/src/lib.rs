@@ -79,7 +79,7 @@ pub enum StoreError {
     /// an app that was never registered.
     #[error("{what} not found")]
     NotFound {
-        /// What was looked for, such as `app "weather-app"`.
+        /// The missing row, such as `app "weather-app"`.
         what: String,
     },
 

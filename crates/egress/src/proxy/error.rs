@@ -1,5 +1,5 @@
-//! Why the proxy refused or could not serve a request, and the status code
-//! each reason maps to.
+//! Errors of the proxy server: refused or failed requests and failed secret
+//! operations, each mapped to the status code the client gets.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,7 +23,7 @@ pub enum ProxyError {
     MissingCredentials {
         /// The client's address.
         peer: SocketAddr,
-        /// What is wrong with the header.
+        /// The problem with the header.
         problem: &'static str,
     },
 
@@ -62,7 +62,7 @@ pub enum ProxyError {
         app_id: String,
         /// The request target as received.
         target: String,
-        /// What is wrong, also sent to the client.
+        /// The problem, also sent to the client.
         problem: &'static str,
     },
 

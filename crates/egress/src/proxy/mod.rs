@@ -11,8 +11,8 @@
 //! 2. A banned app gets 403 ([`BanCheck`]); an app without registered rules
 //!    ([`AppDirectory`]) gets 403 as well.
 //! 3. The request target must be authority-form for CONNECT (RFC 9110
-//!    section 9.3.6) or absolute-form `http://` for any other method (RFC
-//!    9112 section 3.2.2); anything else gets 400.
+//!    section 9.3.6), or absolute-form `http://` for any other method (RFC
+//!    9112 section 3.2.2). Any other target gets 400.
 //! 4. The app takes one of its `max_tunnels_per_app` slots, or gets 429.
 //! 5. The engine decides ([`Engine::evaluate`]); the decision becomes one
 //!    [`EgressEvent`] on the bounded event queue and one log line. A
@@ -126,8 +126,8 @@ impl AppDirectory {
 /// does not set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerLimits {
-    /// Time a client has to send a whole request head, from the first byte
-    /// of the request; the connection is closed without a response after it.
+    /// Time a client has to send a whole request head. After it, hyper
+    /// closes the connection.
     pub header_read_timeout: Duration,
     /// Maximum size of a request head (request line and header fields), in
     /// bytes; a larger head gets 431. At least 8192, the smallest read

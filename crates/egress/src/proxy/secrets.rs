@@ -85,9 +85,9 @@ impl ProxySecrets {
     }
 
     /// Returns whether `presented` is the current secret of `app_id`. The
-    /// hashes are compared in constant time; an app without a secret is
-    /// compared against a fixed hash, so it takes about as long as a wrong
-    /// secret.
+    /// hashes are compared in constant time. For an app without a secret the
+    /// comparison runs against a fixed hash, so it takes about as long as a
+    /// wrong secret.
     pub async fn verify(&self, app_id: &AppId, presented: &str) -> Result<bool, ProxyError> {
         let stored = self.store.proxy_secret(app_id.as_str()).await.map_err(store_error(app_id))?;
         let presented_hash = hash_secret(presented);

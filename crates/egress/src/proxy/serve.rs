@@ -18,7 +18,7 @@ use super::{Context, Proxy};
 /// descriptors, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Time that tasks get to end after they are told to stop.
+/// Time that tasks get to end after the abort signal.
 const ABORT_WAIT: Duration = Duration::from_secs(5);
 
 /// Serves the egress proxy on `listener` until `shutdown` completes, then
@@ -98,7 +98,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         );
         context.abort.cancel();
         if tokio::time::timeout(ABORT_WAIT, context.tasks.wait()).await.is_err() {
-            tracing::warn!(open_tasks = context.tasks.len(), "egress proxy tasks did not end after being told to stop");
+            tracing::warn!(open_tasks = context.tasks.len(), "egress proxy tasks still running after the abort signal");
         }
     }
     tracing::info!(address = ?local, "egress proxy stopped");

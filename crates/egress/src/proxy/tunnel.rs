@@ -15,7 +15,7 @@ use super::body::Meter;
 /// Size of each direction's copy buffer, in bytes.
 const BUFFER_BYTES: usize = 16 * 1024;
 
-/// Why a tunnel closed.
+/// The reason a tunnel closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TunnelEnd {
     /// Both sides closed their sending half.
