@@ -335,6 +335,10 @@ async fn tunnel_limit_returns_429() {
     let silent = SilentServer::start().await;
     let mut options = Options::new(&[silent.port]);
     options.max_tunnels_per_app = 2;
+    // The silent server never closes, so a tunnel whose client left ends
+    // at the idle timeout; a short one keeps the test fast.
+    options.idle_timeout = Duration::from_secs(1);
+    options.listener = ListenerLimits { shutdown_grace: Duration::from_millis(200), ..ListenerLimits::default() };
     let mut proxy = Harness::start(options).await;
     let app_id = AppId::parse(WEATHER_APP).unwrap();
     let connect_target = format!("feed.weather.test:{}", silent.port);
