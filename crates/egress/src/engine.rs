@@ -85,7 +85,10 @@ impl Engine {
         decision
     }
 
-    async fn evaluate(&self, app: &AppRules, requested: &str, port: u16) -> Decision {
+    /// Decides like [`decide`](Self::decide) without logging, for a caller
+    /// that writes the decision into its own log line, as the proxy server
+    /// does.
+    pub async fn evaluate(&self, app: &AppRules, requested: &str, port: u16) -> Decision {
         let mut report: Option<Finding> = None;
         let mut decision = Decision {
             verdict: Verdict::Deny,

@@ -1,4 +1,4 @@
-//! The decision engine of the Portcullis egress proxy.
+//! The Portcullis egress proxy: its decision engine and its server.
 //!
 //! Given an app, a requested host and a port, [`Engine::decide`] returns a
 //! [`Decision`]. It holds a verdict, a stable reason code with a message and
@@ -19,9 +19,9 @@
 //! - counts tunnels and bytes per app ([`TunnelCounter`], [`ByteCounter`]);
 //! - describes each decision as an [`EgressEvent`].
 //!
-//! What it does not do: accept connections, parse HTTP, identify the
-//! calling app or copy bytes. The proxy server does that and calls this
-//! crate.
+//! The server in [`proxy`] accepts CONNECT and absolute-form HTTP requests,
+//! identifies the calling app by its proxy secret, asks the engine, and
+//! copies bytes only to the addresses the engine checked.
 
 mod connect;
 mod country;
@@ -32,6 +32,7 @@ mod event;
 mod host;
 mod limits;
 mod pattern;
+pub mod proxy;
 mod resolve;
 mod rules;
 pub mod special;

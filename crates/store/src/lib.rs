@@ -1,5 +1,6 @@
 //! The control-plane store of Portcullis: apps, app versions, grants,
-//! decisions, findings, trials and issued certificates.
+//! decisions, findings, trials, issued certificates, OAuth state and the
+//! egress proxy's per-app secrets.
 //!
 //! One set of queries runs on SQLite (the embedded default, a file in the
 //! data directory in WAL mode) and on PostgreSQL (for several nodes), through
@@ -17,6 +18,7 @@ mod certificates;
 mod decisions;
 mod grants;
 mod oauth;
+mod proxy_secrets;
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -32,6 +34,7 @@ pub use certificates::{CertificateKind, CertificateRecord};
 pub use decisions::{DecisionKind, DecisionOrigin, DecisionRecord, NewDecision};
 pub use grants::GrantRecord;
 pub use oauth::{RefreshTokenRecord, RefreshUse};
+pub use proxy_secrets::ProxySecretRecord;
 
 /// File name of the SQLite database inside the data directory.
 pub const SQLITE_FILE: &str = "portcullis.db";
@@ -69,6 +72,14 @@ pub enum StoreError {
     #[error("{what} already exists")]
     Duplicate {
         /// What was being inserted, such as `app "weather-app"`.
+        what: String,
+    },
+
+    /// A row refers to another row that does not exist, such as a secret for
+    /// an app that was never registered.
+    #[error("{what} not found")]
+    NotFound {
+        /// The missing row, such as `app "weather-app"`.
         what: String,
     },
 
@@ -192,10 +203,12 @@ fn migrator(backend: Backend) -> Migrator {
         Backend::Sqlite => &[
             (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
             (2, "oauth", include_str!("../migrations/sqlite/0002_oauth.sql")),
+            (3, "proxy secrets", include_str!("../migrations/sqlite/0003_proxy_secrets.sql")),
         ],
         Backend::Postgres => &[
             (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
             (2, "oauth", include_str!("../migrations/postgres/0002_oauth.sql")),
+            (3, "proxy secrets", include_str!("../migrations/postgres/0003_proxy_secrets.sql")),
         ],
     };
     let migrations = files

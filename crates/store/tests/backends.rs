@@ -5,7 +5,7 @@ mod common;
 use portcullis_store::*;
 
 async fn exercise(store: &Store) {
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
 
     // Apps.
     let app = store.insert_app("weather-app", "Weather App", "acme").await.unwrap();
@@ -170,10 +170,27 @@ async fn exercise(store: &Store) {
     store.set_token_cut_off("weather-app", 150).await.unwrap();
     assert_eq!(store.token_cut_offs().await.unwrap(), [("weather-app".to_owned(), 150)]);
 
-    // Removing an app removes its grants but keeps decisions.
+    // Egress proxy secrets: one per app, replaced on rotation, removed
+    // with the app.
+    assert_eq!(store.proxy_secret("weather-app").await.unwrap(), None);
+    store.set_proxy_secret("weather-app", "hash-a", now).await.unwrap();
+    store.set_proxy_secret("bad-app", "hash-b", now).await.unwrap();
+    store.set_proxy_secret("weather-app", "hash-c", now + 1).await.unwrap();
+    let secret = store.proxy_secret("weather-app").await.unwrap().unwrap();
+    assert_eq!(secret.secret_hash, "hash-c");
+    assert_eq!(secret.issued_at, now + 1);
+    assert_eq!(store.proxy_secret("bad-app").await.unwrap().unwrap().secret_hash, "hash-b");
+    let unknown = store.set_proxy_secret("no-such-app", "hash-d", now).await.unwrap_err();
+    assert_eq!(unknown.to_string(), "app \"no-such-app\" not found");
+    assert!(store.remove_proxy_secret("weather-app").await.unwrap());
+    assert!(!store.remove_proxy_secret("weather-app").await.unwrap());
+    assert_eq!(store.proxy_secret("weather-app").await.unwrap(), None);
+
+    // Removing an app removes its grants and proxy secret but keeps decisions.
     assert!(store.remove_app("bad-app").await.unwrap());
     assert!(!store.remove_app("bad-app").await.unwrap());
     assert!(store.grants(Some("bad-app")).await.unwrap().is_empty());
+    assert_eq!(store.proxy_secret("bad-app").await.unwrap(), None);
     assert_eq!(store.decisions(Some("bad-app")).await.unwrap().len(), 6);
 }
 

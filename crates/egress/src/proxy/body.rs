@@ -1,0 +1,124 @@
+//! Bodies of forwarded exchanges: counted per app, closed when idle or
+//! too old, and holding the app's tunnel slot until they end.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, SizeHint};
+use portcullis_config::AppId;
+use tokio::time::{Instant, Sleep, sleep, sleep_until};
+
+use super::tunnel::Activity;
+use crate::limits::{ByteAccounting, Direction, TunnelGuard};
+
+/// The error type of proxied bodies.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response the proxy sends.
+pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+pub(crate) fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Records bytes of one app in one direction.
+#[derive(Clone)]
+pub(crate) struct Meter {
+    pub app_id: AppId,
+    pub direction: Direction,
+    pub accounting: Arc<dyn ByteAccounting>,
+}
+
+impl Meter {
+    pub fn record(&self, bytes: usize) {
+        self.accounting.record(&self.app_id, self.direction, bytes as u64);
+    }
+}
+
+/// A body that records its data bytes, marks the exchange's activity,
+/// fails after `idle` without a frame or at `deadline`, and keeps the
+/// exchange's tunnel slot while it lives.
+pub(crate) struct MeteredBody<B> {
+    inner: B,
+    meter: Meter,
+    activity: Arc<Activity>,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+    _slot: Arc<TunnelGuard>,
+}
+
+impl<B> MeteredBody<B> {
+    pub fn new(
+        inner: B,
+        meter: Meter,
+        limits: (Duration, Instant),
+        activity: Arc<Activity>,
+        slot: Arc<TunnelGuard>,
+    ) -> Self {
+        let (idle, deadline) = limits;
+        Self {
+            inner,
+            meter,
+            activity,
+            idle,
+            idle_timer: Box::pin(sleep(idle)),
+            deadline: Box::pin(sleep_until(deadline)),
+            _slot: slot,
+        }
+    }
+}
+
+impl<B> Body for MeteredBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.meter.record(data.len());
+                }
+                this.activity.touch();
+                this.idle_timer.as_mut().reset(Instant::now() + this.idle);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if this.idle_timer.as_mut().poll(cx).is_ready() {
+                    let message = format!("no body data for {:?}, the egress.idle_timeout", this.idle);
+                    return Poll::Ready(Some(Err(message.into())));
+                }
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err("the exchange reached egress.max_tunnel_lifetime".into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

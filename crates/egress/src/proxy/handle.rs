@@ -1,0 +1,231 @@
+//! One request to the proxy: identify the caller, decide, connect, and
+//! hand over to the tunnel or the forwarder.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::Context;
+use super::auth::{Caller, identify};
+use super::body::{Meter, ProxyBody, empty};
+use super::error::ProxyError;
+use super::forward::forward;
+use super::reply::error_response;
+use super::tunnel::{TunnelBytes, TunnelPolicy, copy_tunnel};
+use crate::connect::connect;
+use crate::decision::{Decision, Verdict};
+use crate::error::EgressError;
+use crate::event::EgressEvent;
+use crate::host::split_authority;
+use crate::limits::{Direction, TunnelGuard};
+
+/// A connection to a checked address, with the app's tunnel slot.
+pub(crate) struct Upstream {
+    pub stream: TcpStream,
+    pub slot: TunnelGuard,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Serves one request. Every error becomes its response here.
+pub(crate) async fn handle(
+    context: Arc<Context>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let caller = match identify(&context.proxy, peer, request.headers()).await {
+        Ok(caller) => caller,
+        Err(error) => {
+            log_refusal(&error);
+            return Ok(error_response(&error));
+        }
+    };
+
+    let span = tracing::info_span!("egress_request", app_id = %caller.app_id, %peer, method = %request.method());
+    let result = async {
+        if request.method() == Method::CONNECT {
+            open_tunnel(&context, &caller, request).await
+        } else {
+            forward(&context, &caller, request).await
+        }
+    }
+    .instrument(span)
+    .await;
+
+    Ok(result.unwrap_or_else(|error| {
+        log_refusal(&error);
+        error_response(&error)
+    }))
+}
+
+/// Handles CONNECT (RFC 9110 section 9.3.6): the target must be
+/// authority-form `host:port`. On success the response is 200 without a
+/// body, and the tunnel runs in its own task once hyper hands over the
+/// connection.
+async fn open_tunnel(
+    context: &Arc<Context>,
+    caller: &Caller,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let uri = request.uri().clone();
+    let bad_target =
+        |problem| ProxyError::BadTarget { app_id: caller.app_id.to_string(), target: uri.to_string(), problem };
+
+    let authority = match (uri.scheme(), uri.authority()) {
+        (None, Some(authority)) => authority,
+        _ => return Err(bad_target("CONNECT needs an authority-form target, host:port")),
+    };
+    if authority.as_str().contains('@') {
+        return Err(bad_target("the target must not contain user information"));
+    }
+    let (host, port) = split_authority(authority.as_str())
+        .map_err(|_| bad_target("CONNECT needs host:port with a port from 1 to 65535"))?;
+
+    let upstream = open_upstream(context, caller, &Method::CONNECT, host, port).await?;
+
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let settings = context.proxy.engine.rules().settings();
+    let meter =
+        |direction| Meter { app_id: caller.app_id.clone(), direction, accounting: Arc::clone(&context.proxy.bytes) };
+    let policy = TunnelPolicy {
+        idle: settings.idle_timeout,
+        lifetime: settings.max_tunnel_lifetime,
+        sent: meter(Direction::Sent),
+        received: meter(Direction::Received),
+        stop: context.abort.clone(),
+    };
+
+    let tunnel = async move {
+        let Upstream { stream, slot, host, port } = upstream;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%host, port, %error, "client left before the tunnel opened");
+                return;
+            }
+        };
+
+        let opened = Instant::now();
+        let bytes = TunnelBytes::default();
+        let end = copy_tunnel(TokioIo::new(upgraded), stream, &policy, &bytes).await;
+        drop(slot);
+        tracing::debug!(
+            %host,
+            port,
+            end = end.as_str(),
+            sent = bytes.sent.into_inner(),
+            received = bytes.received.into_inner(),
+            duration_ms = opened.elapsed().as_millis() as u64,
+            "egress tunnel closed"
+        );
+    };
+    context.tasks.spawn(tunnel.instrument(tracing::Span::current()));
+
+    Ok(Response::new(empty()))
+}
+
+/// Takes a tunnel slot, decides, sends the event, writes the decision's
+/// log line and connects to the checked addresses.
+pub(crate) async fn open_upstream(
+    context: &Context,
+    caller: &Caller,
+    method: &Method,
+    host: &str,
+    port: u16,
+) -> Result<Upstream, ProxyError> {
+    let proxy = &context.proxy;
+    let settings = proxy.engine.rules().settings();
+    let app_id = caller.app_id.to_string();
+
+    let slot = proxy
+        .tunnels
+        .acquire(&caller.app_id)
+        .map_err(|_| ProxyError::TunnelLimit { app_id: app_id.clone(), limit: settings.max_tunnels_per_app })?;
+
+    let decision = proxy.engine.evaluate(&caller.rules, host, port).await;
+    let event = EgressEvent::new(&caller.app_id, host, &decision);
+
+    let Some(target) = &decision.target else {
+        proxy.events.send(event);
+        let error = ProxyError::Denied {
+            app_id,
+            host: decision.host.clone(),
+            port,
+            rule: decision.rule.clone(),
+            reason: decision.reason,
+        };
+        log_decision(method, &decision, Err(&error));
+        return Err(error);
+    };
+
+    match connect(target, settings.connect_timeout).await {
+        Ok(stream) => {
+            let connected = stream.peer_addr().ok();
+            let event = match connected {
+                Some(address) => event.with_connected(address),
+                None => event,
+            };
+            proxy.events.send(event);
+            log_decision(method, &decision, Ok(connected));
+            Ok(Upstream { stream, slot, host: decision.host.clone(), port })
+        }
+        Err(source) => {
+            proxy.events.send(event);
+            let host = decision.host.clone();
+            let error = match source {
+                EgressError::ConnectTimeout { .. } => ProxyError::ConnectTimeout { app_id, host, port, source },
+                _ => ProxyError::Unreachable { app_id, host, port, source },
+            };
+            log_decision(method, &decision, Err(&error));
+            Err(error)
+        }
+    }
+}
+
+/// Writes the one log line of a decision: refusals and failed connections
+/// at info, successful allows at debug.
+fn log_decision(method: &Method, decision: &Decision, outcome: Result<Option<SocketAddr>, &ProxyError>) {
+    let verdict = decision.verdict.as_str();
+    let reason = decision.reason.as_str();
+    let (host, port, rule) = (&decision.host, decision.port, &decision.rule);
+
+    match outcome {
+        Err(error) => {
+            let status = error.status().as_u16();
+            tracing::info!(%method, %host, port, verdict, reason, %rule, status, message = %decision.message, %error, "egress request refused");
+        }
+        Ok(connected) if decision.verdict == Verdict::Allow => {
+            let connected = connected.map(|address| address.to_string());
+            tracing::debug!(%method, %host, port, verdict, reason, %rule, status = 200, connected, "egress request allowed");
+        }
+        Ok(connected) => {
+            let connected = connected.map(|address| address.to_string());
+            tracing::info!(%method, %host, port, verdict, reason, %rule, status = 200, connected, message = %decision.message, "egress request allowed in report mode");
+        }
+    }
+}
+
+/// Logs a refusal that did not come from a decision; decisions log their
+/// own line in [`open_upstream`].
+fn log_refusal(error: &ProxyError) {
+    let status = error.status().as_u16();
+    match error {
+        ProxyError::Denied { .. } | ProxyError::ConnectTimeout { .. } | ProxyError::Unreachable { .. } => {}
+        ProxyError::WrongSecret { claimed, peer } => {
+            tracing::warn!(claimed_app_id = %claimed, %peer, status, "egress proxy authentication failed: wrong secret");
+        }
+        ProxyError::MissingCredentials { peer, problem } => {
+            tracing::info!(%peer, status, problem, "egress proxy authentication failed: no credentials");
+        }
+        ProxyError::NotDeployed { .. } => tracing::warn!(status, %error, "egress request refused"),
+        ProxyError::Store { .. } => tracing::error!(status, %error, "egress request failed"),
+        _ => tracing::info!(status, %error, "egress request refused"),
+    }
+}

@@ -1,0 +1,149 @@
+//! Copying bytes both ways through a CONNECT tunnel, with the idle timeout,
+//! the lifetime limit and per-app byte accounting.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::body::Meter;
+
+/// Size of each direction's copy buffer, in bytes.
+const BUFFER_BYTES: usize = 16 * 1024;
+
+/// The reason a tunnel closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TunnelEnd {
+    /// Both sides closed their sending half.
+    Closed,
+    /// A side failed to read or write.
+    Failed,
+    /// No byte moved either way for the idle timeout.
+    Idle,
+    /// The tunnel reached the maximum lifetime.
+    Lifetime,
+    /// The proxy shut down.
+    Shutdown,
+}
+
+impl TunnelEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Failed => "failed",
+            Self::Idle => "idle_timeout",
+            Self::Lifetime => "max_lifetime",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Limits and accounting for one tunnel.
+pub(crate) struct TunnelPolicy {
+    pub idle: Duration,
+    pub lifetime: Duration,
+    pub sent: Meter,
+    pub received: Meter,
+    pub stop: CancellationToken,
+}
+
+/// The time of the last byte either way, in ms since the tunnel or
+/// exchange opened.
+pub(crate) struct Activity {
+    opened: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { opened: Instant::now(), last_ms: AtomicU64::new(0) })
+    }
+
+    pub fn touch(&self) {
+        let elapsed = self.opened.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(elapsed, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Bytes copied through one tunnel.
+#[derive(Debug, Default)]
+pub(crate) struct TunnelBytes {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
+/// Copies bytes between `client` and `upstream` until both sides have
+/// closed, one fails, no byte moves either way for `policy.idle`, the
+/// tunnel is `policy.lifetime` old or `policy.stop` is cancelled. Either
+/// side's end of data is passed on as a write shutdown, so half-closed
+/// connections work.
+pub(crate) async fn copy_tunnel<C, U>(client: C, upstream: U, policy: &TunnelPolicy, bytes: &TunnelBytes) -> TunnelEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::new();
+    let deadline = activity.opened + policy.lifetime;
+    let (client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
+
+    let both_ways = async {
+        tokio::try_join!(
+            pump(client_read, upstream_write, &policy.sent, &bytes.sent, &activity),
+            pump(upstream_read, client_write, &policy.received, &bytes.received, &activity),
+        )
+    };
+
+    tokio::select! {
+        result = both_ways => match result {
+            Ok(_) => TunnelEnd::Closed,
+            Err(_) => TunnelEnd::Failed,
+        },
+        () = idle_watchdog(&activity, policy.idle) => TunnelEnd::Idle,
+        () = sleep_until(deadline) => TunnelEnd::Lifetime,
+        () = policy.stop.cancelled() => TunnelEnd::Shutdown,
+    }
+}
+
+/// Copies from `from` to `to` until end of data, then shuts down `to`'s
+/// sending half.
+async fn pump<R, W>(mut from: R, mut to: W, meter: &Meter, total: &AtomicU64, activity: &Activity) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; BUFFER_BYTES];
+    loop {
+        let read = from.read(&mut buffer).await?;
+        if read == 0 {
+            to.shutdown().await?;
+            return Ok(());
+        }
+        activity.touch();
+
+        to.write_all(&buffer[..read]).await?;
+        activity.touch();
+        meter.record(read);
+        total.fetch_add(read as u64, Ordering::Relaxed);
+    }
+}
+
+/// Returns once no byte has moved for `idle`. Each wake-up either returns
+/// or sleeps until a later deadline, so the loop ends or waits.
+pub(crate) async fn idle_watchdog(activity: &Activity, idle: Duration) {
+    loop {
+        let due = activity.last() + idle;
+        if Instant::now() >= due {
+            return;
+        }
+        sleep_until(due).await;
+    }
+}
