@@ -5,12 +5,20 @@
 //! this runs: header names with spaces, control characters or other
 //! non-token bytes, whitespace between a name and its colon, obsolete line
 //! folding, bare CR, a Transfer-Encoding whose last coding is not
-//! `chunked`, and differing Content-Length values. It accepts, and this
-//! module rejects: Content-Length together with Transfer-Encoding (hyper
-//! ignores the length), repeated or comma-listed Content-Length values,
-//! Transfer-Encoding with any coding besides `chunked`, a missing or
-//! repeated Host, absolute-form targets naming another authority, and
-//! control characters in header values.
+//! `chunked`, differing Content-Length values and Transfer-Encoding in
+//! HTTP/1.0. This module rejects what hyper passes on: comma-listed or
+//! signed Content-Length values, Transfer-Encoding with any coding besides
+//! `chunked` (such as `gzip, chunked` or `chunked` twice), a missing or
+//! repeated Host, absolute-form targets naming another authority or
+//! scheme, CONNECT, and control characters in header values.
+//!
+//! NOTE: two cases are settled by hyper before the gateway sees them and
+//! cannot be answered with 400 here. With Content-Length and a valid
+//! chunked Transfer-Encoding, hyper drops Content-Length, reads the body
+//! as chunked and closes the connection after the response (RFC 9112
+//! section 6.1 allows this). Of two equal Content-Length lines hyper keeps
+//! one (RFC 9110 section 8.6 allows this). Neither leaves the length
+//! ambiguous; tests/smuggling.rs pins both behaviours.
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Version};
