@@ -91,7 +91,7 @@ pub struct PendingEvent {
     pub started: Instant,
     /// Request body counters.
     pub counters: Arc<RequestCounters>,
-    /// Where the event goes.
+    /// The sinks that receive the event.
     pub sinks: EventSinks,
 }
 

@@ -10,12 +10,12 @@ use http_body_util::Full;
 
 use crate::path::PathRejection;
 
-/// Where a failure came from, which sets its log level.
+/// The origin of a failure, which sets its log level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorSource {
     /// The app sent something the gateway refuses (4xx, logged at info).
     Client,
-    /// The upstream service failed or did not answer (5xx, logged at error).
+    /// The upstream service failed or did not respond (5xx, logged at error).
     Upstream,
     /// The gateway itself failed (5xx, logged at error).
     Internal,
@@ -31,7 +31,7 @@ pub enum GatewayError {
     Path {
         /// The path as received, lossily decoded.
         path: String,
-        /// Which part of the rule it breaks.
+        /// The part of the rule it breaks.
         rejection: PathRejection,
     },
 
@@ -39,7 +39,7 @@ pub enum GatewayError {
     /// 6.1 and 6.3).
     #[error("malformed request: {reason}")]
     Framing {
-        /// What is wrong, naming the header.
+        /// The problem, naming the header.
         reason: String,
     },
 
@@ -71,7 +71,7 @@ pub enum GatewayError {
     /// No `Authorization: Bearer` header, or more than one.
     #[error("missing bearer token: {detail}")]
     MissingToken {
-        /// What was found instead.
+        /// The header found instead.
         detail: &'static str,
     },
 
@@ -149,7 +149,7 @@ pub enum GatewayError {
         service: String,
         /// The URL from the configuration.
         url: String,
-        /// What is wrong.
+        /// The problem.
         reason: String,
     },
 
@@ -243,10 +243,10 @@ impl GatewayError {
         let status = self.status();
         match self.source_class() {
             ErrorSource::Client if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED => {
-                tracing::warn!(request_id, status = status.as_u16(), error = %self, "request refused")
+                tracing::warn!(request_id, status = status.as_u16(), error = %self, "request rejected")
             }
             ErrorSource::Client => {
-                tracing::info!(request_id, status = status.as_u16(), error = %self, "request refused")
+                tracing::info!(request_id, status = status.as_u16(), error = %self, "request rejected")
             }
             ErrorSource::Upstream | ErrorSource::Internal => {
                 tracing::error!(request_id, status = status.as_u16(), error = %self, "request failed")

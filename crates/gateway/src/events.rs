@@ -50,7 +50,7 @@ pub struct AccessEvent {
     pub reason: Option<String>,
 }
 
-/// Where access events go.
+/// The destinations of access events.
 #[derive(Debug, Clone, Default)]
 pub struct EventSinks {
     guard: Option<EventSender>,

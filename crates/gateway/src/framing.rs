@@ -37,7 +37,7 @@ pub const REQUEST_ID_HEADER: &str = "x-portcullis-request-id";
 const OWN_PREFIX: &str = "x-portcullis-";
 
 /// Hop-by-hop headers of RFC 9110 section 7.6.1, plus `proxy-connection`
-/// and `expect` (the gateway answers `100 Continue` itself).
+/// and `expect` (hyper sends `100 Continue` to the app itself).
 const HOP_BY_HOP: [&str; 9] =
     ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "expect", "host"];
 

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-/// Which limit refused a request, and when to retry.
+/// The limit that rejected a request, and when to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exceeded {
     /// `configured` (gateway.rate_per_second) or `throttle` (a guard verdict).

@@ -51,7 +51,7 @@ impl fmt::Display for CanonicalPath {
     }
 }
 
-/// Why a path was rejected. Each variant maps to one test case in
+/// The reason a path was rejected. Each variant maps to one test case in
 /// `tests/paths.rs` and to the status 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -50,7 +50,7 @@ pub(crate) struct Shared {
     pub client: UpstreamClient,
 }
 
-/// What the gateway knows about a connection from its TLS handshake.
+/// The connection facts the gateway takes from the TLS handshake.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     pub app_id: String,

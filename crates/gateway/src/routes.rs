@@ -32,7 +32,7 @@ pub struct Route {
     pub methods: Vec<String>,
     /// The scope the caller's token must carry.
     pub scope: String,
-    /// Where the route forwards to.
+    /// The upstream the route forwards to.
     pub upstream: Arc<Upstream>,
 }
 
@@ -82,7 +82,7 @@ impl RouteTable {
     }
 
     /// Returns the route with the longest prefix covering `path` whose
-    /// methods include `method`, or `None` (answered with 404).
+    /// methods include `method`, or `None` (the response is 404).
     pub fn find(&self, path: &CanonicalPath, method: &str) -> Option<&Route> {
         self.routes.iter().find(|route| route.covers(path.as_str()) && route.allows(method))
     }

@@ -137,7 +137,7 @@ pub struct RunningGateway {
     housekeeping: tokio::task::JoinHandle<()>,
 }
 
-/// How a shutdown ended.
+/// The outcome of a shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownOutcome {
     /// Every connection finished its requests before the deadline.
@@ -195,7 +195,7 @@ impl Drop for RunningGateway {
     }
 }
 
-/// Every minute, forgets rate state of apps not seen recently.
+/// Drops, every minute, the rate state of apps not seen recently.
 async fn housekeeping(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -309,7 +309,9 @@ async fn serve_connection(
             // without a response; send 408 (RFC 9110 section 15.5.9) first.
             tracing::info!(%remote, "request head not received in time");
             let mut io = io;
-            let body = r#"{"error":"request_timeout"}"#;
+            let body =
+                serde_json::json!({ "error": "request_timeout", "request_id": crate::framing::new_request_id() })
+                    .to_string();
             let response = format!(
                 "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
