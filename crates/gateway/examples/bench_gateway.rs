@@ -46,9 +46,12 @@ async fn issue(ca: &PlatformCa, store: &Store, kind: CertificateKind, name: &str
     ca.issue_and_record(store, &request).await.unwrap()
 }
 
+/// Builds a client-certificate verifier whose trust cache reloads every
+/// second for the life of the process, as a listener's does.
 async fn verifier(ca: &PlatformCa, store: &Store) -> Arc<PlatformClientVerifier> {
     let cache = TrustCache::new();
     cache.refresh(store).await.unwrap();
+    std::mem::forget(cache.spawn_refresher(store.clone(), portcullis_identity::REFRESH_INTERVAL));
     PlatformClientVerifier::new(ca.root(), ca.trust_domain().clone(), cache).unwrap()
 }
 
@@ -91,6 +94,7 @@ async fn serve_gateway(dir: &Path, upstream: u16) {
 
     let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/weather-platform/platform.toml");
     let mut config = portcullis_config::load(&config_path).unwrap();
+    config.trust_domain = "bench.example".to_owned();
     for service in &mut config.services {
         service.upstream = format!("https://127.0.0.1:{upstream}");
     }
@@ -123,10 +127,10 @@ error_log {dir}/nginx-error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
+    keepalive_requests 1000000;
     upstream service {{ server 127.0.0.1:{upstream}; keepalive 64; }}
     server {{
-        listen 127.0.0.1:{port} ssl;
-        http2 on;
+        listen 127.0.0.1:{port} ssl http2;
         ssl_certificate {leaf}/cert.pem;
         ssl_certificate_key {leaf}/key.pem;
         location / {{
@@ -186,12 +190,22 @@ async fn load(
                 }
                 let request = request.body(Empty::<Bytes>::new()).unwrap();
                 let sent = Instant::now();
-                let Ok(response) = sender.send_request(request).await else { break };
-                let ok = response.status() == 200;
+                let response = match sender.send_request(request).await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        eprintln!("port {port}: request failed: {error}");
+                        break;
+                    }
+                };
+                let status = response.status();
+                let ok = status == 200;
                 let _ = response.into_body().collect().await;
                 if ok {
                     latencies.push(sent.elapsed());
                 } else {
+                    if failures == 0 {
+                        eprintln!("port {port}: first failure has status {status}");
+                    }
                     failures += 1;
                 }
             }
@@ -240,9 +254,9 @@ async fn main() {
     init_ca(&dir.path().join("ca"), &domain, false).unwrap();
     let ca = PlatformCa::load(&dir.path().join("ca")).unwrap();
     let store = Store::open_in(dir.path()).await.unwrap();
+    let app = issue(&ca, &store, CertificateKind::App, "bench-app").await;
     let upstream = upstream(&ca, &store).await;
 
-    let app = issue(&ca, &store, CertificateKind::App, "bench-app").await;
     let keys = Arc::new(RwLock::new(SigningKeys::generate(now() - 10, GRACE).unwrap()));
     keys.read().unwrap().save(&dir.path().join("token-keys.json")).unwrap();
     let issuer = TokenIssuer::new(ISSUER, 300, Arc::clone(&keys));
