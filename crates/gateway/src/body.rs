@@ -1,0 +1,165 @@
+//! Body wrappers that count bytes, enforce the request body limit while
+//! streaming, and emit the access event when the response ends.
+//!
+//! These are written here rather than taken from http-body-util's
+//! `Limited` because the gateway must also count the bytes for the access
+//! event and tell a body-limit failure (413) apart from an upstream failure
+//! (502) after the upstream client has consumed the error.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+
+use crate::events::{AccessEvent, EventSinks, now_ms};
+
+/// A boxed error of a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Counters shared between the request body and the access event.
+#[derive(Debug, Default)]
+pub struct RequestCounters {
+    /// Request body bytes read so far.
+    pub bytes_in: AtomicU64,
+    /// Set when the body went over the limit.
+    pub too_large: AtomicBool,
+}
+
+/// The request body forwarded upstream: counts bytes and fails once more
+/// than `limit` bytes arrived, which also covers chunked bodies.
+pub struct LimitedBody {
+    inner: hyper::body::Incoming,
+    limit: u64,
+    counters: Arc<RequestCounters>,
+}
+
+impl LimitedBody {
+    /// Wraps `inner` with a limit of `limit` bytes.
+    pub fn new(inner: hyper::body::Incoming, limit: u64, counters: Arc<RequestCounters>) -> Self {
+        Self { inner, limit, counters }
+    }
+}
+
+/// The error a [`LimitedBody`] returns past its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {0} bytes")]
+pub struct BodyLimitExceeded(u64);
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let total =
+                        this.counters.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    if total > this.limit {
+                        this.counters.too_large.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded(this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The access event of one request, finished when its response ends.
+pub struct PendingEvent {
+    /// The event with everything known before the response.
+    pub event: AccessEvent,
+    /// When the request head arrived.
+    pub started: Instant,
+    /// Request body counters.
+    pub counters: Arc<RequestCounters>,
+    /// The sinks that receive the event.
+    pub sinks: EventSinks,
+}
+
+impl PendingEvent {
+    fn finish(mut self, bytes_out: u64) {
+        self.event.bytes_in = self.counters.bytes_in.load(Ordering::Relaxed);
+        self.event.bytes_out = bytes_out;
+        self.event.latency_us = self.started.elapsed().as_micros() as u64;
+        self.event.at_ms = now_ms();
+        self.sinks.emit(self.event);
+    }
+}
+
+/// A response body that counts bytes sent and emits its request's access
+/// event exactly once: at the end of the body, or when the body is dropped
+/// early (the app closed the connection or the upstream failed).
+pub struct ResponseBody {
+    inner: UnsyncBoxBody<Bytes, BoxError>,
+    bytes_out: u64,
+    event: Option<PendingEvent>,
+}
+
+impl ResponseBody {
+    /// Wraps `inner`; `event` is emitted when the body ends.
+    pub fn new(inner: UnsyncBoxBody<Bytes, BoxError>, event: PendingEvent) -> Self {
+        Self { inner, bytes_out: 0, event: Some(event) }
+    }
+
+    fn finish(&mut self) {
+        if let Some(event) = self.event.take() {
+            event.finish(self.bytes_out);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes_out += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

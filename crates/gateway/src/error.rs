@@ -1,0 +1,281 @@
+//! Every failure of the gateway, classified by source, and the one place
+//! where a refusal becomes a response.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::path::PathRejection;
+
+/// The origin of a failure, which sets its log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The app sent something the gateway refuses (4xx, logged at info).
+    Client,
+    /// The upstream service failed or did not respond (5xx, logged at error).
+    Upstream,
+    /// The gateway itself failed (5xx, logged at error).
+    Internal,
+}
+
+/// A gateway failure. Messages name the offending value and are for the
+/// log only; clients see [`GatewayError::code`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The request path breaks the path rule (see [`crate::path`]).
+    #[error("path {path:?} rejected: {rejection}")]
+    Path {
+        /// The path as received, lossily decoded.
+        path: String,
+        /// The part of the rule it breaks.
+        rejection: PathRejection,
+    },
+
+    /// The request's framing or target is ambiguous (RFC 9112 sections 3.2,
+    /// 6.1 and 6.3).
+    #[error("malformed request: {reason}")]
+    Framing {
+        /// The problem, naming the header.
+        reason: String,
+    },
+
+    /// The request head is larger than `gateway.max_header_bytes`.
+    #[error("request head of {size} bytes exceeds the maximum of {max} bytes")]
+    HeadersTooLarge {
+        /// Size counted: target, names and values with separators.
+        size: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+
+    /// The request body is larger than `gateway.max_body_bytes`.
+    #[error("request body exceeds the maximum of {max} bytes")]
+    BodyTooLarge {
+        /// The configured maximum.
+        max: u64,
+    },
+
+    /// No route covers the path with this method.
+    #[error("no route for {method} {path}")]
+    NoRoute {
+        /// Request method.
+        method: String,
+        /// Canonical path.
+        path: String,
+    },
+
+    /// No `Authorization: Bearer` header, or more than one.
+    #[error("missing bearer token: {detail}")]
+    MissingToken {
+        /// The header found instead.
+        detail: &'static str,
+    },
+
+    /// The token failed verification or lacks the route's scope.
+    #[error("token rejected for service {service}: {reason}")]
+    Token {
+        /// The routed service.
+        service: String,
+        /// The verifier's reason.
+        reason: portcullis_token::RejectReason,
+    },
+
+    /// The token belongs to another app than the client certificate.
+    #[error("token of app {token_app} presented on a connection of app {certificate_app}")]
+    AppMismatch {
+        /// The app of the client certificate.
+        certificate_app: String,
+        /// The token's subject.
+        token_app: String,
+    },
+
+    /// The connection's client certificate was revoked after the handshake.
+    #[error("client certificate {serial} of app {app_id} is revoked")]
+    Revoked {
+        /// The app.
+        app_id: String,
+        /// Certificate serial, lowercase hex.
+        serial: String,
+    },
+
+    /// A guard ban is in force for the app.
+    #[error("app {app_id} is banned: {reason}")]
+    Banned {
+        /// The app.
+        app_id: String,
+        /// The ban's reason.
+        reason: String,
+    },
+
+    /// The app exceeded its rate for the service, or its guard throttle.
+    #[error("app {app_id} exceeded its {limit} rate for service {service}; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// The app.
+        app_id: String,
+        /// The routed service.
+        service: String,
+        /// `configured` or `throttle`.
+        limit: &'static str,
+        /// Seconds until a request would be allowed, at least 1.
+        retry_after_secs: u64,
+    },
+
+    /// The upstream could not be reached or failed mid-response.
+    #[error("upstream of service {service} failed: {detail}")]
+    UpstreamUnreachable {
+        /// The service.
+        service: String,
+        /// The client error chain.
+        detail: String,
+    },
+
+    /// The upstream did not send a response head in time.
+    #[error("upstream of service {service} did not respond within {after:?}")]
+    UpstreamTimeout {
+        /// The service.
+        service: String,
+        /// `gateway.upstream_timeout`.
+        after: Duration,
+    },
+
+    /// A service's upstream URL cannot be used.
+    #[error("service {service}: upstream URL {url:?} is invalid: {reason}")]
+    UpstreamUrl {
+        /// The service.
+        service: String,
+        /// The URL from the configuration.
+        url: String,
+        /// The problem.
+        reason: String,
+    },
+
+    /// The listener could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address from `listeners.gateway`.
+        address: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+
+    /// The TLS configuration could not be built.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] portcullis_identity::IdentityError),
+
+    /// The access log file could not be opened.
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+
+    /// Any other internal failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// Returns where the failure came from.
+    pub fn source_class(&self) -> ErrorSource {
+        match self {
+            Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } => ErrorSource::Upstream,
+            Self::UpstreamUrl { .. }
+            | Self::Bind { .. }
+            | Self::Tls(_)
+            | Self::AccessLog { .. }
+            | Self::Internal(_) => ErrorSource::Internal,
+            _ => ErrorSource::Client,
+        }
+    }
+
+    /// Returns the HTTP status the app receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Path { .. } | Self::Framing { .. } => StatusCode::BAD_REQUEST,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::MissingToken { .. } | Self::AppMismatch { .. } => StatusCode::UNAUTHORIZED,
+            Self::Token { reason, .. } if reason.error_code() == "insufficient_scope" => StatusCode::FORBIDDEN,
+            Self::Token { .. } => StatusCode::UNAUTHORIZED,
+            Self::Revoked { .. } | Self::Banned { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Returns the fixed, short reason the app receives in the `error`
+    /// member of the body, and the access event records. It never contains
+    /// request or upstream data.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Path { .. } => "invalid_path",
+            Self::Framing { .. } => "invalid_request",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::NoRoute { .. } => "no_route",
+            Self::MissingToken { .. } => "missing_token",
+            Self::Token { reason, .. } => reason.error_code(),
+            Self::AppMismatch { .. } => "invalid_token",
+            Self::Revoked { .. } => "certificate_revoked",
+            Self::Banned { .. } => "banned",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::UpstreamUnreachable { .. } => "upstream_unreachable",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            _ => "internal_error",
+        }
+    }
+
+    /// Logs the failure with its detail at the level of its source and
+    /// builds the response: the status, the fixed JSON body
+    /// `{"error": code, "request_id": id}` and, where RFC 6750 section 3
+    /// or RFC 9110 section 10.2.3 asks for them, `WWW-Authenticate` or
+    /// `Retry-After`.
+    pub fn to_response(&self, request_id: &str) -> Response<Full<Bytes>> {
+        let status = self.status();
+        match self.source_class() {
+            ErrorSource::Client if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED => {
+                tracing::warn!(request_id, status = status.as_u16(), error = %self, "request rejected")
+            }
+            ErrorSource::Client => {
+                tracing::info!(request_id, status = status.as_u16(), error = %self, "request rejected")
+            }
+            ErrorSource::Upstream | ErrorSource::Internal => {
+                tracing::error!(request_id, status = status.as_u16(), error = %self, "request failed")
+            }
+        }
+
+        let body = serde_json::json!({ "error": self.code(), "request_id": request_id }).to_string();
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match self {
+            Self::MissingToken { .. } => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Token { .. } | Self::AppMismatch { .. } => {
+                let value = format!("Bearer error=\"{}\"", self.code());
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            Self::RateLimited { retry_after_secs, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::Revoked { .. } | Self::Framing { .. } => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

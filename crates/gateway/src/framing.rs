@@ -1,0 +1,226 @@
+//! Checks of request framing and target that hyper leaves to the
+//! application, and the header rewriting between app and upstream.
+//!
+//! hyper 1 (through httparse) already rejects, with 400 and before any of
+//! this runs: header names with spaces, control characters or other
+//! non-token bytes, whitespace between a name and its colon, obsolete line
+//! folding, bare CR, a Transfer-Encoding whose last coding is not
+//! `chunked`, differing Content-Length values and Transfer-Encoding in
+//! HTTP/1.0. This module rejects what hyper passes on: comma-listed or
+//! signed Content-Length values, Transfer-Encoding with any coding besides
+//! `chunked` (such as `gzip, chunked` or `chunked` twice), a missing or
+//! repeated Host, absolute-form targets naming another authority or
+//! scheme, CONNECT, and control characters in header values.
+//!
+//! NOTE: two cases are settled by hyper before the gateway sees them and
+//! cannot be answered with 400 here. With Content-Length and a valid
+//! chunked Transfer-Encoding, hyper drops Content-Length, reads the body
+//! as chunked and closes the connection after the response (RFC 9112
+//! section 6.1 allows this). Of two equal Content-Length lines hyper keeps
+//! one (RFC 9110 section 8.6 allows this). Neither leaves the length
+//! ambiguous; tests/smuggling.rs pins both behaviours.
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Request, Version};
+
+use crate::error::GatewayError;
+
+/// The identity headers the gateway sets for the upstream. Any copy sent by
+/// the app is removed first.
+pub const APP_ID_HEADER: &str = "x-portcullis-app-id";
+/// The token's scopes, space-separated.
+pub const SCOPES_HEADER: &str = "x-portcullis-scopes";
+/// The request id, also returned to the app.
+pub const REQUEST_ID_HEADER: &str = "x-portcullis-request-id";
+
+/// The prefix of every header the gateway owns.
+const OWN_PREFIX: &str = "x-portcullis-";
+
+/// Hop-by-hop headers of RFC 9110 section 7.6.1, plus `proxy-connection`
+/// and `expect` (hyper sends `100 Continue` to the app itself).
+const HOP_BY_HOP: [&str; 9] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "expect", "host"];
+
+fn framing(reason: impl Into<String>) -> GatewayError {
+    GatewayError::Framing { reason: reason.into() }
+}
+
+/// Checks the request head: size against `max_header_bytes` (431), then
+/// target and framing (400). `Ok` means the body length is unambiguous
+/// (RFC 9112 section 6.3) and the target names this gateway.
+pub fn check_head<B>(request: &Request<B>, max_header_bytes: u64) -> Result<(), GatewayError> {
+    let headers = request.headers();
+
+    let size = request.method().as_str().len() as u64
+        + request.uri().to_string().len() as u64
+        + headers.iter().map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64).sum::<u64>();
+    if size > max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge { size, max: max_header_bytes });
+    }
+
+    if request.method() == Method::CONNECT {
+        return Err(framing("CONNECT is not supported"));
+    }
+    check_target(request)?;
+
+    for (name, value) in headers {
+        if value.as_bytes().iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(framing(format!("control character in the value of {name}")));
+        }
+    }
+
+    let lengths: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    if lengths.len() > 1 {
+        return Err(framing(format!("{} Content-Length headers", lengths.len())));
+    }
+    if let Some(length) = lengths.first() {
+        let bytes = length.as_bytes();
+        if bytes.is_empty() || bytes.len() > 19 || !bytes.iter().all(u8::is_ascii_digit) {
+            return Err(framing(format!("invalid Content-Length {:?}", String::from_utf8_lossy(bytes))));
+        }
+    }
+
+    let codings: Vec<String> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| {
+            String::from_utf8_lossy(value.as_bytes()).split(',').map(|c| c.trim().to_owned()).collect::<Vec<_>>()
+        })
+        .collect();
+    if !codings.is_empty() {
+        if !lengths.is_empty() {
+            return Err(framing("both Content-Length and Transfer-Encoding"));
+        }
+        if request.version() != Version::HTTP_11 {
+            return Err(framing("Transfer-Encoding outside HTTP/1.1"));
+        }
+        if codings.len() != 1 || !codings[0].eq_ignore_ascii_case("chunked") {
+            return Err(framing(format!("Transfer-Encoding {codings:?} is not exactly chunked")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks Host and the request target (RFC 9112 section 3.2): exactly one
+/// Host in HTTP/1.1, and an absolute-form target or HTTP/2 `:authority`
+/// only if it equals the Host header.
+fn check_target<B>(request: &Request<B>) -> Result<(), GatewayError> {
+    let hosts: Vec<_> = request.headers().get_all(header::HOST).iter().collect();
+    if hosts.len() > 1 {
+        return Err(framing(format!("{} Host headers", hosts.len())));
+    }
+    let host = hosts.first().map(|h| String::from_utf8_lossy(h.as_bytes()).to_ascii_lowercase());
+
+    match request.version() {
+        Version::HTTP_2 => {
+            let authority = request.uri().authority().map(|a| a.as_str().to_ascii_lowercase());
+            if let (Some(host), Some(authority)) = (&host, &authority) {
+                if host != authority {
+                    return Err(framing(format!("Host {host:?} differs from :authority {authority:?}")));
+                }
+            }
+        }
+        _ => {
+            if request.version() == Version::HTTP_11 && host.is_none() {
+                return Err(framing("missing Host header"));
+            }
+            if let Some(authority) = request.uri().authority() {
+                let authority = authority.as_str().to_ascii_lowercase();
+                if request.uri().scheme_str() != Some("https") || host.as_deref() != Some(authority.as_str()) {
+                    return Err(framing(format!("absolute-form target for {authority:?} does not name this host")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes hop-by-hop headers, the headers named in `Connection`, every
+/// `Proxy-*` header, `Authorization`, `Host` and any header in the
+/// gateway's own `x-portcullis-` namespace.
+pub fn strip_request_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::AUTHORIZATION);
+    let own: Vec<HeaderName> = headers.keys().filter(|name| name.as_str().starts_with(OWN_PREFIX)).cloned().collect();
+    for name in own {
+        headers.remove(name);
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 section 7.6.1) from a request or
+/// response: those in [`HOP_BY_HOP`], those named by `Connection`, and
+/// every `Proxy-*` header.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| {
+            String::from_utf8_lossy(value.as_bytes())
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|token| !token.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers.keys().filter(|name| name.as_str().starts_with("proxy-")).cloned().collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// Returns a new random request id: 16 bytes as 32 lowercase hex digits.
+pub fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        // The system random source failing is not worth refusing a request
+        // for: fall back to the clock, which is unique enough for logs.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        bytes = nanos.to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(lines: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().uri("/x").version(Version::HTTP_11);
+        for (name, value) in lines {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn chunked_alone_is_accepted() {
+        assert!(check_head(&request(&[("host", "gw"), ("transfer-encoding", "Chunked")]), 16384).is_ok());
+    }
+
+    #[test]
+    fn length_and_chunked_together_are_rejected() {
+        let result =
+            check_head(&request(&[("host", "gw"), ("transfer-encoding", "chunked"), ("content-length", "3")]), 16384);
+        assert_eq!(result.unwrap_err().to_string(), "malformed request: both Content-Length and Transfer-Encoding");
+    }
+
+    #[test]
+    fn hop_by_hop_and_named_headers_are_stripped() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", "close, x-secret".parse().unwrap());
+        headers.insert("x-secret", "1".parse().unwrap());
+        headers.insert("proxy-authorization", "a".parse().unwrap());
+        headers.insert("x-portcullis-app-id", "forged".parse().unwrap());
+        headers.insert("authorization", "Bearer t".parse().unwrap());
+        headers.insert("accept", "*/*".parse().unwrap());
+        strip_request_headers(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
+    }
+}

@@ -1,0 +1,243 @@
+//! The request handler: checks in a fixed order, then forwarding.
+//!
+//! Order, first failure wins: head size and framing (431, 400), a revoked
+//! client certificate (403), a guard ban (403), the path rule (400), the
+//! route (404), the rate limits (429), the bearer token and its binding
+//! (401), the route's scope (403), a declared body size (413), then the
+//! upstream (502, 504, or its own status).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use portcullis_config::GatewaySettings;
+use portcullis_guard::{DecisionReceiver, Verdict};
+use portcullis_identity::TrustCache;
+use tracing::Instrument;
+
+use crate::body::{BoxError, LimitedBody, PendingEvent, RequestCounters, ResponseBody};
+use crate::error::GatewayError;
+use crate::events::{AccessEvent, EventSinks, now_ms};
+use crate::framing::{
+    APP_ID_HEADER, REQUEST_ID_HEADER, SCOPES_HEADER, check_head, new_request_id, strip_hop_by_hop,
+    strip_request_headers,
+};
+use crate::limits::RateLimits;
+use crate::path::canonicalise;
+use crate::routes::RouteTable;
+
+/// The upstream client: pooled, kept-alive connections over mutual TLS
+/// (or plain HTTP for `http://` upstreams).
+pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, LimitedBody>;
+
+/// State shared by every connection; the swappable parts change on reload.
+pub(crate) struct Shared {
+    pub routes: ArcSwap<RouteTable>,
+    pub settings: ArcSwap<GatewaySettings>,
+    pub limits: RateLimits,
+    pub tokens: portcullis_token::Verifier,
+    pub trust: Arc<TrustCache>,
+    pub decisions: DecisionReceiver,
+    pub sinks: EventSinks,
+    pub client: UpstreamClient,
+}
+
+/// The connection facts the gateway takes from the TLS handshake.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub app_id: String,
+    pub serial: String,
+    pub certificate_der: Bytes,
+}
+
+/// Handles one request; never fails, because every failure becomes a
+/// response here.
+pub(crate) async fn handle(shared: Arc<Shared>, peer: Arc<Peer>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let request_id = new_request_id();
+    let span = tracing::info_span!("request", app_id = %peer.app_id, request_id = %request_id);
+    let counters = Arc::new(RequestCounters::default());
+    let mut event = AccessEvent {
+        at_ms: 0,
+        request_id: request_id.clone(),
+        app_id: peer.app_id.clone(),
+        service: String::new(),
+        route: String::new(),
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+        status: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        latency_us: 0,
+        reason: None,
+    };
+
+    let result = forward(&shared, &peer, request, &request_id, &counters, &mut event).instrument(span.clone()).await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            let _entered = span.enter();
+            event.reason = Some(error.code().to_owned());
+            error.to_response(&request_id).map(|body| body.map_err(|never| match never {}).boxed_unsync())
+        }
+    };
+
+    event.status = response.status().as_u16();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    let pending = PendingEvent { event, started, counters, sinks: shared.sinks.clone() };
+    response.map(|body| ResponseBody::new(body, pending))
+}
+
+type UpstreamResponse = Response<http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>;
+
+async fn forward(
+    shared: &Shared,
+    peer: &Peer,
+    request: Request<Incoming>,
+    request_id: &str,
+    counters: &Arc<RequestCounters>,
+    event: &mut AccessEvent,
+) -> Result<UpstreamResponse, GatewayError> {
+    let settings = shared.settings.load_full();
+    check_head(&request, settings.max_header_bytes)?;
+
+    if shared.trust.is_revoked(&peer.serial) {
+        return Err(GatewayError::Revoked { app_id: peer.app_id.clone(), serial: peer.serial.clone() });
+    }
+    let verdict = shared.decisions.borrow().verdict(&peer.app_id, now_ms());
+    let throttle = match verdict {
+        Verdict::Ban { reason, .. } => return Err(GatewayError::Banned { app_id: peer.app_id.clone(), reason }),
+        Verdict::Throttle { per_second, .. } => Some(per_second),
+        Verdict::Allow => None,
+    };
+
+    let path = canonicalise(request.uri().path())
+        .map_err(|rejection| GatewayError::Path { path: request.uri().path().to_owned(), rejection })?;
+    event.path = path.as_str().to_owned();
+
+    let routes = shared.routes.load_full();
+    let method = request.method().as_str().to_owned();
+    let route = routes
+        .find(&path, &method)
+        .ok_or_else(|| GatewayError::NoRoute { method: method.clone(), path: path.as_str().to_owned() })?;
+    let upstream = Arc::clone(&route.upstream);
+    event.service = upstream.service.clone();
+    event.route = route.prefix.clone();
+
+    shared.limits.check(&peer.app_id, &upstream.service, throttle).map_err(|exceeded| GatewayError::RateLimited {
+        app_id: peer.app_id.clone(),
+        service: upstream.service.clone(),
+        limit: exceeded.limit,
+        retry_after_secs: exceeded.retry_after_secs,
+    })?;
+
+    let token = bearer_token(request.headers())?;
+    let now_secs = now_ms() / 1000;
+    let token_error = |reason| GatewayError::Token { service: upstream.service.clone(), reason };
+    let verified =
+        shared.tokens.verify(token, &upstream.audience, &peer.certificate_der, now_secs).map_err(token_error)?;
+    if verified.app_id() != peer.app_id {
+        return Err(GatewayError::AppMismatch {
+            certificate_app: peer.app_id.clone(),
+            token_app: verified.app_id().to_owned(),
+        });
+    }
+    verified.require_scope(&route.scope).map_err(token_error)?;
+    tracing::debug!(service = %upstream.service, route = %route.prefix, path = %path, "request allowed");
+
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > settings.max_body_bytes) {
+        return Err(GatewayError::BodyTooLarge { max: settings.max_body_bytes });
+    }
+
+    let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let target = format!("{}{}{}", upstream.base_path, path.as_str(), query);
+    let mut parts = upstream.origin.clone().into_parts();
+    parts.path_and_query =
+        Some(target.parse().map_err(|_| GatewayError::Internal(format!("upstream target {target:?}")))?);
+    let uri = Uri::from_parts(parts).map_err(|e| GatewayError::Internal(format!("upstream URI: {e}")))?;
+
+    let (mut head, body) = request.into_parts();
+    strip_request_headers(&mut head.headers);
+    let scopes = verified.claims().scope.clone();
+    for (name, value) in
+        [(APP_ID_HEADER, peer.app_id.as_str()), (SCOPES_HEADER, scopes.as_str()), (REQUEST_ID_HEADER, request_id)]
+    {
+        let value =
+            HeaderValue::from_str(value).map_err(|_| GatewayError::Internal(format!("header value for {name}")))?;
+        head.headers.insert(name, value);
+    }
+    head.uri = uri;
+    head.version = http::Version::HTTP_11;
+    let upstream_request =
+        Request::from_parts(head, LimitedBody::new(body, settings.max_body_bytes, Arc::clone(counters)));
+
+    let sent = tokio::time::timeout(settings.upstream_timeout, shared.client.request(upstream_request)).await;
+    let response = match sent {
+        Err(_) => {
+            return Err(GatewayError::UpstreamTimeout {
+                service: upstream.service.clone(),
+                after: settings.upstream_timeout,
+            });
+        }
+        Ok(Err(_)) if counters.too_large.load(std::sync::atomic::Ordering::Relaxed) => {
+            return Err(GatewayError::BodyTooLarge { max: settings.max_body_bytes });
+        }
+        Ok(Err(error)) => {
+            return Err(GatewayError::UpstreamUnreachable {
+                service: upstream.service.clone(),
+                detail: error_chain(&error),
+            });
+        }
+        Ok(Ok(response)) => response,
+    };
+
+    let (mut head, body) = response.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    head.version = http::Version::HTTP_11;
+    Ok(Response::from_parts(head, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+}
+
+/// Returns the token of the one `Authorization: Bearer` header
+/// (RFC 6750 section 2.1; the scheme is case-insensitive, RFC 9110
+/// section 11.1).
+fn bearer_token(headers: &http::HeaderMap) -> Result<&str, GatewayError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(GatewayError::MissingToken { detail: "no Authorization header" })?;
+    if values.next().is_some() {
+        return Err(GatewayError::MissingToken { detail: "more than one Authorization header" });
+    }
+    let value = value.to_str().map_err(|_| GatewayError::MissingToken { detail: "non-ASCII Authorization header" })?;
+    let (scheme, token) =
+        value.split_once(' ').ok_or(GatewayError::MissingToken { detail: "Authorization without a scheme" })?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(GatewayError::MissingToken { detail: "Authorization scheme is not Bearer" });
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(GatewayError::MissingToken { detail: "empty bearer token" });
+    }
+    Ok(token)
+}
+
+/// Joins an error and its sources with `: ` for the log.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,379 @@
+//! The listener: TLS handshakes, HTTP/1.1 and HTTP/2 connections, reload
+//! and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use portcullis_config::PlatformConfig;
+use portcullis_guard::DecisionReceiver;
+use portcullis_identity::{PlatformAcceptor, PlatformClientVerifier};
+use rustls::client::ResolvesClientCert;
+use rustls::server::ResolvesServerCert;
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::GatewayError;
+use crate::events::EventSinks;
+use crate::limits::{Rate, RateLimits};
+use crate::proxy::{Peer, Shared, handle};
+use crate::routes::RouteTable;
+
+/// ALPN protocols offered to apps and upstreams, HTTP/2 first.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// hyper's smallest allowed HTTP/1 read buffer; heads between
+/// `gateway.max_header_bytes` and this size are refused by the handler.
+const MIN_READ_BUFFER: usize = 8192;
+
+/// How long an idle pooled upstream connection is kept.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(90);
+
+/// The certificates and trust the gateway needs.
+pub struct GatewayTls {
+    /// The gateway's server certificate, usually a `RenewingCertificate`.
+    pub server_certificate: Arc<dyn ResolvesServerCert>,
+    /// The client certificate presented to upstreams, usually the same
+    /// `RenewingCertificate`.
+    pub client_certificate: Arc<dyn ResolvesClientCert>,
+    /// The verifier of app certificates; its trust cache supplies pins and
+    /// revocations.
+    pub verifier: Arc<PlatformClientVerifier>,
+    /// The platform root, the only trust anchor for upstream certificates.
+    pub platform_root: CertificateDer<'static>,
+}
+
+/// A gateway ready to listen.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    acceptor: PlatformAcceptor,
+}
+
+impl Gateway {
+    /// Builds a gateway from the configuration's services and `gateway`
+    /// section. `tokens` verifies bearer tokens (share its keys and
+    /// invalidations with the token service), `decisions` is the guard's
+    /// subscription and `sinks` receive the access events.
+    pub fn new(
+        config: &PlatformConfig,
+        tls: GatewayTls,
+        tokens: portcullis_token::Verifier,
+        decisions: DecisionReceiver,
+        sinks: EventSinks,
+    ) -> Result<Self, GatewayError> {
+        let routes = RouteTable::from_config(config)?;
+        let trust = Arc::clone(tls.verifier.cache());
+        let acceptor = PlatformAcceptor::new(tls.server_certificate, tls.verifier, &ALPN)?;
+
+        // hyper-rustls sets the ALPN list itself from the enabled versions.
+        let client_config =
+            portcullis_identity::policy::client_config(&tls.platform_root, tls.client_certificate, &[])?;
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.gateway.upstream_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_config)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(UPSTREAM_IDLE)
+            .build(connector);
+
+        let shared = Shared {
+            routes: ArcSwap::from_pointee(routes),
+            settings: ArcSwap::from_pointee(config.gateway.clone()),
+            limits: RateLimits::new(rate_of(config)),
+            tokens,
+            trust,
+            decisions,
+            sinks,
+            client,
+        };
+        Ok(Self { shared: Arc::new(shared), acceptor })
+    }
+
+    /// Binds `address` (use port 0 for an ephemeral port) and starts
+    /// accepting connections.
+    pub async fn start(self, address: SocketAddr) -> Result<RunningGateway, GatewayError> {
+        let listener = TcpListener::bind(address).await.map_err(|source| GatewayError::Bind { address, source })?;
+        let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind { address, source })?;
+        let (stop, stopped) = watch::channel(false);
+        let (alive, drained) = mpsc::channel::<()>(1);
+        let task = tokio::spawn(accept_loop(listener, self.acceptor, Arc::clone(&self.shared), stopped, alive));
+        let housekeeping = tokio::spawn(housekeeping(Arc::clone(&self.shared)));
+        tracing::info!(address = %local_addr, routes = self.shared.routes.load().len(), "gateway listening");
+        Ok(RunningGateway { shared: self.shared, local_addr, stop, drained, task, housekeeping })
+    }
+}
+
+fn rate_of(config: &PlatformConfig) -> Rate {
+    Rate { per_second: config.gateway.rate_per_second, burst: config.gateway.rate_burst }
+}
+
+/// A gateway that is accepting connections. Dropping it without
+/// [`RunningGateway::shutdown`] aborts the accept loop; open connections
+/// then end on their own.
+pub struct RunningGateway {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    drained: mpsc::Receiver<()>,
+    task: tokio::task::JoinHandle<()>,
+    housekeeping: tokio::task::JoinHandle<()>,
+}
+
+/// The outcome of a shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownOutcome {
+    /// Every connection finished its requests before the deadline.
+    Drained,
+    /// The deadline passed; the remaining connections were dropped.
+    DeadlinePassed,
+}
+
+impl RunningGateway {
+    /// The address the gateway listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Applies the routes, upstreams and `gateway` limits of `config`
+    /// without a restart. Requests already routed finish with the table
+    /// they started with. Rate counts restart only if the rate changed.
+    /// The listener address and TLS settings are not reloaded.
+    pub fn reload(&self, config: &PlatformConfig) -> Result<(), GatewayError> {
+        let routes = RouteTable::from_config(config)?;
+        let count = routes.len();
+        self.shared.routes.store(Arc::new(routes));
+        self.shared.settings.store(Arc::new(config.gateway.clone()));
+        self.shared.limits.set_rate(rate_of(config));
+        tracing::info!(routes = count, "gateway configuration reloaded");
+        Ok(())
+    }
+
+    /// Access events dropped by the file sink because its queue was full.
+    pub fn dropped_access_events(&self) -> u64 {
+        self.shared.sinks.dropped_file_events()
+    }
+
+    /// Stops accepting connections, asks every open connection to finish
+    /// its requests in flight (HTTP/1.1 closes after the current response,
+    /// HTTP/2 sends GOAWAY), and waits for them up to `deadline`.
+    pub async fn shutdown(mut self, deadline: Duration) -> ShutdownOutcome {
+        tracing::info!(deadline = ?deadline, "gateway shutting down");
+        let _ = self.stop.send(true);
+        let _ = (&mut self.task).await;
+        self.housekeeping.abort();
+        let outcome = match tokio::time::timeout(deadline, self.drained.recv()).await {
+            Ok(_) => ShutdownOutcome::Drained,
+            Err(_) => ShutdownOutcome::DeadlinePassed,
+        };
+        tracing::info!(?outcome, "gateway stopped");
+        outcome
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.housekeeping.abort();
+    }
+}
+
+/// Drops, every minute, the rate state of apps not seen recently.
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let now = crate::events::now_ms();
+        let decisions = shared.decisions.borrow().clone();
+        shared.limits.retain_recent(|app_id| {
+            matches!(decisions.verdict(app_id, now), portcullis_guard::Verdict::Throttle { .. })
+        });
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: PlatformAcceptor,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Running out of file descriptors is the usual cause; wait
+                // instead of spinning.
+                tracing::error!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let connection =
+            serve_connection(tcp, remote, acceptor.clone(), Arc::clone(&shared), stopped.clone(), alive.clone());
+        tokio::spawn(connection);
+    }
+}
+
+/// Runs the TLS handshake and then HTTP on one connection. `_alive` is
+/// held until the connection ends, which is how shutdown counts it.
+async fn serve_connection(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    acceptor: PlatformAcceptor,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+) {
+    let settings = shared.settings.load_full();
+    let (tls, verified) = match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(error)) => {
+            tracing::info!(%remote, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%remote, "TLS handshake timed out");
+            return;
+        }
+    };
+    let Some(app_id) = verified.app_id().map(str::to_owned) else {
+        tracing::warn!(%remote, identity = %verified.identity(), "connection refused: not an app");
+        return;
+    };
+    let certificate_der = match tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
+        Some(leaf) => Bytes::copy_from_slice(leaf.as_ref()),
+        None => return,
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let peer = Arc::new(Peer { app_id, serial: verified.serial().to_owned(), certificate_der });
+    tracing::debug!(%remote, app_id = %peer.app_id, h2, "connection accepted");
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size((settings.max_header_bytes as usize).max(MIN_READ_BUFFER))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_bytes.min(u32::MAX as u64) as u32);
+    let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
+
+    let io = SharedIo::new(tls);
+    let service_shared = Arc::clone(&shared);
+    let service = service_fn(move |request| {
+        let shared = Arc::clone(&service_shared);
+        let peer = Arc::clone(&peer);
+        async move { Ok::<_, std::convert::Infallible>(handle(shared, peer, request).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(io.clone()), service);
+    tokio::pin!(connection);
+
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopped.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.as_mut().await
+        }
+    };
+
+    if let Err(error) = result {
+        let timed_out = error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
+        if timed_out {
+            // hyper closes a connection whose head did not arrive in time
+            // without a response; send 408 (RFC 9110 section 15.5.9) first.
+            tracing::info!(%remote, "request head not received in time");
+            let mut io = io;
+            let body =
+                serde_json::json!({ "error": "request_timeout", "request_id": crate::framing::new_request_id() })
+                    .to_string();
+            let response = format!(
+                "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = io.write_all(response.as_bytes()).await;
+                let _ = io.shutdown().await;
+            })
+            .await;
+        } else {
+            tracing::debug!(%remote, %error, "connection ended with an error");
+        }
+    }
+}
+
+/// The TLS stream shared between hyper and the connection task, so the
+/// task can still write a 408 after hyper gave up on the connection.
+/// Each poll locks the mutex briefly; only one task uses it at a time.
+#[derive(Clone)]
+struct SharedIo {
+    inner: Arc<Mutex<tokio_rustls::server::TlsStream<TcpStream>>>,
+}
+
+impl SharedIo {
+    fn new(stream: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
+        Self { inner: Arc::new(Mutex::new(stream)) }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(Pin<&mut tokio_rustls::server::TlsStream<TcpStream>>) -> R) -> R {
+        let mut guard = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(Pin::new(&mut *guard))
+    }
+}
+
+impl AsyncRead for SharedIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|stream| stream.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for SharedIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.with(|stream| stream.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|stream| stream.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|stream| stream.poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.with(|stream| stream.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,300 @@
+//! End-to-end behaviour of the gateway over real sockets: authorisation,
+//! header rewriting, limits, events, reload and shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use portcullis_guard::GuardEvent;
+use portcullis_identity::CertificateKind;
+use portcullis_store::DecisionKind;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn request(method: &str, target: &str, token: &str, extra: &str) -> Vec<u8> {
+    format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n")
+        .into_bytes()
+}
+
+fn body_of(received: &str) -> &str {
+    received.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+#[tokio::test]
+async fn allowed_call_reaches_upstream_rewritten() {
+    let mut h = Harness::start(|_| {}).await;
+    let token = h.token("weather", &["weather:read"]);
+    let extra = "X-Portcullis-App-Id: forged\r\nX-Portcullis-Scopes: records:write\r\nKeep-Alive: 5\r\nProxy-Authorization: x\r\nTE: trailers\r\n";
+    let received = h.raw(&request("GET", "/weather/v1/%74oday?city=oslo&x=%2e", &token, extra), WAIT).await;
+
+    assert_eq!(status_of(&received), 200, "{received}");
+    assert_eq!(body_of(&received), "saw /weather/v1/today?city=oslo&x=%2e");
+    let lower = received.to_ascii_lowercase();
+    assert!(lower.contains("x-portcullis-request-id: "), "{received}");
+    assert!(!lower.contains("x-upstream-hop"), "hop-by-hop response header forwarded: {received}");
+
+    let seen = h.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    let seen = &seen[0];
+    assert_eq!(seen.target, "/weather/v1/today?city=oslo&x=%2e");
+    assert_eq!(seen.headers["x-portcullis-app-id"], "app-a");
+    assert_eq!(seen.headers["x-portcullis-scopes"], "weather:read");
+    assert_eq!(seen.headers.get_all("x-portcullis-app-id").iter().count(), 1);
+    assert_eq!(seen.headers["x-portcullis-request-id"].len(), 32);
+    for removed in ["authorization", "keep-alive", "proxy-authorization", "te"] {
+        assert!(seen.headers.get(removed).is_none(), "{removed} forwarded");
+    }
+
+    let events = h.guard_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let GuardEvent::Access { app_id, service, status, .. } = &events[0] else { panic!("{events:?}") };
+    assert_eq!((app_id.as_str(), service.as_str(), *status), ("app-a", "weather", 200));
+
+    let log = h.access_log().await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["path"], "/weather/v1/today");
+    assert_eq!(log[0]["route"], "/weather/v1/");
+    assert_eq!(log[0]["method"], "GET");
+    assert_eq!(log[0]["status"], 200);
+    assert_eq!(log[0]["bytes_out"], body_of(&received).len());
+    assert!(log[0]["reason"].is_null());
+}
+
+#[tokio::test]
+async fn token_failures_are_refused_with_reason() {
+    let mut h = Harness::start(|_| {}).await;
+    let other = h.platform.issue(CertificateKind::App, "app-b", &[]).await;
+    h.cache.refresh(&h.platform.store).await.unwrap();
+
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("missing", String::new(), 401, "missing_token"),
+        ("expired", h.token_for(&h.app, APP, "weather", &["weather:read"], now() - 3600), 401, "invalid_token"),
+        ("wrong audience", h.token("records", &["weather:read"]), 401, "invalid_token"),
+        ("other certificate", h.token_for(&other, APP, "weather", &["weather:read"], now()), 401, "invalid_token"),
+        ("other app", h.token_for(&h.app, "app-b", "weather", &["weather:read"], now()), 401, "invalid_token"),
+        ("garbage", "not.a.token".to_owned(), 401, "invalid_token"),
+        ("missing scope", h.token("weather", &[]), 403, "insufficient_scope"),
+    ];
+    for (name, token, status, error) in &cases {
+        let bytes = if token.is_empty() {
+            b"GET /weather/v1/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_vec()
+        } else {
+            request("GET", "/weather/v1/x", token, "")
+        };
+        let received = h.raw(&bytes, WAIT).await;
+        assert_eq!(status_of(&received), *status, "{name}: {received}");
+        let body: serde_json::Value = serde_json::from_str(body_of(&received)).unwrap();
+        assert_eq!(body["error"], *error, "{name}");
+        assert_eq!(body["request_id"].as_str().unwrap().len(), 32, "{name}");
+    }
+
+    // records:read does not grant records:write on the POST route.
+    let read_only = h.token("records", &["records:read"]);
+    let received = h.raw(&request("POST", "/records/v1/x", &read_only, "Content-Length: 0\r\n"), WAIT).await;
+    assert_eq!(status_of(&received), 403, "{received}");
+    assert!(h.upstream.seen().is_empty(), "{:?}", h.upstream.seen());
+    assert_eq!(h.guard_events().len(), cases.len() + 1);
+}
+
+#[tokio::test]
+async fn routes_methods_and_longest_prefix() {
+    let h = Harness::start(|config| {
+        let mut narrow = config.services[1].routes[0].clone();
+        narrow.prefix = "/weather/v1/admin/".into();
+        narrow.scope = "records:read".into();
+        narrow.methods = vec!["GET".into()];
+        config.services[1].routes.push(narrow);
+    })
+    .await;
+    let weather = h.token("weather", &["weather:read"]);
+    let records = h.token("records", &["records:read"]);
+
+    assert_eq!(h.get("/weather/v1/admin/x", &weather).await, 401, "longest prefix routes to records");
+    assert_eq!(h.get("/weather/v1/admin/x", &records).await, 200);
+    assert_eq!(h.get("/weather/v2/x", &weather).await, 404);
+    assert_eq!(h.get("/weather/v1", &weather).await, 404);
+    let received = h.raw(&request("DELETE", "/weather/v1/x", &weather, ""), WAIT).await;
+    assert_eq!(status_of(&received), 404, "method filter: {received}");
+}
+
+#[tokio::test]
+async fn ban_and_throttle_from_the_guard() {
+    let h = Harness::start(|_| {}).await;
+    let token = h.token("weather", &["weather:read"]);
+
+    h.decide(APP, DecisionKind::Ban);
+    let received = h.raw(&request("GET", "/weather/v1/x", &token, ""), WAIT).await;
+    assert_eq!(status_of(&received), 403);
+    assert!(body_of(&received).contains("\"error\":\"banned\""), "{received}");
+
+    h.decide(APP, DecisionKind::Throttle { per_second: 1.0 });
+    assert_eq!(h.get("/weather/v1/x", &token).await, 200);
+    let received = h.raw(&request("GET", "/weather/v1/x", &token, ""), WAIT).await;
+    assert_eq!(status_of(&received), 429, "{received}");
+    assert!(received.to_ascii_lowercase().contains("retry-after: 1\r\n"), "{received}");
+    assert_eq!(h.upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let h = Harness::start(|config| {
+        config.gateway.rate_per_second = 0.2;
+        config.gateway.rate_burst = 2;
+    })
+    .await;
+    let token = h.token("weather", &["weather:read"]);
+    assert_eq!(h.get("/weather/v1/x", &token).await, 200);
+    assert_eq!(h.get("/weather/v1/x", &token).await, 200);
+    let received = h.raw(&request("GET", "/weather/v1/x", &token, ""), WAIT).await;
+    assert_eq!(status_of(&received), 429);
+    assert!(received.to_ascii_lowercase().contains("retry-after: 5\r\n"), "{received}");
+    assert!(body_of(&received).contains("rate_limited"));
+    assert_eq!(h.upstream.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn body_limits_for_length_and_chunked() {
+    let h = Harness::start(|config| config.gateway.max_body_bytes = 10).await;
+    let token = h.token("records", &["records:write"]);
+
+    let received = h.raw(&request("POST", "/records/v1/x", &token, "Content-Length: 11\r\n"), WAIT).await;
+    assert_eq!(status_of(&received), 413, "{received}");
+
+    let mut chunked = request("POST", "/records/v1/x", &token, "Transfer-Encoding: chunked\r\n");
+    chunked.extend_from_slice(b"6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n");
+    let received = h.raw(&chunked, WAIT).await;
+    assert_eq!(status_of(&received), 413, "{received}");
+
+    let mut small = request("POST", "/records/v1/x", &token, "Transfer-Encoding: chunked\r\n");
+    small.extend_from_slice(b"4\r\nabcd\r\n0\r\n\r\n");
+    let received = h.raw(&small, WAIT).await;
+    assert_eq!(status_of(&received), 200, "{received}");
+    let bodies: Vec<_> = h.upstream.seen().iter().map(|s| s.body.clone()).filter(|b| b == "abcd").collect();
+    assert_eq!(bodies.len(), 1);
+}
+
+#[tokio::test]
+async fn header_limits_and_timeouts() {
+    let h = Harness::start(|config| {
+        config.gateway.max_header_bytes = 2048;
+        config.gateway.header_read_timeout = Duration::from_millis(500);
+        config.gateway.upstream_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let token = h.token("weather", &["weather:read"]);
+
+    let big = format!("X-Big: {}\r\n", "a".repeat(3000));
+    let received = h.raw(&request("GET", "/weather/v1/x", &token, &big), WAIT).await;
+    assert_eq!(status_of(&received), 431, "handler check below hyper's buffer: {received}");
+    let huge = format!("X-Big: {}\r\n", "a".repeat(20000));
+    let received = h.raw(&request("GET", "/weather/v1/x", &token, &huge), WAIT).await;
+    assert_eq!(status_of(&received), 431, "hyper's own check: {received}");
+
+    let received = h.raw(b"GET /weather/v1/x HTTP/1.1\r\nHost: loc", WAIT).await;
+    assert_eq!(status_of(&received), 408, "{received}");
+
+    let received = h.raw(&request("GET", "/weather/v1/slow/x", &token, ""), WAIT).await;
+    assert_eq!(status_of(&received), 504, "{received}");
+    assert!(!body_of(&received).contains("127.0.0.1"), "{received}");
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_without_detail() {
+    let h = Harness::start(|config| config.services[0].upstream = "https://127.0.0.1:1".into()).await;
+    let token = h.token("weather", &["weather:read"]);
+    let received = h.raw(&request("GET", "/weather/v1/x", &token, ""), WAIT).await;
+    assert_eq!(status_of(&received), 502, "{received}");
+    let body: serde_json::Value = serde_json::from_str(body_of(&received)).unwrap();
+    assert_eq!(body["error"], "upstream_unreachable");
+    assert_eq!(body.as_object().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn reload_swaps_routes_without_restart() {
+    let h = Harness::start(|_| {}).await;
+    let token = h.token("weather", &["weather:read"]);
+    assert_eq!(h.get("/weather/v2/x", &token).await, 404);
+
+    let mut config = h.config.clone();
+    config.services[0].routes[0].prefix = "/weather/v2/".into();
+    h.gateway.as_ref().unwrap().reload(&config).unwrap();
+    assert_eq!(h.get("/weather/v2/x", &token).await, 200);
+    assert_eq!(h.get("/weather/v1/x", &token).await, 404);
+}
+
+#[tokio::test]
+async fn revocation_cuts_an_open_connection() {
+    let h = Harness::start(|_| {}).await;
+    let token = h.token("weather", &["weather:read"]);
+    let first = format!("GET /weather/v1/a HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
+
+    // One connection: a request, then revocation, then a second request.
+    let certificate = portcullis_identity::RenewingCertificate::new(&h.app).unwrap();
+    let config = portcullis_identity::policy::client_config(h.platform.ca.root(), certificate, &[b"http/1.1"]).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.port())).await.unwrap();
+    let mut tls = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(first.as_bytes()).await.unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let n = tls.read(&mut buffer).await.unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&buffer[..n])), 200);
+
+    h.platform.store.revoke_certificate(h.app.serial(), "test", now() * 1000).await.unwrap();
+    h.cache.refresh(&h.platform.store).await.unwrap();
+    tls.write_all(first.as_bytes()).await.unwrap();
+    let mut rest = String::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_string(&mut rest)).await;
+    assert_eq!(status_of(&rest), 403, "{rest}");
+    assert!(rest.contains("certificate_revoked"), "{rest}");
+    assert_eq!(h.upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn non_app_certificate_is_refused() {
+    let h = Harness::start(|_| {}).await;
+    let service = h.platform.issue(CertificateKind::Service, "records", &[]).await;
+    h.cache.refresh(&h.platform.store).await.unwrap();
+    let request = b"GET /weather/v1/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let received = raw_exchange(h.port(), &h.platform, &service, request, WAIT).await;
+    assert_eq!(received, "", "a service identity got a response");
+    assert!(h.upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_drains_requests_in_flight() {
+    let mut h = Harness::start(|_| {}).await;
+    let token = h.token("weather", &["weather:read"]);
+    let port = h.port();
+    let app = h.app.clone();
+    let platform_root = h.platform.ca.root().clone();
+    let in_flight = tokio::spawn({
+        let bytes = request("GET", "/weather/v1/slow/x", &token, "");
+        async move {
+            let certificate = portcullis_identity::RenewingCertificate::new(&app).unwrap();
+            let config =
+                portcullis_identity::policy::client_config(&platform_root, certificate, &[b"http/1.1"]).unwrap();
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut tls =
+                connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            tls.write_all(&bytes).await.unwrap();
+            let mut received = String::new();
+            let _ = tls.read_to_string(&mut received).await;
+            received
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let gateway = h.gateway.take().unwrap();
+    let outcome = gateway.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(outcome, portcullis_gateway::ShutdownOutcome::Drained);
+    let received = in_flight.await.unwrap();
+    assert_eq!(status_of(&received), 200, "{received}");
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+    assert!(refused.is_err(), "still accepting after shutdown");
+    let log = h.access_log().await;
+    assert_eq!(log.len(), 1);
+}
