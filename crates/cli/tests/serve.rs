@@ -55,14 +55,15 @@ fn start_serve(data: &std::path::Path, config: &str, extra: &[&str]) -> Server {
 fn serve_runs_token_service_until_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let ports = free_ports(5);
+    let ports = free_ports(6);
     let config = dir.path().join("platform.toml");
     let text = EXAMPLE
         .replace("127.0.0.1:8443", &format!("127.0.0.1:{}", ports[0]))
         .replace("127.0.0.1:8444", &format!("127.0.0.1:{}", ports[1]))
         .replace("127.0.0.1:8445", &format!("127.0.0.1:{}", ports[2]))
         .replace("127.0.0.1:8446", &format!("127.0.0.1:{}", ports[3]))
-        .replace("127.0.0.1:8447", &format!("127.0.0.1:{}", ports[4]));
+        .replace("127.0.0.1:8447", &format!("127.0.0.1:{}", ports[4]))
+        .replace("https://127.0.0.1:9101", &format!("http://127.0.0.1:{}", ports[5]));
     std::fs::write(&config, text).unwrap();
     let config = config.to_str().unwrap();
 
@@ -123,6 +124,70 @@ fn serve_runs_token_service_until_sigterm() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&consent.stdout), "200");
+
+    // The app calls the weather service through the gateway; a plain HTTP
+    // server started here stands in for the service.
+    let _upstream = Server(
+        Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &ports[5].to_string()])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::create_dir_all(dir.path().join("weather/v1")).unwrap();
+    std::fs::write(dir.path().join("weather/v1/today"), "sunny\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", ports[5])).is_err() {
+        assert!(Instant::now() < deadline, "the stand-in service did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let access_token = body["access_token"].as_str().unwrap().to_owned();
+    let gateway = |path: &str, token: Option<&str>| -> (String, String) {
+        let mut command = Command::new("curl");
+        command.args(["--silent", "--max-time", "10", "--write-out", "\n%{http_code}"]).args([
+            "--cacert",
+            &file("ca-bundle.pem"),
+            "--cert",
+            &file("cert.pem"),
+            "--key",
+            &file("key.pem"),
+        ]);
+        if let Some(token) = token {
+            command.args(["--header", &format!("Authorization: Bearer {token}")]);
+        }
+        let output = command.arg(format!("https://127.0.0.1:{}{path}", ports[0])).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        (status.to_owned(), body.to_owned())
+    };
+    assert_eq!(gateway("/weather/v1/today", Some(&access_token)), ("200".into(), "sunny\n".into()));
+
+    // Twenty requests without a token cross the guard's "unauthorised"
+    // policy; the gateway then refuses even a valid token.
+    for attempt in 0..20 {
+        let (status, _) = gateway("/weather/v1/today", None);
+        assert_eq!(status, "401", "attempt {attempt}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (status, refusal) = loop {
+        let (status, body) = gateway("/weather/v1/today", Some(&access_token));
+        if status != "200" || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status, "403", "{refusal}");
+    assert!(refusal.contains("banned"), "{refusal}");
+    let bans = portcullis(&data, &["ban", "list", "--format", "json"]);
+    let bans: serde_json::Value = serde_json::from_slice(&bans.stdout).unwrap();
+    assert_eq!(bans["decisions"][0]["app_id"], "weather-app", "{bans}");
+    assert_eq!(bans["decisions"][0]["policy"], "unauthorised", "{bans}");
+
+    // Every gateway request is in the access log.
+    let access = std::fs::read_to_string(data.join("access.jsonl")).unwrap_or_default();
+    assert!(access.lines().count() >= 22, "{access}");
 
     // SIGTERM stops it cleanly.
     let pid = server.0.id().to_string();

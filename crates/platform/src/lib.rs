@@ -9,7 +9,13 @@
 //! - the guard, with its event queue and decision subscription;
 //! - the token service on `listeners.token` (client certificates required)
 //!   and, if configured, the consent page on `listeners.consent`, with the
-//!   reload of token invalidations twice a second and signing key rotation.
+//!   reload of token invalidations twice a second and signing key rotation;
+//! - the gateway on `listeners.gateway`, sharing the token service's
+//!   verifier, reading the guard's decisions and sending it one access
+//!   event per request (also written to `<data-dir>/access.jsonl`);
+//! - the egress proxy on `listeners.egress`, with every registered app's
+//!   rules (the live space's list), the guard's bans, and its events sent
+//!   to the guard (refusals) and to `<data-dir>/egress.jsonl`.
 //!
 //! [`Platform::shutdown`] stops accepting, drains the listeners and stops
 //! the guard.
@@ -79,15 +85,35 @@ pub enum PlatformError {
     #[error("guard: {0}")]
     Guard(#[from] portcullis_guard::GuardError),
 
+    /// The gateway could not start.
+    #[error("gateway: {0}")]
+    Gateway(#[from] portcullis_gateway::GatewayError),
+
+    /// The egress proxy could not start.
+    #[error("egress proxy: {0}")]
+    Egress(#[from] portcullis_egress::EgressError),
+
+    /// A log file could not be opened.
+    #[error("cannot open {path}: {source}")]
+    LogFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] portcullis_store::StoreError),
 }
 
-/// Addresses the running platform listens on (the configured ones, with
-/// port 0 resolved).
+/// Addresses the running platform listens on.
 #[derive(Debug, Clone)]
 pub struct Addresses {
+    /// The gateway.
+    pub gateway: SocketAddr,
+    /// The egress proxy.
+    pub egress: SocketAddr,
     /// The token service.
     pub token: SocketAddr,
     /// The consent page, if configured.
@@ -97,6 +123,8 @@ pub struct Addresses {
 /// The running platform.
 pub struct Platform {
     addresses: Addresses,
+    gateway: portcullis_gateway::RunningGateway,
+    access_writer: portcullis_gateway::FileWriter,
     guard: RunningGuard,
     token: TokenService,
     stop: watch::Sender<bool>,
@@ -160,7 +188,9 @@ impl Platform {
             Some(address) => Some(bind("consent", address).await?),
             None => None,
         };
-        let addresses = Addresses {
+        let mut addresses = Addresses {
+            gateway: config.listeners.gateway,
+            egress: config.listeners.egress,
             token: token_listener.local_addr().map_err(|source| PlatformError::Bind {
                 listener: "token",
                 address: config.listeners.token,
@@ -207,9 +237,47 @@ impl Platform {
             )));
         }
 
-        tracing::info!(token = %addresses.token, consent = ?addresses.consent, "platform started");
+        // Gateway.
+        let (certificate, renewal) =
+            listener_certificate(&ca, &store, &lifetimes, config, "gateway", config.listeners.gateway).await?;
+        renewals.push(renewal);
+        let tls = portcullis_gateway::GatewayTls {
+            server_certificate: certificate.clone(),
+            client_certificate: certificate,
+            verifier: PlatformClientVerifier::new(ca.root(), ca.trust_domain().clone(), Arc::clone(&trust))?,
+            platform_root: ca.root().clone(),
+        };
+        let access_log = data_dir.join("access.jsonl");
+        let (access_file, access_writer) = portcullis_gateway::FileSink::open(&access_log, 65_536).await?;
+        let sinks = portcullis_gateway::EventSinks::new(Some(guard.events.clone()), Some(access_file));
+        let gateway =
+            portcullis_gateway::Gateway::new(config, tls, token.verifier().clone(), guard.decisions.clone(), sinks)?
+                .start(config.listeners.gateway)
+                .await?;
+        addresses.gateway = gateway.local_addr();
+
+        // Egress proxy.
+        let egress_listener = bind("egress", config.listeners.egress).await?;
+        addresses.egress = egress_listener.local_addr().unwrap_or(config.listeners.egress);
+        let (proxy, egress_events) = egress_proxy(config, &store, &guard).await?;
+        background.push(tokio::spawn(forward_egress_events(
+            egress_events,
+            guard.events.clone(),
+            data_dir.join("egress.jsonl"),
+        )));
+        servers.push(tokio::spawn(portcullis_egress::proxy::serve(egress_listener, proxy, stopped(stop_rx.clone()))));
+
+        tracing::info!(
+            gateway = %addresses.gateway,
+            egress = %addresses.egress,
+            token = %addresses.token,
+            consent = ?addresses.consent,
+            "platform started"
+        );
         Ok(Self {
             addresses,
+            gateway,
+            access_writer,
             guard,
             token,
             stop,
@@ -239,6 +307,9 @@ impl Platform {
     pub async fn shutdown(self) {
         tracing::info!("platform stopping");
         let _ = self.stop.send(true);
+        let outcome = self.gateway.shutdown(Duration::from_secs(30)).await;
+        tracing::info!(?outcome, "gateway stopped");
+        self.access_writer.finish().await;
         for server in self.servers {
             let _ = server.await;
         }
@@ -291,4 +362,79 @@ fn component_request(
         names.push(address.ip().to_string());
     }
     Ok(LeafRequest::new(id, lifetimes).with_dns_names(names))
+}
+
+/// Builds the egress proxy with the rules of every registered app and the
+/// guard's bans, and returns it with the receiving end of its event queue.
+async fn egress_proxy(
+    config: &PlatformConfig,
+    store: &Store,
+    guard: &RunningGuard,
+) -> Result<
+    (Arc<portcullis_egress::proxy::Proxy>, tokio::sync::mpsc::Receiver<portcullis_egress::EgressEvent>),
+    PlatformError,
+> {
+    use portcullis_config::{AppId, SpaceName};
+    use portcullis_egress::proxy::{AppDirectory, Proxy, ProxySecrets};
+    use portcullis_egress::{AppRules, EgressRules, Engine, HickoryResolver};
+
+    let rules = EgressRules::new(config.egress.clone())?;
+    let live = config.spaces.get(&SpaceName::Live).expect("validated configuration has a live space");
+    let apps = Arc::new(AppDirectory::new());
+    for app in store.apps().await? {
+        let Ok(app_id) = AppId::parse(&app.id) else {
+            tracing::warn!(app_id = %app.id, "registered app id is not valid; the egress proxy skips it");
+            continue;
+        };
+        apps.insert(AppRules::new(&rules, app_id, SpaceName::Live, live, None)?);
+    }
+    // NOTE: apps registered after start get no egress rules until the
+    // platform restarts or the runtime adds them at deploy.
+
+    let resolver = Arc::new(HickoryResolver::from_system_conf()?);
+    let engine = Engine::new(Arc::new(rules), resolver);
+    let (events, receiver) = tokio::sync::mpsc::channel(65_536);
+    let decisions = guard.decisions.clone();
+    let banned = move |app_id: &AppId| {
+        let now_ms = portcullis_store::now_ms();
+        matches!(decisions.borrow().verdict(app_id.as_str(), now_ms), portcullis_guard::Verdict::Ban { .. })
+    };
+    let proxy = Proxy::new(engine, apps, ProxySecrets::new(store.clone()), events).with_ban_check(Arc::new(banned));
+    Ok((Arc::new(proxy), receiver))
+}
+
+/// Writes each egress event as a JSON line to `path`, and sends every
+/// enforced refusal to the guard as an egress violation.
+async fn forward_egress_events(
+    mut events: tokio::sync::mpsc::Receiver<portcullis_egress::EgressEvent>,
+    guard: portcullis_guard::EventSender,
+    path: PathBuf,
+) {
+    use tokio::io::AsyncWriteExt;
+
+    let mut file = match tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await {
+        Ok(file) => Some(file),
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "cannot open the egress event log; events go to the guard only");
+            None
+        }
+    };
+    while let Some(event) = events.recv().await {
+        if event.verdict == portcullis_egress::Verdict::Deny {
+            guard.send(portcullis_guard::GuardEvent::EgressViolation {
+                app_id: event.app_id.clone(),
+                host: event.requested_host.clone(),
+                rule: event.rule.clone(),
+                at_ms: portcullis_store::now_ms(),
+            });
+        }
+        if let Some(writer) = file.as_mut() {
+            let mut line = serde_json::to_vec(&event).unwrap_or_default();
+            line.push(b'\n');
+            if let Err(error) = writer.write_all(&line).await {
+                tracing::error!(path = %path.display(), %error, "writing the egress event log failed; events go to the guard only");
+                file = None;
+            }
+        }
+    }
 }
