@@ -55,6 +55,9 @@ enum Command {
     /// Grant, withdraw and list the scopes apps may use on services.
     #[command(subcommand)]
     Grant(commands::grant::Command),
+    /// Show per-app requests, outcome classes, rates and decisions of the
+    /// running platform.
+    Status(commands::status::Args),
     /// Create customers who can approve apps on the consent page.
     #[command(subcommand)]
     Customer(commands::grant::CustomerCommand),
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
             Command::Ban(command) => commands::ban::run(&global, command).await,
             Command::Ca(command) => commands::ca::run(&global, command).await,
             Command::Grant(command) => commands::grant::run(&global, command).await,
+            Command::Status(args) => commands::status::run(&global, args).await,
             Command::Customer(command) => commands::grant::run_customer(&global, command).await,
         }
     });

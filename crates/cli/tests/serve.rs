@@ -4,6 +4,7 @@ mod common;
 
 use common::portcullis;
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,7 @@ fn wait_for_port(port: u16, server: &mut Server) {
     }
 }
 
-fn start_serve(data: &std::path::Path, config: &str, extra: &[&str]) -> Server {
+fn start_serve(data: &Path, config: &str, extra: &[&str]) -> Server {
     Server(
         Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("--data-dir")
@@ -184,6 +185,44 @@ fn serve_runs_token_service_until_sigterm() {
     let bans: serde_json::Value = serde_json::from_slice(&bans.stdout).unwrap();
     assert_eq!(bans["decisions"][0]["app_id"], "weather-app", "{bans}");
     assert_eq!(bans["decisions"][0]["policy"], "unauthorised", "{bans}");
+
+    // The operator sees the counts and the ban.
+    let status = portcullis(&data, &["status", "--config", config, "--format", "json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", String::from_utf8_lossy(&status.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let app = &status["apps"][0];
+    assert_eq!(app["app_id"], "weather-app", "{status}");
+    assert_eq!(app["stats"]["services"]["weather"]["outcomes"]["401"], 20, "{status}");
+    assert_eq!(app["decision"]["kind"], "ban", "{status}");
+    let table = portcullis(&data, &["status", "--config", config]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("weather-app") && table.contains("banned: "), "{table}");
+
+    // Prometheus metrics, for a platform certificate only.
+    let monitor = dir.path().join("monitor");
+    let issued = portcullis(&data, &["ca", "issue", "--platform", "monitor", "--out", monitor.to_str().unwrap()]);
+    assert_eq!(issued.status.code(), Some(0));
+    let scrape = |client: &Path| -> (String, String) {
+        let file = |name: &str| client.join(name).display().to_string();
+        let output = Command::new("curl")
+            .args(["--silent", "--max-time", "10", "--write-out", "\n%{http_code}"])
+            .args(["--cacert", &file("ca-bundle.pem"), "--cert", &file("cert.pem"), "--key", &file("key.pem")])
+            .arg(format!("https://127.0.0.1:{}/metrics", ports[3]))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        (status.to_owned(), body.to_owned())
+    };
+    let (code, metrics) = scrape(&monitor);
+    assert_eq!(code, "200", "{metrics}");
+    assert!(
+        metrics.contains(r#"portcullis_requests_total{app_id="weather-app",service="weather",class="401"} 20"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"portcullis_guard_decisions_total{kind="ban",mode="enforce"} 1"#), "{metrics}");
+    assert!(metrics.contains("portcullis_guard_dropped_events_total 0"), "{metrics}");
+    assert_eq!(scrape(&app_dir).0, "403", "an app certificate may not use the operator API");
 
     // Every gateway request is in the access log.
     let access = std::fs::read_to_string(data.join("access.jsonl")).unwrap_or_default();

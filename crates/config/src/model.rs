@@ -264,6 +264,20 @@ impl OutcomeClass {
     /// The spellings accepted in the configuration, in display order.
     pub const NAMES: [&'static str; 8] = ["2xx", "400", "401", "403", "404", "too_large", "429", "5xx"];
 
+    /// The class's spelling in the configuration and in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Success => "2xx",
+            Self::BadRequest => "400",
+            Self::Unauthorized => "401",
+            Self::Forbidden => "403",
+            Self::NotFound => "404",
+            Self::TooLarge => "too_large",
+            Self::TooManyRequests => "429",
+            Self::ServerError => "5xx",
+        }
+    }
+
     /// Parses one of [`Self::NAMES`].
     pub fn parse(value: &str) -> Option<Self> {
         Some(match value {

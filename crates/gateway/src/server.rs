@@ -171,6 +171,13 @@ impl RunningGateway {
         self.shared.sinks.dropped_file_events()
     }
 
+    /// A function returning [`Self::dropped_access_events`], for a metrics
+    /// collector that outlives this handle's borrow.
+    pub fn dropped_counter(&self) -> Arc<dyn Fn() -> u64 + Send + Sync> {
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move || shared.sinks.dropped_file_events())
+    }
+
     /// Stops accepting connections, asks every open connection to finish
     /// its requests in flight (HTTP/1.1 closes after the current response,
     /// HTTP/2 sends GOAWAY), and waits for them up to `deadline`.

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use portcullis_config::{Action, GuardSettings, Mode};
+use portcullis_config::{Action, GuardSettings, Mode, OutcomeClass};
 use portcullis_store::{DecisionKind, DecisionOrigin, DecisionRecord, NewDecision, Store};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::clock::{Clock, duration_ms};
 use crate::decisions::{DecisionReceiver, DecisionSet};
 use crate::event::{EventReceiver, EventSender, GuardEvent, event_queue};
+use crate::metrics::{AppLabels, DecisionLabels, GuardMetrics, RequestLabels};
 use crate::policy::{self, Crossing};
 use crate::stats::{AppState, AppStats, STATS_WINDOW};
 use crate::{GuardError, POLL_INTERVAL};
@@ -43,6 +44,7 @@ pub struct Guard {
     /// its previous decision runs.
     running: HashMap<(String, String), Running>,
     publisher: watch::Sender<Arc<DecisionSet>>,
+    metrics: GuardMetrics,
 }
 
 /// A guard decision that is still running.
@@ -68,6 +70,7 @@ impl Guard {
             apps: AppTable::default(),
             running: HashMap::new(),
             publisher,
+            metrics: GuardMetrics::default(),
         };
         guard.poll_store(guard.clock.now_ms()).await?;
         tracing::info!(
@@ -76,6 +79,11 @@ impl Guard {
             "guard started"
         );
         Ok(guard)
+    }
+
+    /// Returns the guard's Prometheus counters, to register.
+    pub fn metrics(&self) -> &GuardMetrics {
+        &self.metrics
     }
 
     /// Returns a subscription to the decisions in force.
@@ -192,8 +200,18 @@ impl Guard {
         state.last_event_ms = now;
 
         match event {
-            GuardEvent::Access { service, status, bytes, .. } => state.record_access(service, *status, *bytes, at),
-            GuardEvent::EgressViolation { .. } => state.record_egress_violation(at),
+            GuardEvent::Access { service, status, bytes, .. } => {
+                state.record_access(service, *status, *bytes, at);
+                let class = crate::stats::classify(*status).map_or("other", OutcomeClass::label);
+                let labels =
+                    RequestLabels { app_id: app_id.to_owned(), service: service.clone(), class: class.to_owned() };
+                self.metrics.requests.get_or_create(&labels).inc();
+                self.metrics.bytes.get_or_create(&labels).inc_by(*bytes);
+            }
+            GuardEvent::EgressViolation { .. } => {
+                state.record_egress_violation(at);
+                self.metrics.egress_violations.get_or_create(&AppLabels { app_id: app_id.to_owned() }).inc();
+            }
         }
         policy::evaluate(policies, &mut state.policies, event, at)
     }
@@ -238,6 +256,11 @@ impl Guard {
             source,
         })?;
         let record = DecisionRecord { id, decision, lifted_at: None, lifted_by: None };
+        let labels = DecisionLabels {
+            kind: if matches!(kind, DecisionKind::Ban) { "ban" } else { "throttle" }.to_owned(),
+            mode: if simulated { "report" } else { "enforce" }.to_owned(),
+        };
+        self.metrics.decisions.get_or_create(&labels).inc();
         self.running.insert(key, Running { id, expires_at: record.decision.expires_at, simulated });
 
         let seconds = duration.as_secs();

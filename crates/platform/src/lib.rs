@@ -17,8 +17,13 @@
 //!   rules (the live space's list), the guard's bans, and its events sent
 //!   to the guard (refusals) and to `<data-dir>/egress.jsonl`.
 //!
+//! - the operator API on `listeners.operator` (platform certificates only):
+//!   status, bans, grants and Prometheus metrics.
+//!
 //! [`Platform::shutdown`] stops accepting, drains the listeners and stops
 //! the guard.
+
+mod operator;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -114,6 +119,8 @@ pub struct Addresses {
     pub gateway: SocketAddr,
     /// The egress proxy.
     pub egress: SocketAddr,
+    /// The operator API.
+    pub operator: SocketAddr,
     /// The token service.
     pub token: SocketAddr,
     /// The consent page, if configured.
@@ -179,7 +186,10 @@ impl Platform {
         let mut renewals = Vec::new();
 
         // Guard.
+        let mut registry = prometheus_client::registry::Registry::default();
         let guard = Guard::start(config.guard.clone(), store.clone(), Arc::new(SystemClock)).await?;
+        guard.metrics().register(&mut registry);
+        let stats = guard.stats_reader();
         let guard = guard.spawn(portcullis_guard::DEFAULT_QUEUE_CAPACITY);
 
         // Token service.
@@ -191,6 +201,7 @@ impl Platform {
         let mut addresses = Addresses {
             gateway: config.listeners.gateway,
             egress: config.listeners.egress,
+            operator: config.listeners.operator,
             token: token_listener.local_addr().map_err(|source| PlatformError::Bind {
                 listener: "token",
                 address: config.listeners.token,
@@ -265,9 +276,40 @@ impl Platform {
             guard.events.clone(),
             data_dir.join("egress.jsonl"),
         )));
+        let dropped = Arc::new(DroppedEvents {
+            guard: guard.events.clone(),
+            gateway: gateway.dropped_counter(),
+            egress: Arc::clone(&proxy),
+        });
+        registry.register_collector(Box::new(dropped));
         servers.push(tokio::spawn(portcullis_egress::proxy::serve(egress_listener, proxy, stopped(stop_rx.clone()))));
 
+        // Operator API.
+        let operator_listener = bind("operator", config.listeners.operator).await?;
+        addresses.operator = operator_listener.local_addr().unwrap_or(config.listeners.operator);
+        let (certificate, renewal) =
+            listener_certificate(&ca, &store, &lifetimes, config, "operator", addresses.operator).await?;
+        renewals.push(renewal);
+        let verifier = PlatformClientVerifier::new(ca.root(), ca.trust_domain().clone(), Arc::clone(&trust))?;
+        let acceptor = PlatformAcceptor::new(certificate, verifier, &[b"h2", b"http/1.1"])?;
+        let state = operator::OperatorState {
+            trust_domain: config.trust_domain.clone(),
+            store: store.clone(),
+            stats,
+            decisions: guard.decisions.clone(),
+            token: token.clone(),
+            registry: Arc::new(registry),
+            service_scopes: Arc::new(config.services.iter().map(|s| (s.name.clone(), s.scopes.clone())).collect()),
+        };
+        servers.push(tokio::spawn(portcullis_token::server::serve_mutual_tls(
+            operator_listener,
+            acceptor,
+            operator::router(state),
+            stopped(stop_rx.clone()),
+        )));
+
         tracing::info!(
+            operator = %addresses.operator,
             gateway = %addresses.gateway,
             egress = %addresses.egress,
             token = %addresses.token,
@@ -436,5 +478,50 @@ async fn forward_egress_events(
                 file = None;
             }
         }
+    }
+}
+
+/// Reports the events each queue dropped because it was full, at scrape
+/// time, as Prometheus counters.
+struct DroppedEvents {
+    guard: portcullis_guard::EventSender,
+    gateway: Arc<dyn Fn() -> u64 + Send + Sync>,
+    egress: Arc<portcullis_egress::proxy::Proxy>,
+}
+
+impl std::fmt::Debug for DroppedEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DroppedEvents").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for DroppedEvents {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+
+        let counters = [
+            (
+                "portcullis_guard_dropped_events",
+                "Events dropped because the guard's queue was full",
+                self.guard.dropped_events(),
+            ),
+            (
+                "portcullis_gateway_dropped_access_events",
+                "Access events the gateway dropped because a queue was full",
+                (self.gateway)(),
+            ),
+            (
+                "portcullis_egress_dropped_events",
+                "Egress events dropped because the queue was full",
+                self.egress.dropped_events(),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@ pub mod ban;
 pub mod ca;
 pub mod grant;
 pub mod serve;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 
