@@ -21,9 +21,12 @@ pub(crate) struct Crossing {
 /// Adds `event` to the windows of `states` (one per policy, same order) and
 /// returns the policies that crossed their threshold with it.
 ///
-/// A policy fires when its count reaches the threshold while armed. It then
-/// stays disarmed until its count falls below the threshold again, so a
-/// flood makes one decision, not one per event past the threshold.
+/// A policy fires when its count reaches the threshold. Its window is then
+/// emptied, so the events that made one decision never count towards the
+/// next: a flood makes one decision, not one per event past the threshold,
+/// and an app that offends again after its ban expired is judged on the new
+/// events alone. (The engine also makes no new decision for a policy while
+/// that policy's previous decision for the app still runs.)
 pub(crate) fn evaluate(
     policies: &[Policy],
     states: &mut [PolicyState],
@@ -71,7 +74,10 @@ pub(crate) fn evaluate(
         if !state.armed {
             continue;
         }
-        state.armed = false;
+        match &mut state.window {
+            PolicyWindow::Classes(window) => window.clear(),
+            PolicyWindow::Total(window) => window.clear(),
+        }
 
         let mut evidence = json!({
             "signal": signal_name(&policy.signal),

@@ -95,6 +95,12 @@ impl<T: Tally> SlidingWindow<T> {
         &self.sum
     }
 
+    /// Empties the window.
+    pub fn clear(&mut self) {
+        self.buckets.clear();
+        self.sum = T::default();
+    }
+
     /// Returns whether the window contains no bucket at `now_ms`.
     pub fn is_empty(&mut self, now_ms: i64) -> bool {
         self.expire(now_ms.div_euclid(self.resolution_ms));

@@ -322,3 +322,29 @@ async fn operator_decisions_are_picked_up() {
     harness.guard.refresh().await.unwrap();
     assert_eq!(harness.verdict("bad-app"), Verdict::Allow);
 }
+
+#[tokio::test]
+async fn offence_after_expiry_bans_again() {
+    // A ban shorter than the policy's 60 s window, so the first offence's
+    // events are still in the window when the ban expires.
+    let mut settings = example_settings();
+    let unauthorised = settings.policies.iter_mut().find(|p| p.name == "unauthorised").unwrap();
+    unauthorised.duration = std::time::Duration::from_secs(2);
+    let mut harness = Harness::new(settings).await;
+    let first = harness.responses("repeat-app", 401, 20, 100).await;
+    assert_eq!(first.len(), 1);
+    let expires_at = first[0].1.decision.expires_at.unwrap();
+
+    // The ban expires and the app sends twenty more 401s within the same
+    // minute: judged on the new events alone, the 19th is below the
+    // threshold and the 20th bans again, for twice as long.
+    harness.clock.set(expires_at);
+    harness.guard.refresh().await.unwrap();
+    assert_eq!(harness.verdict("repeat-app"), Verdict::Allow);
+    let below = harness.responses("repeat-app", 401, 19, 1).await;
+    assert!(below.is_empty(), "{below:?}");
+    let second = harness.responses("repeat-app", 401, 1, 1).await;
+    assert_eq!(second.len(), 1);
+    let record = &second[0].1;
+    assert_eq!(record.decision.expires_at.unwrap() - record.decision.started_at, 4_000);
+}
