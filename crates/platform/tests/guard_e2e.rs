@@ -325,3 +325,83 @@ async fn egress_violation_bans_through_the_guard() {
     assert_eq!(decisions[0].decision.policy.as_deref(), Some("egress-violation"));
     platform.shutdown().await;
 }
+
+/// Measures the time from the request that crosses the "unauthorised"
+/// threshold to the first request the gateway refuses as banned, while
+/// another app keeps the gateway busy. Run by `bench/ban-latency`; prints
+/// figures and asserts nothing about time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark, run by bench/ban-latency"]
+async fn ban_latency_under_load() {
+    let trials: usize = std::env::var("BAN_LATENCY_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    let harness = Harness::new().await;
+    let mut leaves = Vec::new();
+    for trial in 0..trials {
+        let app = format!("trial-{trial}");
+        harness.store.insert_app(&app, &app, "bench").await.unwrap();
+        harness.store.add_grant(&app, "weather", "weather:read", "operator").await.unwrap();
+        leaves.push(harness.app_leaf(&app).await);
+    }
+    let platform = harness.start().await;
+    let background_leaf = harness.app_leaf("neighbour").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // Background load: the neighbour with 8 streams, bounded by time.
+    let background_token = token(&harness, &platform, &background_leaf).await;
+    let background = App::connect(&harness.ca, &background_leaf, platform.addresses().gateway).await;
+    let stop = Instant::now() + Duration::from_secs(600);
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut app = App { sender: background.sender.clone(), authority: background.authority.clone() };
+        let (token, running) = (background_token.clone(), Arc::clone(&running));
+        load.spawn(async move {
+            let mut sent = 0_u64;
+            while running.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < stop {
+                app.send("GET", "/weather/v1/today", Some(&token), "").await;
+                sent += 1;
+            }
+            sent
+        });
+    }
+
+    let mut latencies = Vec::with_capacity(trials);
+    let started = Instant::now();
+    for leaf in &leaves {
+        let good_token = token(&harness, &platform, leaf).await;
+        let mut app = App::connect(&harness.ca, leaf, platform.addresses().gateway).await;
+        for _ in 0..19 {
+            app.send("GET", "/records/v1/mine", Some(&good_token), "").await;
+        }
+        let crossing = Instant::now();
+        app.send("GET", "/records/v1/mine", Some(&good_token), "").await;
+        loop {
+            let (status, _) = app.send("GET", "/weather/v1/today", Some(&good_token), "").await;
+            if status == 403 || crossing.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+        }
+        latencies.push(crossing.elapsed());
+    }
+    let elapsed = started.elapsed();
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut background_requests = 0;
+    while let Some(sent) = load.join_next().await {
+        background_requests += sent.unwrap();
+    }
+
+    latencies.sort();
+    let percentile = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+    println!(
+        "{}",
+        serde_json::json!({
+            "trials": trials,
+            "p50_ms": percentile(0.50).as_secs_f64() * 1000.0,
+            "p90_ms": percentile(0.90).as_secs_f64() * 1000.0,
+            "p99_ms": percentile(0.99).as_secs_f64() * 1000.0,
+            "max_ms": latencies.last().unwrap().as_secs_f64() * 1000.0,
+            "background_requests_per_second": background_requests as f64 / elapsed.as_secs_f64(),
+        })
+    );
+    platform.shutdown().await;
+}
