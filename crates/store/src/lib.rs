@@ -12,6 +12,7 @@
 //! Each backend has its own migration files, because the two spell an
 //! auto-incrementing key differently; the schemas are otherwise identical.
 
+mod app_uids;
 mod apps;
 mod certificates;
 mod decisions;
@@ -192,10 +193,12 @@ fn migrator(backend: Backend) -> Migrator {
         Backend::Sqlite => &[
             (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
             (2, "oauth", include_str!("../migrations/sqlite/0002_oauth.sql")),
+            (3, "app uids", include_str!("../migrations/sqlite/0003_app_uids.sql")),
         ],
         Backend::Postgres => &[
             (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
             (2, "oauth", include_str!("../migrations/postgres/0002_oauth.sql")),
+            (3, "app uids", include_str!("../migrations/postgres/0003_app_uids.sql")),
         ],
     };
     let migrations = files
