@@ -262,6 +262,7 @@ impl HardeningProfile {
             memory: Some(memory_bytes),
             memory_swap: Some(memory_bytes),
             nano_cpus: Some((self.cpus * 1e9).round() as i64),
+            cpu_shares: Some(((self.cpus * 1024.0).round() as i64).max(2)),
             pids_limit: Some(self.pids as i64),
             ulimits: Some(vec![
                 ulimit("nproc", self.nproc),
