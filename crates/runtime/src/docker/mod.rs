@@ -80,7 +80,7 @@ impl DockerDriver {
         docker.ping().await.map_err(|source| RuntimeError::Connect { source })?;
 
         let apparmor = crate::profile::apparmor_enabled();
-        tracing::info!(
+        tracing::debug!(
             instance = %options.instance,
             api_version = %docker.client_version(),
             apparmor,
