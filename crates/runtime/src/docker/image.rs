@@ -12,12 +12,14 @@ use crate::labels::{self, Role};
 
 /// The files of a FROM-scratch image, built in memory as a tar build context.
 ///
-/// Paths are absolute paths inside the image. Files keep the mode given,
-/// setuid bits included.
+/// Paths are absolute paths inside the image. Files keep the permission
+/// bits given, except setuid and setgid bits, which the Engine's COPY drops;
+/// set those with [`ImageContext::run`].
 #[derive(Debug, Clone, Default)]
 pub struct ImageContext {
     files: Vec<(String, Vec<u8>, u32)>,
     symlinks: Vec<(String, String)>,
+    run: Vec<Vec<String>>,
     entrypoint: Vec<String>,
     command: Vec<String>,
     user: Option<String>,
@@ -47,6 +49,13 @@ impl ImageContext {
         self
     }
 
+    /// Adds a build step that runs `command` (exec form, no shell) inside
+    /// the image after the files are copied, such as a `chmod`.
+    pub fn run(mut self, command: &[&str]) -> Self {
+        self.run.push(command.iter().map(|s| (*s).to_owned()).collect());
+        self
+    }
+
     /// Sets the entrypoint.
     pub fn entrypoint(mut self, entrypoint: &[&str]) -> Self {
         self.entrypoint = entrypoint.iter().map(|s| (*s).to_owned()).collect();
@@ -68,6 +77,9 @@ impl ImageContext {
     /// The Dockerfile: FROM scratch, one COPY of the root, then the settings.
     fn dockerfile(&self) -> String {
         let mut text = String::from("FROM scratch\nCOPY rootfs/ /\n");
+        for command in &self.run {
+            text.push_str(&format!("RUN {}\n", serde_json::Value::from(command.clone())));
+        }
         if let Some(user) = &self.user {
             text.push_str(&format!("USER {user}\n"));
         }

@@ -204,14 +204,16 @@ pub fn httpd(port: u16) -> Vec<String> {
 
 /// A FROM-scratch image with Debian's static busybox, its applets as
 /// symlinks, a page at /www/index.html and a setuid-root copy of busybox at
-/// /bin/suid-busybox for the privilege escalation attack.
+/// /bin/busybox-suid for the privilege escalation attack (busybox runs the
+/// applet named by its first argument when its own name starts with
+/// "busybox").
 pub fn busybox_context() -> std::io::Result<ImageContext> {
     let busybox = std::fs::read("/bin/busybox")
         .map_err(|e| std::io::Error::new(e.kind(), format!("/bin/busybox: {e}; apt-get install busybox-static")))?;
     let applets = std::process::Command::new("/bin/busybox").arg("--list").output()?;
     let mut context = ImageContext::new()
         .file("/bin/busybox", busybox.clone(), 0o755)
-        .file("/bin/suid-busybox", busybox, 0o4755)
+        .file("/bin/busybox-suid", busybox, 0o755)
         .file("/www/index.html", b"ok\n".to_vec(), 0o644)
         .file("/etc/passwd", b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n".to_vec(), 0o644);
     for applet in String::from_utf8_lossy(&applets.stdout).lines() {
@@ -219,7 +221,9 @@ pub fn busybox_context() -> std::io::Result<ImageContext> {
             context = context.symlink(&format!("/bin/{applet}"), "/bin/busybox");
         }
     }
-    Ok(context.command(&["/bin/sh"]))
+    // The build context's setuid bit does not survive COPY, so it is set in
+    // a build step.
+    Ok(context.run(&["/bin/busybox", "chmod", "4755", "/bin/busybox-suid"]).command(&["/bin/sh"]))
 }
 
 /// Output and exit code of a command run in a container.
