@@ -19,7 +19,7 @@ use portcullis_config::{Hardening, Seccomp};
 use crate::error::RuntimeError;
 use crate::manifest::Resources;
 
-/// Where the app's credentials directory is mounted, read-only.
+/// Mount point of the app's credentials directory, read-only.
 pub const CREDENTIALS_MOUNT: &str = "/run/portcullis";
 
 /// The AppArmor profile Docker ships and loads where AppArmor is enabled.
@@ -121,7 +121,7 @@ pub struct HardeningProfile {
 
 impl HardeningProfile {
     /// Builds the profile from the platform settings for an app running as
-    /// `uid`. `apparmor` says whether the host has AppArmor enabled (see
+    /// `uid`. `apparmor` is whether the host has AppArmor enabled (see
     /// [`apparmor_enabled`]). A `read_only_root = false` in the platform
     /// configuration is applied as a relaxation and logged.
     pub fn new(app_id: &str, hardening: &Hardening, uid: u32, apparmor: bool) -> Self {

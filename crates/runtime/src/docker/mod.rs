@@ -73,7 +73,7 @@ pub struct DockerDriver {
 impl DockerDriver {
     /// Connects to the local Engine (`DOCKER_HOST` or the Unix socket),
     /// negotiates the API version (Debian's Engine 20.10 speaks 1.41) and
-    /// checks that it answers.
+    /// checks that it responds to a ping.
     pub async fn connect(options: DockerOptions) -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults().map_err(|source| RuntimeError::Connect { source })?;
         let docker = docker.negotiate_version().await.map_err(|source| RuntimeError::Connect { source })?;
