@@ -43,7 +43,8 @@ struct Cli {
 enum Command {
     /// Validate a platform configuration and run the platform's servers.
     Serve(commands::serve::Args),
-    /// Register, list, show and remove third-party apps.
+    /// Register, list, show and remove third-party apps; deploy, stop and
+    /// remove their containers, read their logs and resource use.
     #[command(subcommand)]
     App(commands::app::Command),
     /// List, show, add and lift ban and throttle decisions.

@@ -13,6 +13,7 @@
 //! Each backend has its own migration files, because the two spell an
 //! auto-incrementing key differently; the schemas are otherwise identical.
 
+mod app_uids;
 mod apps;
 mod certificates;
 mod decisions;
@@ -204,11 +205,13 @@ fn migrator(backend: Backend) -> Migrator {
             (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
             (2, "oauth", include_str!("../migrations/sqlite/0002_oauth.sql")),
             (3, "proxy secrets", include_str!("../migrations/sqlite/0003_proxy_secrets.sql")),
+            (4, "app uids", include_str!("../migrations/sqlite/0004_app_uids.sql")),
         ],
         Backend::Postgres => &[
             (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
             (2, "oauth", include_str!("../migrations/postgres/0002_oauth.sql")),
             (3, "proxy secrets", include_str!("../migrations/postgres/0003_proxy_secrets.sql")),
+            (4, "app uids", include_str!("../migrations/postgres/0004_app_uids.sql")),
         ],
     };
     let migrations = files

@@ -5,7 +5,15 @@ mod common;
 use portcullis_store::*;
 
 async fn exercise(store: &Store) {
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
+
+    // App UIDs: allocated from the base, stable, never reused after removal.
+    assert_eq!(store.app_uid("uid-one", 300_000).await.unwrap(), 300_000);
+    assert_eq!(store.app_uid("uid-two", 300_000).await.unwrap(), 300_001);
+    assert_eq!(store.app_uid("uid-one", 300_000).await.unwrap(), 300_000);
+    assert_eq!(store.existing_app_uid("uid-three").await.unwrap(), None);
+    assert_eq!(store.app_uid("uid-three", 100).await.unwrap(), 300_002);
+    assert_eq!(store.app_uid("uid-four", 400_000).await.unwrap(), 400_000);
 
     // Apps.
     let app = store.insert_app("weather-app", "Weather App", "acme").await.unwrap();

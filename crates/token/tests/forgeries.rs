@@ -106,9 +106,13 @@ fn forged_and_misused_tokens_are_rejected() {
 
     let unknown_kid = with_header(&good, serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": "no-such-key"}));
 
-    let mut bad_signature = good.clone();
-    let last = bad_signature.pop().unwrap();
-    bad_signature.push(if last == 'A' { 'B' } else { 'A' });
+    // Change a character inside the signature, not the last one: the last
+    // character of a 64-byte base64url value has two padding bits, so
+    // changing it can make the encoding invalid instead of the signature.
+    let mut characters: Vec<char> = good.chars().collect();
+    let index = characters.len() - 10;
+    characters[index] = if characters[index] == 'A' { 'B' } else { 'A' };
+    let bad_signature: String = characters.into_iter().collect();
 
     // Claims changed after signing: the signature no longer covers them.
     let mut widened = claims.clone();

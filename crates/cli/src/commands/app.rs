@@ -1,9 +1,18 @@
-//! `portcullis app`: the registry of third-party apps.
+//! `portcullis app`: the registry of third-party apps and their containers.
 
-use portcullis_config::AppId;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use portcullis_config::{AppId, Driver};
+use portcullis_identity::{CA_DIR, Lifetimes, PlatformCa};
+use portcullis_runtime::RuntimeError;
+use portcullis_runtime::docker::{AppContainer, DockerDriver, DockerOptions};
+use portcullis_runtime::manifest::Manifest;
+use portcullis_runtime::profile::{Relaxable, Relaxation};
 use portcullis_store::AppRecord;
 
-use super::{Global, UsageError};
+use super::{Global, UsageError, load_config};
 use crate::output::{Format, print_json, print_table, timestamp};
 use crate::{EXIT_OK, EXIT_PROBLEMS};
 
@@ -27,7 +36,8 @@ pub enum Command {
         #[arg(long = "redirect-uri", value_name = "URI")]
         redirect_uris: Vec<String>,
     },
-    /// List registered apps.
+    /// List registered apps with the state of their containers ("-" when an
+    /// app has none or Docker is unreachable).
     List {
         /// Output format: "table" or "json".
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -47,6 +57,53 @@ pub enum Command {
         /// App id.
         id: String,
     },
+    /// Deploy an app from its manifest as a hardened container on its own
+    /// network, with a fresh certificate. The app must be registered and its
+    /// image present locally (images are never pulled).
+    Deploy {
+        /// The app's manifest (TOML, see docs/manifest.md).
+        manifest: PathBuf,
+        /// Platform configuration file: hardening limits, driver, store and
+        /// data directory.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        /// The app's egress proxy secret, put in HTTP_PROXY and HTTPS_PROXY as
+        /// http://<app-id>:<secret>@<proxy>:<port>.
+        #[arg(long, env = "PORTCULLIS_PROXY_SECRET", hide_env_values = true, value_name = "SECRET")]
+        proxy_secret: String,
+        /// Relax one hardening setting, with the reason (logged):
+        /// SETTING=REASON, where SETTING is read_only_root, seccomp,
+        /// no_new_privileges, apparmor or cap:NAME. Repeatable.
+        #[arg(long = "relax", value_name = "SETTING=REASON")]
+        relaxations: Vec<String>,
+    },
+    /// Stop an app's container (SIGTERM, then SIGKILL after 10 seconds).
+    Stop {
+        /// App id.
+        id: String,
+    },
+    /// Remove an app's container and its network; the registration stays.
+    Rm {
+        /// App id.
+        id: String,
+    },
+    /// Print an app's standard output and error.
+    Logs {
+        /// App id.
+        id: String,
+        /// Print only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
+    /// Report an app's memory (bytes and MiB), CPU (percent of one core,
+    /// sampled over about 1 second) and process count against its limits.
+    Stats {
+        /// App id.
+        id: String,
+        /// Output format: "table" or "json".
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 fn app_id(value: &str) -> anyhow::Result<AppId> {
@@ -55,6 +112,55 @@ fn app_id(value: &str) -> anyhow::Result<AppId> {
 
 /// Runs an `app` subcommand.
 pub async fn run(global: &Global, command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Deploy { manifest, config, proxy_secret, relaxations } => {
+            return deploy(global, &manifest, &config, &proxy_secret, &relaxations).await;
+        }
+        Command::Stop { id } => {
+            let id = app_id(&id)?;
+            docker().await?.stop_app(id.as_str()).await?;
+            println!("stopped app {id}");
+            return Ok(EXIT_OK);
+        }
+        Command::Rm { id } => {
+            let id = app_id(&id)?;
+            if !docker().await?.remove_app(id.as_str()).await? {
+                eprintln!("portcullis: app {id:?} has no container or network");
+                return Ok(EXIT_PROBLEMS);
+            }
+            println!("removed the container and network of app {id}");
+            return Ok(EXIT_OK);
+        }
+        Command::Logs { id, tail } => {
+            let id = app_id(&id)?;
+            for line in docker().await?.app_logs(id.as_str(), tail).await? {
+                println!("{line}");
+            }
+            return Ok(EXIT_OK);
+        }
+        Command::Stats { id, format } => {
+            let id = app_id(&id)?;
+            let stats = docker().await?.app_stats(id.as_str()).await?;
+            match format {
+                Format::Json => print_json(&serde_json::json!({ "kind": "app_stats", "stats": stats }))?,
+                Format::Table => print_table(
+                    &["APP", "CONTAINER", "MEMORY MIB", "LIMIT MIB", "CPU %", "PIDS", "PIDS LIMIT"],
+                    vec![vec![
+                        stats.app_id.clone(),
+                        stats.container_id.chars().take(12).collect(),
+                        format!("{:.1}", stats.memory_bytes as f64 / MIB),
+                        format!("{:.0}", stats.memory_limit_bytes as f64 / MIB),
+                        format!("{:.1}", stats.cpu_percent),
+                        stats.pids.to_string(),
+                        stats.pids_limit.map_or_else(|| "-".to_owned(), |limit| limit.to_string()),
+                    ]],
+                ),
+            }
+            return Ok(EXIT_OK);
+        }
+        _ => {}
+    }
+
     let store = global.open_store(None, None).await?;
     match command {
         Command::Register { id, name, owner, redirect_uris } => {
@@ -71,11 +177,30 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<u8> {
         }
         Command::List { format } => {
             let apps = store.apps().await?;
+            let containers = container_states().await;
+            let container_of = |id: &str| containers.get(id).map(|c| c.state.clone());
             match format {
-                Format::Json => print_json(&serde_json::json!({ "kind": "app_list", "apps": apps }))?,
-                Format::Table => {
-                    print_table(&["ID", "NAME", "OWNER", "STATE", "REGISTERED"], apps.iter().map(row).collect())
+                Format::Json => {
+                    let apps: Vec<serde_json::Value> = apps
+                        .iter()
+                        .map(|app| {
+                            let mut value = serde_json::to_value(app).unwrap_or_default();
+                            value["container_state"] = serde_json::json!(container_of(&app.id));
+                            value
+                        })
+                        .collect();
+                    print_json(&serde_json::json!({ "kind": "app_list", "apps": apps }))?
                 }
+                Format::Table => print_table(
+                    &["ID", "NAME", "OWNER", "STATE", "CONTAINER", "REGISTERED"],
+                    apps.iter()
+                        .map(|app| {
+                            let mut cells = row(app);
+                            cells.insert(4, container_of(&app.id).unwrap_or_else(|| "-".into()));
+                            cells
+                        })
+                        .collect(),
+                ),
             }
         }
         Command::Show { id, format } => {
@@ -88,6 +213,11 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<u8> {
                 Format::Table => print_table(&["ID", "NAME", "OWNER", "STATE", "REGISTERED"], vec![row(&app)]),
             }
         }
+        Command::Deploy { .. }
+        | Command::Stop { .. }
+        | Command::Rm { .. }
+        | Command::Logs { .. }
+        | Command::Stats { .. } => {}
         Command::Remove { id } => {
             if !store.remove_app(app_id(&id)?.as_str()).await? {
                 eprintln!("portcullis: app {id:?} is not registered");
@@ -121,4 +251,112 @@ fn check_redirect_uri(uri: &str) -> anyhow::Result<()> {
         return Err(invalid().into());
     }
     Ok(())
+}
+
+/// Bytes in a MiB, for display.
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Connects to the Docker Engine for the default platform instance.
+async fn docker() -> anyhow::Result<DockerDriver> {
+    Ok(DockerDriver::connect(DockerOptions::default()).await?)
+}
+
+/// The container of each app, by app id; empty when Docker is unreachable.
+async fn container_states() -> HashMap<String, AppContainer> {
+    let apps = match DockerDriver::connect(DockerOptions::default()).await {
+        Ok(driver) => driver.list_apps().await,
+        Err(error) => Err(error),
+    };
+    match apps {
+        Ok(apps) => apps.into_iter().map(|app| (app.app_id.clone(), app)).collect(),
+        Err(error) => {
+            tracing::debug!(%error, "no container states: Docker is unreachable");
+            HashMap::new()
+        }
+    }
+}
+
+/// Parses `SETTING=REASON` relaxations.
+fn parse_relaxations(values: &[String]) -> anyhow::Result<Vec<Relaxation>> {
+    values
+        .iter()
+        .map(|value| {
+            let (setting, reason) = value.split_once('=').ok_or_else(|| {
+                UsageError(format!("invalid --relax {value:?}: expected SETTING=REASON, such as read_only_root=\"writes /var/cache\""))
+            })?;
+            let setting = match setting {
+                "read_only_root" => Relaxable::WritableRoot,
+                "seccomp" => Relaxable::SeccompUnconfined,
+                "no_new_privileges" => Relaxable::NewPrivileges,
+                "apparmor" => Relaxable::AppArmorUnconfined,
+                other => match other.strip_prefix("cap:") {
+                    Some(name) if !name.is_empty() => Relaxable::Capability(name.to_owned()),
+                    _ => {
+                        return Err(UsageError(format!(
+                            "invalid --relax setting {other:?}: expected read_only_root, seccomp, no_new_privileges, apparmor or cap:NAME"
+                        ))
+                        .into());
+                    }
+                },
+            };
+            Ok(Relaxation { setting, reason: reason.to_owned() })
+        })
+        .collect()
+}
+
+async fn deploy(
+    global: &Global,
+    manifest_path: &Path,
+    config_path: &Path,
+    proxy_secret: &str,
+    relaxations: &[String],
+) -> anyhow::Result<u8> {
+    let config = load_config(config_path)?;
+    let manifest = Manifest::load(manifest_path).map_err(|error| UsageError(error.to_string()))?;
+    let relaxations = parse_relaxations(relaxations)?;
+    if proxy_secret.is_empty() || proxy_secret.contains(['@', ':', '/']) {
+        return Err(UsageError("invalid proxy secret: it must be non-empty without '@', ':' or '/'".into()).into());
+    }
+    if config.runtime.driver != Driver::Docker {
+        return Err(UsageError(
+            "runtime.driver is \"process\": process-driver apps live only inside `portcullis serve`, so `app deploy` needs runtime.driver = \"docker\"".into(),
+        )
+        .into());
+    }
+
+    let data_dir = global.ensure_data_dir(config.data_dir.as_deref())?;
+    let store = global.open_store(config.store_url.as_deref(), config.data_dir.as_deref()).await?;
+    let app_id = manifest.id.as_str();
+    if store.app(app_id).await?.is_none() {
+        return Err(UsageError(format!(
+            "app {app_id:?} is not registered: run `portcullis app register --id {app_id} --name NAME --owner OWNER` first"
+        ))
+        .into());
+    }
+    let ca = PlatformCa::load(&data_dir.join(CA_DIR))
+        .map_err(|error| UsageError(format!("{error}; create the CA with `portcullis ca init`")))?;
+    let lifetimes = Lifetimes::from_settings(&config.identity);
+
+    let driver = docker().await?;
+    let request = portcullis_runtime::deploy::DeployRequest {
+        manifest: &manifest,
+        hardening: &config.runtime.hardening,
+        relaxations: &relaxations,
+        proxy_secret,
+        apps_dir: &data_dir.join("apps"),
+    };
+    let container = portcullis_runtime::deploy::deploy_app(&driver, &store, &ca, &lifetimes, request)
+        .await
+        .map_err(|error| match error {
+            RuntimeError::Widening { .. }
+            | RuntimeError::ImageMissing { .. }
+            | RuntimeError::AlreadyDeployed { .. } => anyhow::Error::from(UsageError(error.to_string())),
+            other => anyhow::Error::from(other),
+        })
+        .with_context(|| format!("deploying app {app_id:?} from {}", manifest_path.display()))?;
+    store.close().await;
+
+    tracing::info!(app_id, container_id = %container.container_id, "app deployed");
+    println!("deployed app {app_id} in container {} ({})", container.name, container.container_id);
+    Ok(EXIT_OK)
 }
