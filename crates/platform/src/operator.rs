@@ -30,7 +30,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// What the operator API needs from the running platform.
+/// The parts of the running platform that the operator API uses.
 #[derive(Clone)]
 pub(crate) struct OperatorState {
     pub trust_domain: String,
@@ -84,7 +84,7 @@ async fn require_platform_identity(
     match client {
         Some(Extension(client)) if client.spiffe_id.starts_with(&prefix) => next.run(request).await,
         Some(Extension(client)) => {
-            tracing::warn!(identity = %client.spiffe_id, "operator API refused a non-platform identity");
+            tracing::warn!(identity = %client.spiffe_id, "operator API rejected a non-platform identity");
             ApiError(StatusCode::FORBIDDEN, "the operator API requires a platform certificate".into()).into_response()
         }
         None => ApiError(StatusCode::UNAUTHORIZED, "a client certificate is required".into()).into_response(),
@@ -98,7 +98,7 @@ async fn metrics(State(state): State<OperatorState>) -> ApiResult {
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }
 
-/// The decision in force for an app, as JSON, or null.
+/// Returns the decision in force for an app as JSON, or null.
 fn verdict_json(verdict: Verdict) -> Value {
     match verdict {
         Verdict::Allow => Value::Null,

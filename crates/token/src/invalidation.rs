@@ -44,7 +44,7 @@ pub struct InvalidationsHandle {
 }
 
 impl InvalidationsHandle {
-    /// The current snapshot.
+    /// Returns the current snapshot.
     pub fn snapshot(&self) -> Arc<Invalidations> {
         self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }

@@ -11,7 +11,7 @@ use crate::claims::{AccessClaims, Confirmation, certificate_thumbprint};
 use crate::keys::SigningKeys;
 use crate::{ACCESS_TOKEN_TYPE, TokenError};
 
-/// What a token is for. The caller has already authenticated the app and
+/// A token request. The caller has already authenticated the app and
 /// checked that `scopes` are granted to it on `audience`.
 #[derive(Debug, Clone)]
 pub struct TokenRequest<'a> {
@@ -41,7 +41,7 @@ impl TokenIssuer {
         Self { issuer: issuer.into(), lifetime_secs, keys, random: aws_lc_rs::rand::SystemRandom::new() }
     }
 
-    /// The `iss` value.
+    /// Returns the `iss` value.
     pub fn issuer(&self) -> &str {
         &self.issuer
     }
@@ -51,7 +51,7 @@ impl TokenIssuer {
         self.lifetime_secs
     }
 
-    /// The signing keys, shared with the JWKS endpoint and rotation.
+    /// Returns the signing keys, shared with the JWKS endpoint and rotation.
     pub fn keys(&self) -> &Arc<RwLock<SigningKeys>> {
         &self.keys
     }

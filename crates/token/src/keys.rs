@@ -59,7 +59,7 @@ pub struct PublicKey {
 }
 
 impl PublicKey {
-    /// The key as a JWK (RFC 7517 section 4, RFC 7518 section 6.2).
+    /// Returns the key as a JWK (RFC 7517 section 4, RFC 7518 section 6.2).
     pub fn to_jwk(&self) -> serde_json::Value {
         serde_json::json!({
             "kty": "EC",
@@ -160,7 +160,7 @@ impl SigningKeys {
         std::fs::rename(&temporary, path).map_err(fail)
     }
 
-    /// The id of the key that signs new tokens.
+    /// Returns the id of the key that signs new tokens.
     pub fn current_kid(&self) -> &str {
         &self.keys.iter().find(|k| k.retired_at.is_none()).expect("one current key").kid
     }
@@ -196,7 +196,7 @@ impl SigningKeys {
         self.keys.retain(|k| k.retired_at.is_none_or(|retired| retired + grace > now));
     }
 
-    /// The public keys to publish at `now`: the current key and retired
+    /// Returns the public keys to publish at `now`: the current key and retired
     /// keys inside their grace period.
     pub fn public_keys(&self, now: i64) -> Vec<PublicKey> {
         self.keys
@@ -211,7 +211,7 @@ impl SigningKeys {
             .collect()
     }
 
-    /// The JWKS document (RFC 7517 section 5) at `now`.
+    /// Returns the JWKS document (RFC 7517 section 5) at `now`.
     pub fn jwks(&self, now: i64) -> serde_json::Value {
         let keys: Vec<serde_json::Value> = self.public_keys(now).iter().map(PublicKey::to_jwk).collect();
         serde_json::json!({ "keys": keys })

@@ -27,7 +27,7 @@ pub enum Command {
         #[arg(long, short = 'c', env = "PORTCULLIS_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Withdraw a grant. Tokens the app holds stop working within a second
+    /// Withdraw a grant. Tokens the app already has stop working within a second
     /// on every running token service and gateway.
     Remove {
         /// App id.

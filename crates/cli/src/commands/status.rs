@@ -1,4 +1,4 @@
-//! `portcullis status`: what the running platform sees, per app.
+//! `portcullis status`: per-app statistics and decisions of the running platform.
 //!
 //! The command calls the operator API of the platform that `--config`
 //! describes. It authenticates with a certificate it issues itself from the
@@ -76,7 +76,7 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// One table row: the app's counts summed over its services.
+/// Formats one table row: the app's counts summed over its services.
 fn row(app: &Value) -> Vec<String> {
     let services = app["stats"]["services"].as_object();
     let sum =
@@ -141,5 +141,5 @@ async fn operator_get(
     if !status.is_success() {
         anyhow::bail!("status {status}: {}", String::from_utf8_lossy(&body));
     }
-    Ok(serde_json::from_slice(&body).context("reading the operator API's answer")?)
+    Ok(serde_json::from_slice(&body).context("parsing the operator API's response")?)
 }

@@ -43,7 +43,7 @@ struct Request {
     code_challenge: String,
 }
 
-/// How a request failed: either the page itself shows the error (the client
+/// The outcome of a failed request: either the page itself shows the error (the client
 /// or redirect URI is not trustworthy, so no redirect) or the error goes
 /// back to the registered redirect URI.
 enum Failure {

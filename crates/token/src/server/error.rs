@@ -4,7 +4,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// An OAuth error response. `description` is shown to the client, so it
-/// never holds a token, a secret or an internal error; those are logged.
+/// never contains a token, a secret or an internal error; those are logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthError {
     /// HTTP status.
@@ -22,28 +22,28 @@ impl OAuthError {
         Self { status, error, description: description.into(), retry_after: None }
     }
 
-    /// A missing, repeated or malformed parameter.
+    /// Creates an error for a missing, repeated or malformed parameter.
     pub fn invalid_request(description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
     }
 
-    /// The client could not be authenticated (HTTP 401).
+    /// Creates an error for a client that could not be authenticated (HTTP 401).
     pub fn invalid_client(description: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
     }
 
-    /// A code or refresh token that is invalid, expired, spent or not the
+    /// Creates an error for a code or refresh token that is invalid, expired, spent or not the
     /// client's.
     pub fn invalid_grant(description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
     }
 
-    /// The client may not use this grant or operation.
+    /// Creates an error for a client that may not use this grant or operation.
     pub fn unauthorized_client(description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "unauthorized_client", description)
     }
 
-    /// A grant type other than the three supported.
+    /// Creates an error for a grant type other than the three supported.
     pub fn unsupported_grant_type(grant_type: &str) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -54,7 +54,7 @@ impl OAuthError {
         )
     }
 
-    /// A scope that is unknown, not granted, or spans several services.
+    /// Creates an error for a scope that is unknown, not granted, or spans several services.
     pub fn invalid_scope(description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_scope", description)
     }
@@ -70,7 +70,7 @@ impl OAuthError {
         error
     }
 
-    /// An internal failure; the detail goes to the log, not the client.
+    /// Creates an error for an internal failure and logs its detail, which the client never sees.
     pub fn server_error(detail: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "token service failure");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error; try again later")

@@ -50,7 +50,7 @@ pub struct TlsClient {
     pub certificate_der: Arc<Vec<u8>>,
 }
 
-/// Who a [`TlsClient`] is, within this trust domain.
+/// The kind and name of a [`TlsClient`] within this trust domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// An app, by id.
@@ -195,7 +195,7 @@ impl TokenService {
         })
     }
 
-    /// The routes of the token listener, which requires client
+    /// Returns the routes of the token listener, which requires client
     /// certificates: token, introspection, revocation, metadata and JWKS.
     pub fn router(&self) -> Router {
         Router::new()
@@ -207,7 +207,7 @@ impl TokenService {
             .with_state(self.clone())
     }
 
-    /// The routes of the consent listener, which browsers reach without a
+    /// Returns the routes of the consent listener, which browsers reach without a
     /// client certificate: the authorization endpoint and the metadata.
     pub fn consent_router(&self) -> Router {
         Router::new()
@@ -216,7 +216,7 @@ impl TokenService {
             .with_state(self.clone())
     }
 
-    /// A verifier sharing this service's keys and invalidations, for the
+    /// Returns a verifier sharing this service's keys and invalidations, for the
     /// gateway.
     pub fn verifier(&self) -> &Verifier {
         &self.inner.verifier
