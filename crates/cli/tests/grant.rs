@@ -50,6 +50,29 @@ async fn grant_add_list_remove() {
     assert_eq!(json["grants"][0]["scope"], "weather:read");
     assert_eq!(json["grants"][0]["granted_by"], "operator");
 
+    // A refresh token from a customer's consent, which could mint the
+    // withdrawn scope again.
+    let store = portcullis_store::Store::open_in(dir.path()).await.unwrap();
+    let now = portcullis_store::now_ms();
+    store
+        .insert_refresh_token(&portcullis_store::RefreshTokenRecord {
+            token_hash: "seeded-hash".into(),
+            family_id: "seeded-family".into(),
+            app_id: "weather-app".into(),
+            customer_id: "alice".into(),
+            audience: "spiffe://weather.example/service/weather".into(),
+            scopes: "weather:read".into(),
+            access_jti: "seeded-jti".into(),
+            access_exp: now / 1000 + 300,
+            issued_at: now,
+            expires_at: now + 3_600_000,
+            used_at: None,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    store.close().await;
+
     let remove = portcullis(
         dir.path(),
         &["grant", "remove", "--app", "weather-app", "--service", "weather", "--scope", "weather:read"],
@@ -62,6 +85,8 @@ async fn grant_add_list_remove() {
     let cut_offs = store.token_cut_offs().await.unwrap();
     assert_eq!(cut_offs.len(), 1);
     assert_eq!(cut_offs[0].0, "weather-app");
+    let refresh = store.refresh_token("seeded-hash").await.unwrap().unwrap();
+    assert!(refresh.revoked_at.is_some(), "grant remove revokes the app's refresh tokens");
     store.close().await;
 
     let missing = portcullis(

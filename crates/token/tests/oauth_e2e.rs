@@ -449,3 +449,56 @@ async fn signing_key_rotates_when_due() {
         assert!(platform.service.verifier().verify(token, &audience, &leaf, now_secs()).is_ok());
     }
 }
+
+/// Stores a refresh token for `weather-app` consented by alice and returns
+/// its value.
+async fn seed_refresh_token(platform: &Platform, value: &str) {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let now_ms = now_secs() * 1000;
+    platform
+        .store
+        .insert_refresh_token(&portcullis_store::RefreshTokenRecord {
+            token_hash: hash,
+            family_id: "seeded-family".into(),
+            app_id: "weather-app".into(),
+            customer_id: "alice".into(),
+            audience: format!("spiffe://{DOMAIN}/service/weather"),
+            scopes: "weather:read".into(),
+            access_jti: "seeded-jti".into(),
+            access_exp: now_secs() + 300,
+            issued_at: now_ms,
+            expires_at: now_ms + 3_600_000,
+            used_at: None,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_fails_once_grant_is_withdrawn() {
+    let platform = Platform::start().await;
+    let client = platform.client_dir("weather-app");
+    seed_refresh_token(&platform, "seeded-refresh-token").await;
+
+    let (status, body) = curl_as(
+        &client,
+        &["--data", "grant_type=refresh_token&refresh_token=seeded-refresh-token", &platform.token_url],
+    );
+    assert_eq!(status, 200, "{body}");
+    let next = serde_json::from_str::<serde_json::Value>(&body).unwrap()["refresh_token"].as_str().unwrap().to_owned();
+
+    platform.store.remove_grant("weather-app", "weather", "weather:read").await.unwrap();
+    let request = format!("grant_type=refresh_token&refresh_token={next}");
+    let (status, body) = curl_as(&client, &["--data", &request, &platform.token_url]);
+    assert_eq!(status, 400, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"], "invalid_grant");
+    assert_eq!(json["error_description"], "scope weather:read is no longer granted to app weather-app");
+
+    // The family is revoked: granting again does not revive the token.
+    platform.store.add_grant("weather-app", "weather", "weather:read", "operator").await.unwrap();
+    let (status, _) = curl_as(&client, &["--data", &request, &platform.token_url]);
+    assert_eq!(status, 400);
+}

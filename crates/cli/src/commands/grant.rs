@@ -78,9 +78,11 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<u8> {
                 );
                 return Ok(EXIT_PROBLEMS);
             }
-            // Tokens issued up to now carry the withdrawn scope: cut them off.
-            let now = portcullis_store::now_ms() / 1000;
-            store.set_token_cut_off(&app, now).await?;
+            // Tokens issued up to now may carry the withdrawn scope: cut them
+            // off, and revoke the refresh tokens that could mint new ones.
+            let now_ms = portcullis_store::now_ms();
+            store.set_token_cut_off(&app, now_ms / 1000).await?;
+            store.revoke_refresh_tokens_of_app(&app, now_ms).await?;
             tracing::info!(app_id = %app, service = %service, scope = %scope, "grant withdrawn; earlier tokens invalidated");
             println!("withdrew {scope} on {service} from app {app}; its earlier tokens are invalidated");
             EXIT_OK

@@ -173,6 +173,17 @@ fn pkce_matches(verifier: &str, challenge: &str) -> bool {
     URL_SAFE_NO_PAD.encode(digest.as_ref()) == challenge
 }
 
+/// Checks that the operator still grants the app every one of `scopes`.
+async fn check_still_granted(service: &TokenService, app_id: &str, scopes: &[String]) -> Result<(), OAuthError> {
+    let granted = service.inner.store.grants(Some(app_id)).await?;
+    match scopes.iter().find(|scope| !granted.iter().any(|g| &g.scope == *scope)) {
+        Some(missing) => {
+            Err(OAuthError::invalid_grant(format!("scope {missing} is no longer granted to app {app_id}")))
+        }
+        None => Ok(()),
+    }
+}
+
 enum CodeRefusal {
     /// The code was exchanged before; the family issued from it.
     Replayed(String),
@@ -232,6 +243,7 @@ async fn authorization_code(
     };
 
     let family = pending.family_id.clone().expect("just set");
+    check_still_granted(service, app_id, &pending.scopes).await?;
     let (token, claims) = mint(service, app_id, &pending.audience, &pending.scopes, client)?;
     let refresh = store_refresh_token(service, &family, &pending.customer_id, &pending.audience, &claims).await?;
     tracing::info!(app_id, customer_id = %pending.customer_id, jti = %claims.jti, "access and refresh token issued for consent");
@@ -325,6 +337,14 @@ async fn refresh_token(
             requested
         }
     };
+
+    // A customer's consent lives within the operator's grants: once the
+    // operator withdraws a scope, the family cannot mint it again.
+    if let Err(error) = check_still_granted(service, app_id, &scopes).await {
+        revoke_family(service, &record.family_id, app_id).await?;
+        tracing::info!(app_id, family = %record.family_id, "refresh refused: a consented scope is no longer granted; family revoked");
+        return Err(error);
+    }
 
     let (token, claims) = mint(service, app_id, &record.audience, &scopes, client)?;
     let refresh =
