@@ -48,6 +48,9 @@ fn issue_list_revoke_round_trip() {
     let data = temp.path();
     assert!(portcullis(data, &["ca", "init", "--trust-domain", "weather.example"]).status.success());
 
+    let register = portcullis(data, &["app", "register", "--id", "forecast", "--name", "Forecast", "--owner", "acme"]);
+    assert!(register.status.success(), "{}", text(&register));
+
     // Issuing works with the root key offline.
     std::fs::rename(data.join("ca/root-key.pem"), temp.path().join("root-key.offline")).unwrap();
 
@@ -144,7 +147,9 @@ fn issue_rejects_bad_input() {
     assert!(text(&no_ca).contains("portcullis ca init"), "{}", text(&no_ca));
 
     assert!(portcullis(data, &["ca", "init", "--trust-domain", "weather.example"]).status.success());
+    assert!(portcullis(data, &["app", "register", "--id", "a", "--name", "A", "--owner", "acme"]).status.success());
     for (args, expected) in [
+        (vec!["--app", "unregistered"], "app \"unregistered\" is not registered"),
         (vec!["--app", "Bad_Id"], "invalid app id"),
         (vec!["--app", "a", "--dns", "bad name"], "invalid DNS name"),
         (vec!["--app", "a", "--lifetime", "500days"], "invalid certificate lifetime"),

@@ -238,6 +238,14 @@ fn store_url_error_hides_password() {
 }
 
 #[test]
+fn upstream_error_hides_password() {
+    let text = edited("upstream = \"https://127.0.0.1:9101\"", "upstream = \"http://user:hunter2@127.0.0.1:9101/\"");
+    let message = error_of(&text).to_string();
+    assert!(!message.contains("hunter2"), "password leaked into: {message}");
+    assert!(message.contains("\"http://***@127.0.0.1:9101/\""), "{message}");
+}
+
+#[test]
 fn syntax_error_names_line() {
     let error = error_of("trust_domain = \"a\"\nlisteners = [\n");
     let message = error.to_string();

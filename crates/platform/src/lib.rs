@@ -260,6 +260,7 @@ impl Platform {
         };
         let access_log = data_dir.join("access.jsonl");
         let (access_file, access_writer) = portcullis_gateway::FileSink::open(&access_log, 65_536).await?;
+        make_private(&access_log);
         let sinks = portcullis_gateway::EventSinks::new(Some(guard.events.clone()), Some(access_file));
         let gateway =
             portcullis_gateway::Gateway::new(config, tls, token.verifier().clone(), guard.decisions.clone(), sinks)?
@@ -454,7 +455,7 @@ async fn forward_egress_events(
 ) {
     use tokio::io::AsyncWriteExt;
 
-    let mut file = match tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await {
+    let mut file = match tokio::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).await {
         Ok(file) => Some(file),
         Err(error) => {
             tracing::error!(path = %path.display(), %error, "cannot open the egress event log; events go to the guard only");
@@ -523,5 +524,14 @@ impl prometheus_client::collector::Collector for DroppedEvents {
             counter.encode(metric)?;
         }
         Ok(())
+    }
+}
+
+/// Makes a log file readable by its owner only: access and egress events
+/// name apps, hosts and paths.
+fn make_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(file = %path.display(), %error, "cannot make the log file private");
     }
 }

@@ -129,7 +129,20 @@ impl Store {
     /// Opens (creating if needed) the SQLite store in `data_dir`.
     pub async fn open_in(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join(SQLITE_FILE);
-        Self::open(&format!("sqlite://{}?mode=rwc", path.display())).await
+        let store = Self::open(&format!("sqlite://{}?mode=rwc", path.display())).await?;
+
+        // The database holds secret hashes and security state: readable by
+        // its owner only, with its WAL and shared-memory files.
+        for suffix in ["", "-wal", "-shm"] {
+            let file = data_dir.join(format!("{SQLITE_FILE}{suffix}"));
+            if file.exists() {
+                use std::os::unix::fs::PermissionsExt;
+                if let Err(error) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                    tracing::warn!(file = %file.display(), %error, "cannot make the store file private");
+                }
+            }
+        }
+        Ok(store)
     }
 
     /// Opens the store at `url` (`sqlite:PATH` or `postgres://…`) and applies

@@ -165,6 +165,8 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Register { id, name, owner, redirect_uris } => {
             let id = app_id(&id)?;
+            check_display_text("--name", &name)?;
+            check_display_text("--owner", &owner)?;
             for uri in &redirect_uris {
                 check_redirect_uri(uri)?;
             }
@@ -233,6 +235,20 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<u8> {
 
 fn row(app: &AppRecord) -> Vec<String> {
     vec![app.id.clone(), app.name.clone(), app.owner.clone(), app.state.to_string(), timestamp(app.created_at)]
+}
+
+/// Checks a name shown in tables and on the consent page: 1 to 200
+/// characters, no control characters (which could rewrite an operator's
+/// terminal).
+fn check_display_text(option: &str, value: &str) -> anyhow::Result<()> {
+    let length = value.chars().count();
+    if length == 0 || length > 200 || value.chars().any(char::is_control) {
+        return Err(UsageError(format!(
+            "invalid {option} {value:?}: expected 1 to 200 characters without control characters"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Checks a redirect URI: https, or plain http only to a loopback address

@@ -189,6 +189,15 @@ async fn issue(
     }
 
     let store = global.open_store(config.as_ref().and_then(|c| c.store_url.as_deref()), config_dir).await?;
+    // An app certificate is pinned to its app id at once, so it is issued
+    // only for a registered app.
+    if kind == portcullis_identity::CertificateKind::App && store.app(name).await?.is_none() {
+        store.close().await;
+        return Err(UsageError(format!(
+            "app {name:?} is not registered; register it with `portcullis app register` first"
+        ))
+        .into());
+    }
     let leaf = ca.issue_and_record(&store, &request).await.map_err(usage_or)?;
     store.close().await;
     let paths =

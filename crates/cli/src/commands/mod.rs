@@ -57,6 +57,7 @@ impl Global {
     pub fn ensure_data_dir(&self, from_config: Option<&Path>) -> anyhow::Result<PathBuf> {
         let dir = self.data_dir(from_config)?;
         create_private_dir(&dir)?;
+        warn_if_shared(&dir);
         Ok(dir)
     }
 
@@ -81,6 +82,23 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))
+}
+
+/// Warns when an existing data directory is readable or writable by other
+/// users: it holds the CA, the store and the event logs. The directory's
+/// mode is the operator's choice, so it is reported rather than changed.
+fn warn_if_shared(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = std::fs::metadata(dir) {
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "the data directory is accessible to other users; run `chmod 700` on it"
+            );
+        }
+    }
 }
 
 /// Loads and validates a configuration file; failures exit with 2.

@@ -11,6 +11,12 @@ pub const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/w
 /// Runs `portcullis --data-dir DATA_DIR ARGS...` with no log filter or
 /// configuration taken from the environment.
 pub fn portcullis(data_dir: &Path, args: &[&str]) -> Output {
+    // A shared data directory draws a warning on standard error, which
+    // tests that compare it exactly do not expect.
+    if data_dir.exists() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
     Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .arg("--data-dir")
         .arg(data_dir)

@@ -196,14 +196,15 @@ pub(super) fn token(check: &Checker, raw: &RawToken, listeners: &Listeners) -> R
         None => format!("https://{}", listeners.token),
         Some(text) => {
             let expected = "an https:// URL with a host, without user info, query or fragment";
-            let url = url::Url::parse(text).map_err(|_| check.invalid("token.issuer", quote(text), expected))?;
+            let shown = quote(&super::services::redact_userinfo(text));
+            let url = url::Url::parse(text).map_err(|_| check.invalid("token.issuer", shown.clone(), expected))?;
             let valid = url.scheme() == "https"
                 && url.host().is_some()
                 && url.username().is_empty()
                 && url.query().is_none()
                 && url.fragment().is_none();
             if !valid {
-                return Err(check.invalid("token.issuer", quote(text), expected));
+                return Err(check.invalid("token.issuer", shown, expected));
             }
             text.trim_end_matches('/').to_owned()
         }

@@ -66,7 +66,7 @@ pub(super) fn services(check: &Checker, raw: &[RawService]) -> Result<Vec<Servic
 
 pub(super) fn upstream(check: &Checker, key: &str, text: &str) -> Result<String> {
     let expected = "an http:// or https:// URL with a host, without user info, query or fragment";
-    let url = url::Url::parse(text).map_err(|_| check.invalid(key, quote(text), expected))?;
+    let url = url::Url::parse(text).map_err(|_| check.invalid(key, quote(&redact_userinfo(text)), expected))?;
     let valid = matches!(url.scheme(), "http" | "https")
         && url.host().is_some()
         && url.username().is_empty()
@@ -74,7 +74,7 @@ pub(super) fn upstream(check: &Checker, key: &str, text: &str) -> Result<String>
         && url.query().is_none()
         && url.fragment().is_none();
     if !valid {
-        return Err(check.invalid(key, quote(text), expected));
+        return Err(check.invalid(key, quote(&redact_userinfo(text)), expected));
     }
     Ok(text.trim_end_matches('/').to_owned())
 }
@@ -173,4 +173,17 @@ pub(super) fn route(check: &Checker, key: &str, raw: &RawRoute, scopes: &[String
         ));
     }
     Ok(Route { prefix: raw.prefix.clone(), methods, scope: raw.scope.clone() })
+}
+
+/// Replaces the user info of a URL-like text with `***`, so an error never
+/// echoes a password written into a URL.
+pub(super) fn redact_userinfo(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => text.to_owned(),
+    }
 }
