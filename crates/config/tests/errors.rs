@@ -186,7 +186,7 @@ fn broken_configurations_name_key_path() {
             "report",
         ),
         ("unknown driver", edited("driver = \"docker\"", "driver = \"podman\""), "runtime.driver", "process"),
-        ("renewal too late", edited("renew_at = 0.66", "renew_at = 1.5"), "identity.renew_at", "0.9"),
+        ("renewal too late", edited("renew_at = 0.667", "renew_at = 1.5"), "identity.renew_at", "0.9"),
         (
             "bad trust domain",
             edited("trust_domain = \"weather.example\"", "trust_domain = \"Weather Example\""),

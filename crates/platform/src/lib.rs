@@ -229,6 +229,7 @@ impl Platform {
         let verifier = PlatformClientVerifier::new(ca.root(), ca.trust_domain().clone(), Arc::clone(&trust))?;
         let acceptor = PlatformAcceptor::new(certificate, verifier, &[b"h2", b"http/1.1"])?;
         servers.push(tokio::spawn(portcullis_token::server::serve_mutual_tls(
+            "token",
             token_listener,
             acceptor,
             token.router(),
@@ -241,6 +242,7 @@ impl Platform {
             renewals.push(renewal);
             let tls = Arc::new(policy::public_server_config(certificate, &[b"http/1.1"])?);
             servers.push(tokio::spawn(portcullis_token::server::serve_public_tls(
+                "consent",
                 listener,
                 tls,
                 token.consent_router(),
@@ -303,6 +305,7 @@ impl Platform {
             service_scopes: Arc::new(config.services.iter().map(|s| (s.name.clone(), s.scopes.clone())).collect()),
         };
         servers.push(tokio::spawn(portcullis_token::server::serve_mutual_tls(
+            "operator",
             operator_listener,
             acceptor,
             operator::router(state),

@@ -3,8 +3,11 @@
 //!
 //! Every route requires a client certificate from the platform CA with a
 //! platform identity (`spiffe://<trust-domain>/platform/<name>`); apps and
-//! services are refused with 403. The `portcullis` command issues itself a
-//! short-lived `platform/cli` certificate to call it.
+//! services are refused with 403. Reading (GET) is open to every platform
+//! identity, such as a monitoring system's `platform/monitor`; changing
+//! bans and grants only to `platform/cli` and `platform/operator`. The
+//! `portcullis` command issues itself a short-lived `platform/cli`
+//! certificate to call it.
 //!
 //! | route | does |
 //! | --- | --- |
@@ -73,7 +76,11 @@ pub(crate) fn router(state: OperatorState) -> Router {
         .with_state(state)
 }
 
-/// Refuses every caller but a platform component of this trust domain.
+/// Platform components that may change bans and grants.
+const WRITERS: [&str; 2] = ["cli", "operator"];
+
+/// Refuses every caller but a platform component of this trust domain, and
+/// changes from any component but [`WRITERS`].
 async fn require_platform_identity(
     State(state): State<OperatorState>,
     client: Option<Extension<TlsClient>>,
@@ -81,8 +88,21 @@ async fn require_platform_identity(
     next: axum::middleware::Next,
 ) -> Response {
     let prefix = format!("spiffe://{}/platform/", state.trust_domain);
+    let reading = request.method() == axum::http::Method::GET;
     match client {
-        Some(Extension(client)) if client.spiffe_id.starts_with(&prefix) => next.run(request).await,
+        Some(Extension(client)) if client.spiffe_id.starts_with(&prefix) => {
+            let component = &client.spiffe_id[prefix.len()..];
+            if reading || WRITERS.contains(&component) {
+                next.run(request).await
+            } else {
+                tracing::warn!(identity = %client.spiffe_id, "operator API rejected a change from a read-only identity");
+                ApiError(
+                    StatusCode::FORBIDDEN,
+                    format!("platform/{component} may only read; changes need platform/cli or platform/operator"),
+                )
+                .into_response()
+            }
+        }
         Some(Extension(client)) => {
             tracing::warn!(identity = %client.spiffe_id, "operator API rejected a non-platform identity");
             ApiError(StatusCode::FORBIDDEN, "the operator API requires a platform certificate".into()).into_response()

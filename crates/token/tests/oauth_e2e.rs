@@ -86,8 +86,20 @@ impl Platform {
         let public = Arc::new(policy::public_server_config(certificate, &[b"http/1.1"]).unwrap());
 
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(serve_mutual_tls(token_listener, acceptor, platform.service.router(), stopped(stop_rx.clone())));
-        tokio::spawn(serve_public_tls(consent_listener, public, platform.service.consent_router(), stopped(stop_rx)));
+        tokio::spawn(serve_mutual_tls(
+            "token",
+            token_listener,
+            acceptor,
+            platform.service.router(),
+            stopped(stop_rx.clone()),
+        ));
+        tokio::spawn(serve_public_tls(
+            "consent",
+            consent_listener,
+            public,
+            platform.service.consent_router(),
+            stopped(stop_rx),
+        ));
         Self { _stop: stop, ..platform }
     }
 
@@ -253,6 +265,14 @@ async fn token_endpoint_errors_follow_rfc_6749() {
         assert_eq!(json["error"], error, "{case}");
         assert!(json["error_description"].is_string(), "{case}");
     }
+
+    // Parameters must be form-encoded (RFC 6749 section 3.2).
+    let (status, body) = curl_as(
+        &platform.client_dir("weather-app"),
+        &["--header", "Content-Type: application/json", "--data", r#"{"grant_type":"client_credentials"}"#, &url],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("application/x-www-form-urlencoded"), "{body}");
 
     // A valid request, for contrast.
     let (status, body) = app("grant_type=client_credentials&scope=weather:read");

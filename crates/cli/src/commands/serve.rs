@@ -99,7 +99,14 @@ fn summary(config: &PlatformConfig, data_dir: &std::path::Path) -> String {
         },
     );
     let l = &config.listeners;
-    row("listeners", format!("gateway {}, egress {}, token {}, operator {}", l.gateway, l.egress, l.token, l.operator));
+    let consent = l.consent.map_or_else(|| "off".to_owned(), |address| address.to_string());
+    row(
+        "listeners",
+        format!(
+            "gateway {}, egress {}, token {}, consent {consent}, operator {}",
+            l.gateway, l.egress, l.token, l.operator
+        ),
+    );
     for service in &config.services {
         row(
             "service",

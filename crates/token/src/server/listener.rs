@@ -21,11 +21,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time in-flight requests get to finish after shutdown is requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `router` on `listener` with client certificates required and
+/// Serves `router` on `listener` (named `name` in logs) with client
+/// certificates required and
 /// verified by `acceptor`; each request carries the connection's
 /// [`TlsClient`]. Returns after `shutdown` completes and in-flight requests
 /// are drained (or [`DRAIN_TIMEOUT`] passed).
 pub async fn serve_mutual_tls(
+    name: &'static str,
     listener: TcpListener,
     acceptor: PlatformAcceptor,
     router: Router,
@@ -43,11 +45,12 @@ pub async fn serve_mutual_tls(
             Ok::<_, std::io::Error>((tls, Some(client)))
         }
     };
-    serve(listener, router, accept, shutdown).await;
+    serve(name, listener, router, accept, shutdown).await;
 }
 
 /// Serves `router` on `listener` with server-authenticated TLS only.
 pub async fn serve_public_tls(
+    name: &'static str,
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     router: Router,
@@ -58,18 +61,23 @@ pub async fn serve_public_tls(
         let acceptor = acceptor.clone();
         async move { Ok::<_, std::io::Error>((acceptor.accept(tcp).await?, None)) }
     };
-    serve(listener, router, accept, shutdown).await;
+    serve(name, listener, router, accept, shutdown).await;
 }
 
-async fn serve<A, F, S>(listener: TcpListener, router: Router, accept: A, shutdown: impl Future<Output = ()>)
-where
+async fn serve<A, F, S>(
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    accept: A,
+    shutdown: impl Future<Output = ()>,
+) where
     A: Fn(tokio::net::TcpStream) -> F + Clone + Send + 'static,
     F: Future<Output = std::io::Result<(S, Option<TlsClient>)>> + Send,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
-    let address = listener.local_addr().ok();
-    tracing::info!(?address, "token service listening");
+    let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(listener = name, %address, "listening");
     tokio::pin!(shutdown);
 
     loop {
@@ -115,8 +123,8 @@ where
         });
     }
 
-    tracing::info!(?address, "token service stopping; draining connections");
+    tracing::info!(listener = name, %address, "stopping; draining connections");
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?address, "connections still open after the drain timeout; closing them");
+        tracing::warn!(listener = name, %address, "connections still open after the drain timeout; closing them");
     }
 }

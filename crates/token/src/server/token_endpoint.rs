@@ -19,8 +19,16 @@ use crate::{AccessClaims, TokenRequest};
 pub(super) async fn token(
     State(service): State<TokenService>,
     client: Option<Extension<TlsClient>>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
+    // RFC 6749 section 3.2: parameters come form-encoded.
+    let form = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    });
+    if !form {
+        return OAuthError::invalid_request("the body must be application/x-www-form-urlencoded").into_response();
+    }
     match handle(&service, client.as_ref().map(|c| &c.0), &body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
