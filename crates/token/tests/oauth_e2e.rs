@@ -163,6 +163,8 @@ async fn authlib_drives_both_grants() {
     assert_eq!(results["redirect_state_matches"], true);
     assert_eq!(results["redirect_has_code"], true);
     assert_eq!(results["consent_without_csrf_status"], 403);
+    assert_eq!(results["consent_replay_status"], 403);
+    assert_eq!(results["secret_guesses"], serde_json::json!([401, 401, 401, 401, 401, 429, 429]));
     assert_eq!(results["authorization_code"]["scope"], "weather:read");
     assert_eq!(results["authorization_code"]["has_refresh_token"], true);
     assert_eq!(results["code_replay"], "invalid_grant");

@@ -7,7 +7,8 @@
 //! redirects back to the app with a code or with `access_denied`.
 //!
 //! CSRF protection: the page sets a random cookie and embeds an HMAC of the
-//! cookie and of every request parameter. A cross-site form cannot read the
+//! cookie and of every request parameter. A form is accepted once, within
+//! 10 minutes. A cross-site form cannot read the
 //! cookie (`SameSite=Strict`, `HttpOnly`), so it cannot produce a matching
 //! HMAC, and the HMAC also stops a tampered form from approving other scopes.
 
@@ -24,6 +25,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use super::{PendingCode, TokenService, random_secret, secret_hash};
 
 const CSRF_COOKIE: &str = "portcullis_csrf";
+
+/// How long a consent form stays valid: 10 minutes.
+const CSRF_LIFETIME_SECS: i64 = 600;
 
 /// Request parameters the consent form carries through, in a fixed order
 /// for the CSRF HMAC.
@@ -198,7 +202,9 @@ fn consent_page(
     params: &HashMap<String, String>,
     notice: Option<&str>,
 ) -> Response {
-    let cookie = random_secret();
+    // The cookie carries its issue time, covered by the MAC, so a form
+    // expires after CSRF_LIFETIME_SECS.
+    let cookie = format!("{}.{}", random_secret(), service.now());
     let mac = csrf_mac(service, &cookie, params);
 
     let scopes: String = request.scopes.iter().map(|s| format!("<li><code>{}</code></li>", escape(s))).collect();
@@ -263,10 +269,16 @@ pub(super) async fn decide(State(service): State<TokenService>, headers: HeaderM
         Err(error) => return error_page(StatusCode::BAD_REQUEST, &error.description),
     };
 
+    let now = service.now();
     let csrf_ok = match (cookie_value(&headers), params.get("csrf")) {
         (Some(cookie), Some(mac)) => {
             let expected = csrf_mac(&service, &cookie, &params);
-            aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), mac.as_bytes()).is_ok()
+            let genuine =
+                aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), mac.as_bytes()).is_ok();
+            let issued = cookie.rsplit_once('.').and_then(|(_, t)| t.parse::<i64>().ok()).unwrap_or(0);
+            let fresh = now - issued <= CSRF_LIFETIME_SECS;
+            // Each form is accepted once: a replayed post is refused.
+            genuine && fresh && service.claim_form(mac, issued + CSRF_LIFETIME_SECS)
         }
         _ => false,
     };
@@ -296,6 +308,15 @@ pub(super) async fn decide(State(service): State<TokenService>, headers: HeaderM
 
     let customer_id = params.get("customer_id").map(String::as_str).unwrap_or_default();
     let secret = params.get("customer_secret").map(String::as_str).unwrap_or_default();
+    // Each attempt costs an Argon2 hash: limit attempts per customer id,
+    // and overall, before computing it.
+    if !service.allow_sign_in(customer_id) {
+        tracing::warn!(app_id = %request.app_id, customer_id, "consent sign-in rate limited");
+        let mut response =
+            consent_page(&service, &request, &params, Some("Too many attempts. Wait a minute and try again."));
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        return response;
+    }
     if !customer_secret_matches(&service, customer_id, secret).await {
         tracing::info!(app_id = %request.app_id, customer_id, "consent sign-in failed");
         let mut response = consent_page(&service, &request, &params, Some("Customer id or secret is wrong."));

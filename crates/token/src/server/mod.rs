@@ -109,6 +109,12 @@ struct Inner {
     codes: Mutex<HashMap<String, PendingCode>>,
     /// Key of the consent page's CSRF tokens.
     csrf_key: aws_lc_rs::hmac::Key,
+    /// Consent forms already posted, by MAC, with their expiry (seconds).
+    used_forms: Mutex<HashMap<String, i64>>,
+    /// Consent sign-in attempts per customer id.
+    sign_in_per_customer: DefaultKeyedRateLimiter<String>,
+    /// Consent sign-in attempts overall, which bounds the Argon2 work.
+    sign_in_overall: governor::DefaultDirectRateLimiter,
     clock: Arc<dyn Fn() -> i64 + Send + Sync>,
 }
 
@@ -190,6 +196,15 @@ impl TokenService {
                 limiter: RateLimiter::keyed(quota),
                 codes: Mutex::new(HashMap::new()),
                 csrf_key,
+                used_forms: Mutex::new(HashMap::new()),
+                sign_in_per_customer: RateLimiter::keyed(
+                    Quota::per_minute(NonZeroU32::new(5).expect("non-zero"))
+                        .allow_burst(NonZeroU32::new(5).expect("non-zero")),
+                ),
+                sign_in_overall: RateLimiter::direct(
+                    Quota::per_second(NonZeroU32::new(10).expect("non-zero"))
+                        .allow_burst(NonZeroU32::new(20).expect("non-zero")),
+                ),
                 clock,
             }),
         })
@@ -225,6 +240,25 @@ impl TokenService {
     /// Seconds since the Unix epoch, from the injected clock.
     fn now(&self) -> i64 {
         (self.inner.clock)()
+    }
+
+    /// Records a consent form as posted; returns false if it was posted
+    /// before. `expires_at` is in seconds.
+    fn claim_form(&self, mac: &str, expires_at: i64) -> bool {
+        let mut used = self.inner.used_forms.lock().unwrap_or_else(|p| p.into_inner());
+        if used.contains_key(mac) {
+            return false;
+        }
+        used.insert(mac.to_owned(), expires_at);
+        true
+    }
+
+    /// Returns whether another consent sign-in attempt for `customer_id` is
+    /// allowed now: at most 5 a minute per customer id and 10 a second
+    /// overall, with small bursts.
+    fn allow_sign_in(&self, customer_id: &str) -> bool {
+        self.inner.sign_in_overall.check().is_ok()
+            && self.inner.sign_in_per_customer.check_key(&customer_id.to_owned()).is_ok()
     }
 
     /// Classifies a client certificate's SPIFFE id within the trust domain.
@@ -270,6 +304,8 @@ impl TokenService {
         let cut_offs = self.inner.store.token_cut_offs().await?;
         self.inner.invalidations.replace(revoked, cut_offs);
         self.inner.codes.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, code| code.expires_at > now);
+        self.inner.used_forms.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, expires_at| *expires_at > now);
+        self.inner.sign_in_per_customer.retain_recent();
         Ok(())
     }
 

@@ -81,6 +81,11 @@ redirect_query = urllib.parse.parse_qs(urllib.parse.urlparse(location).query)
 results["redirect_state_matches"] = redirect_query["state"][0] == state
 results["redirect_has_code"] = "code" in redirect_query and "error" not in redirect_query
 
+# The same form posted again is refused: each form is accepted once.
+results["consent_replay_status"] = browser.post(
+    consent_url + "/oauth2/authorize", data=fields, verify=ca_bundle, allow_redirects=False
+).status_code
+
 # A forged form without the CSRF token is refused.
 forged = dict(fields)
 forged.pop("csrf")
@@ -120,6 +125,24 @@ denied = browser.post(
     allow_redirects=False,
 )
 results["deny_error"] = urllib.parse.parse_qs(urllib.parse.urlparse(denied.headers["Location"]).query)["error"][0]
+
+# Guessing a customer's secret is rate limited: 5 attempts a minute.
+guesses = []
+for attempt in range(7):
+    guess_url, _ = OAuth2Session(
+        "weather-app", redirect_uri=redirect_uri, scope="weather:read", code_challenge_method="S256"
+    ).create_authorization_url(consent_url + "/oauth2/authorize", code_verifier=generate_token(64))
+    page = browser.get(guess_url, verify=ca_bundle)
+    form = FormFields()
+    form.feed(page.text)
+    answer = browser.post(
+        consent_url + "/oauth2/authorize",
+        data=dict(form.fields, customer_id="bob", customer_secret="guess-%d" % attempt, decision="approve"),
+        verify=ca_bundle,
+        allow_redirects=False,
+    )
+    guesses.append(answer.status_code)
+results["secret_guesses"] = guesses
 
 # Replaying a spent code fails and revokes what was issued from it.
 results["code_replay"] = error_of(
