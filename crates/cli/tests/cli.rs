@@ -134,3 +134,28 @@ fn data_dir_is_private() {
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[test]
+fn config_env_selects_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("platform-data");
+    let config = dir.path().join("platform.toml");
+    let text = std::fs::read_to_string(EXAMPLE)
+        .unwrap()
+        .replace("# data_dir = \"/var/lib/portcullis\"", &format!("data_dir = \"{}\"", data.display()));
+    std::fs::write(&config, text).unwrap();
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["app", "register", "--id", "env-app", "--name", "Env", "--owner", "acme"])
+        .env("PORTCULLIS_CONFIG", &config)
+        .env("HOME", dir.path())
+        .env_remove("PORTCULLIS_DATA_DIR")
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(data.join("portcullis.db").exists(), "the configuration's data directory holds the store");
+    let listed = portcullis(&data, &["app", "list", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&listed)).unwrap();
+    assert_eq!(json["apps"][0]["id"], "env-app");
+}

@@ -63,7 +63,22 @@ impl Global {
 
     /// Opens the store: `store_url` if the configuration names one, else the
     /// SQLite file in the data directory.
+    ///
+    /// Commands that take no configuration pass `None` for both; then, if
+    /// `PORTCULLIS_CONFIG` names a configuration and `--data-dir` is not
+    /// given, that configuration's store and data directory are used, so
+    /// every command works on the same platform as `serve`.
     pub async fn open_store(&self, store_url: Option<&str>, from_config: Option<&Path>) -> anyhow::Result<Store> {
+        if store_url.is_none() && from_config.is_none() && self.data_dir.is_none() {
+            if let Some(path) = std::env::var_os("PORTCULLIS_CONFIG").filter(|v| !v.is_empty()) {
+                let config = load_config(Path::new(&path))?;
+                return self.open_store_exactly(config.store_url.as_deref(), config.data_dir.as_deref()).await;
+            }
+        }
+        self.open_store_exactly(store_url, from_config).await
+    }
+
+    async fn open_store_exactly(&self, store_url: Option<&str>, from_config: Option<&Path>) -> anyhow::Result<Store> {
         match store_url {
             Some(url) => Store::open(url).await.context("opening the store named by store.url"),
             None => {
