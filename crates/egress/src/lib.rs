@@ -18,7 +18,8 @@
 //! - applies an optional country rule from a MaxMind-format database;
 //! - counts tunnels and bytes per app and caps bytes per hour
 //!   ([`TunnelCounter`], [`ByteCounter`], [`ByteCap`]);
-//! - describes each decision as an [`EgressEvent`].
+//! - describes each decision as an [`EgressEvent`];
+//! - counts decisions and bytes for Prometheus ([`EgressMetrics`]).
 //!
 //! The server in [`proxy`] accepts CONNECT and absolute-form HTTP requests,
 //! identifies the calling app by its proxy secret, asks the engine, and
@@ -32,6 +33,7 @@ mod error;
 mod event;
 mod host;
 mod limits;
+mod metrics;
 mod pattern;
 pub mod proxy;
 mod resolve;
@@ -49,6 +51,7 @@ pub use limits::{
     AppBytes, AppUsage, BYTE_CAP_PERIOD, ByteAccounting, ByteCap, ByteCounter, CapWatch, Direction, TunnelCounter,
     TunnelGuard,
 };
+pub use metrics::{ByteLabels, DecisionLabels, EgressMetrics};
 pub use pattern::{covers, matches, parse_pattern};
 pub use resolve::{HickoryResolver, Resolve, ResolveFuture, StaticResolver};
 pub use rules::{AppRules, EgressRules};

@@ -86,6 +86,17 @@ pub enum Direction {
     Received,
 }
 
+impl Direction {
+    /// Returns the direction as a stable lowercase string: `sent` or
+    /// `received`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Sent => "sent",
+            Direction::Received => "received",
+        }
+    }
+}
+
 /// A hook the proxy calls after copying bytes of an app's tunnel, such as
 /// a metrics exporter or the guard's byte signal.
 pub trait ByteAccounting: Send + Sync {

@@ -12,6 +12,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use portcullis_config::AppId;
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
 use super::tunnel::Activity;
@@ -39,11 +40,14 @@ pub(crate) struct Meter {
     pub direction: Direction,
     pub accounting: Arc<dyn ByteAccounting>,
     pub usage: Option<Arc<AppUsage>>,
+    /// `portcullis_egress_bytes_total` of this app and direction.
+    pub counter: Counter,
 }
 
 impl Meter {
     pub fn record(&self, bytes: usize) {
         self.accounting.record(&self.app_id, self.direction, bytes as u64);
+        self.counter.inc_by(bytes as u64);
         if let Some(usage) = &self.usage {
             usage.record(bytes as u64);
         }

@@ -46,6 +46,7 @@ impl Upstream {
             direction,
             accounting: Arc::clone(&context.proxy.bytes),
             usage: self.cap.as_ref().map(|(usage, _)| Arc::clone(usage)),
+            counter: context.proxy.metrics.bytes_counter(app_id, direction),
         }
     }
 }
@@ -177,6 +178,7 @@ pub(crate) async fn open_upstream(
         .map_err(|_| ProxyError::TunnelLimit { app_id: app_id.clone(), limit: settings.max_tunnels_per_app })?;
 
     let decision = proxy.engine.evaluate(&caller.rules, host, port).await;
+    proxy.metrics.count_decision(&caller.app_id, decision.verdict, &decision.rule);
     let event = EgressEvent::new(&caller.app_id, host, &decision);
 
     let Some(target) = &decision.target else {
@@ -239,6 +241,7 @@ fn refuse_over_cap(
         resolved: Vec::new(),
         target: None,
     };
+    proxy.metrics.count_decision(&caller.app_id, decision.verdict, &decision.rule);
     proxy.events.send(EgressEvent::new(&caller.app_id, requested, &decision));
     let error = ProxyError::ByteLimit { app_id: caller.app_id.to_string(), host, port, source };
     log_decision(method, &decision, Err(&error));

@@ -53,6 +53,7 @@ use tokio_util::task::TaskTracker;
 use crate::engine::Engine;
 use crate::event::EgressEvent;
 use crate::limits::{BYTE_CAP_PERIOD, ByteAccounting, ByteCap, ByteCounter, TunnelCounter};
+use crate::metrics::EgressMetrics;
 use crate::rules::AppRules;
 
 pub use error::ProxyError;
@@ -161,6 +162,7 @@ pub struct Proxy {
     tunnels: Arc<TunnelCounter>,
     bytes: Arc<dyn ByteAccounting>,
     cap: Option<Arc<ByteCap>>,
+    metrics: EgressMetrics,
     events: EventSink,
     limits: ListenerLimits,
 }
@@ -189,6 +191,7 @@ impl Proxy {
             tunnels,
             bytes: Arc::new(ByteCounter::new()),
             cap,
+            metrics: EgressMetrics::new(),
             events: EventSink::new(events),
             limits: ListenerLimits::default(),
         }
@@ -203,6 +206,12 @@ impl Proxy {
     /// Sets where bytes copied per app are recorded.
     pub fn with_byte_accounting(mut self, bytes: Arc<dyn ByteAccounting>) -> Self {
         self.bytes = bytes;
+        self
+    }
+
+    /// Sets the counters of decisions and bytes, registered by the caller.
+    pub fn with_metrics(mut self, metrics: EgressMetrics) -> Self {
+        self.metrics = metrics;
         self
     }
 

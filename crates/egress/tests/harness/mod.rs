@@ -22,7 +22,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use portcullis_config::{AppId, EgressSettings, HostPattern, Mode, Space, SpaceName};
 use portcullis_egress::proxy::{AppDirectory, ListenerLimits, Proxy, ProxySecret, ProxySecrets, serve};
-use portcullis_egress::{AppRules, ByteCap, ByteCounter, EgressEvent, EgressRules, Engine, StaticResolver};
+use portcullis_egress::{
+    AppRules, ByteCap, ByteCounter, EgressEvent, EgressMetrics, EgressRules, Engine, StaticResolver,
+};
 use portcullis_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -224,6 +226,7 @@ pub struct Harness {
     pub proxy: Arc<Proxy>,
     pub events: mpsc::Receiver<EgressEvent>,
     pub bytes: Arc<ByteCounter>,
+    pub metrics: EgressMetrics,
     secrets: HashMap<&'static str, ProxySecret>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
@@ -275,7 +278,8 @@ impl Harness {
 
         let (sender, events) = mpsc::channel(options.event_capacity);
         let bytes = Arc::new(ByteCounter::new());
-        let mut proxy = Proxy::new(engine, apps, secrets, sender);
+        let metrics = EgressMetrics::new();
+        let mut proxy = Proxy::new(engine, apps, secrets, sender).with_metrics(metrics.clone());
         if let (Some(limit), Some(period)) = (options.max_bytes_per_app, options.byte_cap_period) {
             proxy = proxy.with_byte_cap(Some(ByteCap::new(limit, period)));
         }
@@ -297,6 +301,7 @@ impl Harness {
             proxy,
             events,
             bytes,
+            metrics,
             secrets: issued,
             shutdown: Some(shutdown),
             server: Some(server),
