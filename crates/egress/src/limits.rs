@@ -172,7 +172,7 @@ pub const BYTE_CAP_PERIOD: Duration = Duration::from_secs(3600);
 ///
 /// NOTE: the periods are fixed, not sliding, so an app can move up to twice
 /// the cap within one hour that spans the end of a period. A tunnel also
-/// copies the chunk it is writing (at most 16 KiB) before it closes, so the
+/// copies the chunk it is writing (at most 64 KiB) before it closes, so the
 /// count can pass the cap by that much per open tunnel.
 #[derive(Debug)]
 pub struct ByteCap {

@@ -11,7 +11,7 @@ use portcullis_config::AppId;
 use portcullis_egress::{BYTE_LIMIT_RULE, ReasonCode, Verdict};
 
 /// The cap the tests set, in bytes.
-const CAP: u64 = 64 * 1024;
+const CAP: u64 = 256 * 1024;
 
 /// What the source server sends per connection: four times the cap.
 const SOURCE_BYTES: usize = 4 * CAP as usize;
@@ -33,7 +33,7 @@ async fn byte_cap_closes_tunnel_and_refuses() {
     let mut tunnel = raw_connect(proxy.address, Some(&basic), &format!("127.0.0.1:{}", source.port)).await;
     assert_eq!(tunnel.status, 200, "{}", tunnel.body);
     let read = read_until_closed(&mut tunnel.stream, Duration::from_secs(10)).await;
-    assert!(read as u64 >= CAP - 16 * 1024, "tunnel closed early, after {read} bytes");
+    assert!(read as u64 >= CAP - 64 * 1024, "tunnel closed early, after {read} bytes");
     assert!(read < SOURCE_BYTES, "tunnel was not closed at the cap: {read} bytes read");
     let usage = proxy.proxy.byte_cap().expect("a cap is set").usage(&AppId::parse(WEATHER_APP).unwrap()).bytes();
     assert!(usage >= CAP, "counted {usage} bytes");

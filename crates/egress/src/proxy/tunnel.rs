@@ -14,7 +14,7 @@ use super::body::Meter;
 use crate::limits::CapWatch;
 
 /// Size of each direction's copy buffer, in bytes.
-const BUFFER_BYTES: usize = 16 * 1024;
+const BUFFER_BYTES: usize = 64 * 1024;
 
 /// The reason a tunnel closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
