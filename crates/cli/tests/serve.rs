@@ -38,6 +38,18 @@ fn wait_for_port(port: u16, server: &mut Server) {
     }
 }
 
+/// Issues an egress proxy secret for `app` in the platform's store, as the
+/// runtime does at deploy, and returns it.
+fn issue_proxy_secret(data: &Path, app: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let store = portcullis_store::Store::open_in(data).await.expect("open the platform's store");
+        let secrets = portcullis_egress::proxy::ProxySecrets::new(store);
+        let app_id = portcullis_config::AppId::parse(app).unwrap();
+        secrets.issue(&app_id).await.expect("issue a proxy secret").expose().to_owned()
+    })
+}
+
 fn start_serve(data: &Path, config: &str, extra: &[&str]) -> Server {
     Server(
         Command::new(env!("CARGO_BIN_EXE_portcullis"))
@@ -75,6 +87,7 @@ fn serve_runs_token_service_until_sigterm() {
 
     for args in [
         vec!["app", "register", "--id", "weather-app", "--name", "Weather", "--owner", "acme"],
+        vec!["app", "register", "--id", "egress-app", "--name", "Egress probe", "--owner", "acme"],
         vec![
             "grant",
             "add",
@@ -190,13 +203,26 @@ fn serve_runs_token_service_until_sigterm() {
     let status = portcullis(&data, &["status", "--config", config, "--format", "json"]);
     assert_eq!(status.status.code(), Some(0), "{}", String::from_utf8_lossy(&status.stderr));
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let app = &status["apps"][0];
+    let apps = status["apps"].as_array().expect("an apps array");
+    let app = apps.iter().find(|app| app["app_id"] == "weather-app").expect("weather-app in the status");
     assert_eq!(app["app_id"], "weather-app", "{status}");
     assert_eq!(app["stats"]["services"]["weather"]["outcomes"]["401"], 20, "{status}");
     assert_eq!(app["decision"]["kind"], "ban", "{status}");
     let table = portcullis(&data, &["status", "--config", config]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("weather-app") && table.contains("banned: "), "{table}");
+
+    // A refused egress request is counted by app, verdict and rule. The
+    // proxy refuses the port before connecting, so nothing is contacted.
+    let secret = issue_proxy_secret(&data, "egress-app");
+    let egress = Command::new("curl")
+        .args(["--silent", "--max-time", "10", "--noproxy", "", "--proxytunnel", "--output", "/dev/null"])
+        .args(["--write-out", "%{http_connect}"])
+        .args(["--proxy", &format!("http://egress-app:{secret}@127.0.0.1:{}", ports[1])])
+        .arg(format!("http://127.0.0.1:{}/", ports[5]))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&egress.stdout), "403");
 
     // Prometheus metrics, for a platform certificate only.
     let monitor = dir.path().join("monitor");
@@ -220,8 +246,15 @@ fn serve_runs_token_service_until_sigterm() {
         metrics.contains(r#"portcullis_requests_total{app_id="weather-app",service="weather",class="401"} 20"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"portcullis_guard_decisions_total{kind="ban",mode="enforce"} 1"#), "{metrics}");
+    // Two bans: weather-app's for the 401s, egress-app's for its egress
+    // violation.
+    assert!(metrics.contains(r#"portcullis_guard_decisions_total{kind="ban",mode="enforce"} 2"#), "{metrics}");
     assert!(metrics.contains("portcullis_guard_dropped_events_total 0"), "{metrics}");
+    assert!(
+        metrics
+            .contains(r#"portcullis_egress_decisions_total{app_id="egress-app",verdict="deny",rule="allow_ports"} 1"#),
+        "{metrics}"
+    );
     assert_eq!(scrape(&app_dir).0, "403", "an app certificate may not use the operator API");
 
     // A monitoring certificate may read but not change bans.

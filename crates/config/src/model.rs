@@ -378,6 +378,9 @@ pub struct EgressSettings {
     pub max_tunnel_lifetime: Duration,
     /// Open tunnels allowed per app.
     pub max_tunnels_per_app: u32,
+    /// Bytes an app may move through the egress proxy, both directions
+    /// together, per accounting period of one hour; `None` means no cap.
+    pub max_bytes_per_app: Option<u64>,
     /// Optional country rule.
     pub countries: Option<CountryRule>,
 }

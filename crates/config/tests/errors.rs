@@ -23,6 +23,7 @@ fn example_is_valid() {
     assert_eq!(config.services.len(), 2);
     assert_eq!(config.guard.policies.len(), 4);
     assert_eq!(config.identity.app_cert_lifetime.as_secs(), 86_400);
+    assert_eq!(config.egress.max_bytes_per_app, Some(10 * 1024 * 1024 * 1024));
 }
 
 #[test]
@@ -163,6 +164,18 @@ fn broken_configurations_name_key_path() {
             edited("allow_ports = [80, 443]", "allow_ports = [80, 70000]"),
             "egress.allow_ports[1]",
             "65535",
+        ),
+        (
+            "byte cap too small",
+            edited("max_bytes_per_app = 10737418240", "max_bytes_per_app = 1024"),
+            "egress.max_bytes_per_app",
+            "from 1048576 to 1125899906842624 (bytes per app per hour)",
+        ),
+        (
+            "negative byte cap",
+            edited("max_bytes_per_app = 10737418240", "max_bytes_per_app = -1"),
+            "egress.max_bytes_per_app",
+            "from 1048576",
         ),
         (
             "unknown outcome class",

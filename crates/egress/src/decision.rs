@@ -68,6 +68,9 @@ pub enum ReasonCode {
     CidrAllowed,
     /// The host name matches the allow-lists that apply.
     HostAllowed,
+    /// The app has reached `egress.max_bytes_per_app` in the current
+    /// accounting period.
+    ByteLimit,
 }
 
 impl ReasonCode {
@@ -87,9 +90,14 @@ impl ReasonCode {
             ReasonCode::NotAllowed => "not_allowed",
             ReasonCode::CidrAllowed => "cidr_allowed",
             ReasonCode::HostAllowed => "host_allowed",
+            ReasonCode::ByteLimit => "byte_limit",
         }
     }
 }
+
+/// The rule id of a refusal by the per-app byte cap,
+/// `egress.max_bytes_per_app`.
+pub const BYTE_LIMIT_RULE: &str = "limit:bytes";
 
 /// The addresses a permitted connection may go to: every address the name
 /// resolved to (or the literal), each checked, with the requested port.

@@ -94,4 +94,20 @@ pub enum EgressError {
         /// The limit.
         limit: u32,
     },
+
+    /// The app has moved its `egress.max_bytes_per_app` in the current
+    /// accounting period.
+    #[error(
+        "app {app_id} has moved {bytes} bytes through the egress proxy, reaching the egress.max_bytes_per_app limit of {limit} bytes; the period ends in {resets_in:?}"
+    )]
+    ByteLimit {
+        /// The app.
+        app_id: String,
+        /// Bytes counted in the current period.
+        bytes: u64,
+        /// The cap, in bytes per period.
+        limit: u64,
+        /// Time until the current period ends.
+        resets_in: Duration,
+    },
 }

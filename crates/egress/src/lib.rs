@@ -16,8 +16,10 @@
 //! - resolves names itself through an injectable [`Resolve`], refusing the
 //!   whole answer if any address is special-purpose ([`special`]);
 //! - applies an optional country rule from a MaxMind-format database;
-//! - counts tunnels and bytes per app ([`TunnelCounter`], [`ByteCounter`]);
-//! - describes each decision as an [`EgressEvent`].
+//! - counts tunnels and bytes per app and caps bytes per hour
+//!   ([`TunnelCounter`], [`ByteCounter`], [`ByteCap`]);
+//! - describes each decision as an [`EgressEvent`];
+//! - counts decisions and bytes for Prometheus ([`EgressMetrics`]).
 //!
 //! The server in [`proxy`] accepts CONNECT and absolute-form HTTP requests,
 //! identifies the calling app by its proxy secret, asks the engine, and
@@ -31,6 +33,7 @@ mod error;
 mod event;
 mod host;
 mod limits;
+mod metrics;
 mod pattern;
 pub mod proxy;
 mod resolve;
@@ -39,12 +42,16 @@ pub mod special;
 
 pub use connect::connect;
 pub use country::CountryDb;
-pub use decision::{CheckedTarget, Decision, ReasonCode, Verdict};
+pub use decision::{BYTE_LIMIT_RULE, CheckedTarget, Decision, ReasonCode, Verdict};
 pub use engine::Engine;
 pub use error::{EgressError, HostError};
 pub use event::EgressEvent;
 pub use host::{Host, MAX_LABEL_LEN, MAX_NAME_LEN, split_authority};
-pub use limits::{AppBytes, ByteAccounting, ByteCounter, Direction, TunnelCounter, TunnelGuard};
+pub use limits::{
+    AppBytes, AppUsage, BYTE_CAP_PERIOD, ByteAccounting, ByteCap, ByteCounter, CapWatch, Direction, TunnelCounter,
+    TunnelGuard,
+};
+pub use metrics::{ByteLabels, DecisionLabels, EgressMetrics};
 pub use pattern::{covers, matches, parse_pattern};
 pub use resolve::{HickoryResolver, Resolve, ResolveFuture, StaticResolver};
 pub use rules::{AppRules, EgressRules};

@@ -1,11 +1,15 @@
 //! Per-app limits the proxy server applies to open tunnels: a concurrent
-//! tunnel count with a guard that releases on drop, and byte accounting.
+//! tunnel count with a guard that releases on drop, byte accounting, and a
+//! byte cap per accounting period.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use portcullis_config::AppId;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::error::EgressError;
 
@@ -82,6 +86,17 @@ pub enum Direction {
     Received,
 }
 
+impl Direction {
+    /// Returns the direction as a stable lowercase string: `sent` or
+    /// `received`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Sent => "sent",
+            Direction::Received => "received",
+        }
+    }
+}
+
 /// A hook the proxy calls after copying bytes of an app's tunnel, such as
 /// a metrics exporter or the guard's byte signal.
 pub trait ByteAccounting: Send + Sync {
@@ -139,5 +154,163 @@ impl ByteAccounting for ByteCounter {
             Direction::Received => &entry.received,
         };
         counter.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// The accounting period of [`ByteCap`]: one hour.
+pub const BYTE_CAP_PERIOD: Duration = Duration::from_secs(3600);
+
+/// Caps the bytes each app moves through the proxy, both directions
+/// together, per accounting period (`egress.max_bytes_per_app` per
+/// [`BYTE_CAP_PERIOD`]).
+///
+/// Periods are fixed and per app: an app's period starts with the first
+/// byte counted or request checked after its previous period ended, so an
+/// app that was idle starts afresh. Once an app's count reaches the cap,
+/// [`AppUsage::check`] refuses new connections and every watcher from
+/// [`AppUsage::check`] is told to close, until the period ends.
+///
+/// NOTE: the periods are fixed, not sliding, so an app can move up to twice
+/// the cap within one hour that spans the end of a period. A tunnel also
+/// copies the chunk it is writing (at most 64 KiB) before it closes, so the
+/// count can pass the cap by that much per open tunnel.
+#[derive(Debug)]
+pub struct ByteCap {
+    limit: u64,
+    period: Duration,
+    apps: Mutex<HashMap<AppId, Arc<AppUsage>>>,
+}
+
+impl ByteCap {
+    /// Creates a cap of `limit` bytes per app per `period`.
+    pub fn new(limit: u64, period: Duration) -> Arc<Self> {
+        Arc::new(Self { limit, period, apps: Mutex::new(HashMap::new()) })
+    }
+
+    /// Returns the cap, in bytes per period.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Returns the accounting period.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Returns the usage of `app_id`, created empty on first use. The
+    /// proxy looks it up once per tunnel or exchange and records into it.
+    pub fn usage(&self, app_id: &AppId) -> Arc<AppUsage> {
+        let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        let usage = apps.entry(app_id.clone()).or_insert_with(|| {
+            let (reached, _) = watch::channel(());
+            Arc::new(AppUsage {
+                app_id: app_id.clone(),
+                limit: self.limit,
+                period: self.period,
+                window: Mutex::new(None),
+                reached,
+            })
+        });
+        Arc::clone(usage)
+    }
+}
+
+impl ByteAccounting for ByteCap {
+    fn record(&self, app_id: &AppId, _direction: Direction, bytes: u64) {
+        self.usage(app_id).record(bytes);
+    }
+}
+
+/// One app's bytes in its current accounting period.
+#[derive(Debug)]
+pub struct AppUsage {
+    app_id: AppId,
+    limit: u64,
+    period: Duration,
+    window: Mutex<Option<UsageWindow>>,
+    /// Notified each time the app's count reaches the cap.
+    reached: watch::Sender<()>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct UsageWindow {
+    started: Instant,
+    bytes: u64,
+}
+
+impl AppUsage {
+    /// Counts `bytes` moved either way. When the count reaches the cap,
+    /// tells every watcher to close and logs it once per period.
+    pub fn record(&self, bytes: u64) {
+        let now = Instant::now();
+        let (before, after) = {
+            let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+            let current = self.current(&mut window, now);
+            let before = current.bytes;
+            current.bytes = before.saturating_add(bytes);
+            (before, current.bytes)
+        };
+        if before < self.limit && after >= self.limit {
+            tracing::info!(
+                app_id = %self.app_id,
+                bytes = after,
+                limit = self.limit,
+                period_s = self.period.as_secs(),
+                "app reached egress.max_bytes_per_app; closing its tunnels"
+            );
+            self.reached.send_replace(());
+        }
+    }
+
+    /// Returns a watcher that resolves when the app next reaches the cap,
+    /// or [`EgressError::ByteLimit`] if it has reached it in the current
+    /// period.
+    pub fn check(&self) -> Result<CapWatch, EgressError> {
+        let now = Instant::now();
+        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.current(&mut window, now);
+        if current.bytes >= self.limit {
+            let resets_in = (current.started + self.period).saturating_duration_since(now);
+            return Err(EgressError::ByteLimit {
+                app_id: self.app_id.to_string(),
+                bytes: current.bytes,
+                limit: self.limit,
+                resets_in,
+            });
+        }
+        Ok(CapWatch { receiver: self.reached.subscribe() })
+    }
+
+    /// Returns the bytes counted in the current period.
+    pub fn bytes(&self) -> u64 {
+        let window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        window.filter(|w| w.started.elapsed() < self.period).map_or(0, |w| w.bytes)
+    }
+
+    /// Returns the current period, starting a new one if the last has
+    /// ended or none has started.
+    fn current<'a>(&self, window: &'a mut Option<UsageWindow>, now: Instant) -> &'a mut UsageWindow {
+        let expired = window.is_none_or(|w| now.saturating_duration_since(w.started) >= self.period);
+        if expired {
+            *window = Some(UsageWindow { started: now, bytes: 0 });
+        }
+        window.as_mut().expect("set above")
+    }
+}
+
+/// Resolves when an app reaches its byte cap after the watcher was made.
+/// A clone watches from the same point.
+#[derive(Debug, Clone)]
+pub struct CapWatch {
+    receiver: watch::Receiver<()>,
+}
+
+impl CapWatch {
+    /// Waits until the app reaches its byte cap. Never resolves if the cap
+    /// is dropped first.
+    pub async fn reached(mut self) {
+        if self.receiver.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }

@@ -4,7 +4,9 @@ mod common;
 
 use common::app_id;
 use portcullis_config::AppId;
-use portcullis_egress::{ByteAccounting, ByteCounter, Direction, EgressError, TunnelCounter};
+use std::time::Duration;
+
+use portcullis_egress::{ByteAccounting, ByteCap, ByteCounter, Direction, EgressError, TunnelCounter};
 
 #[test]
 fn tunnel_limit_enforced_and_released() {
@@ -79,4 +81,54 @@ fn bytes_counted_per_app_and_direction() {
     assert_eq!(counter.totals(&app), (120, 5000));
     assert_eq!(counter.totals(&other), (0, 7));
     assert_eq!(counter.totals(&AppId::parse("idle-app").unwrap()), (0, 0));
+}
+
+#[test]
+fn byte_cap_counts_both_directions() {
+    let cap = ByteCap::new(1000, Duration::from_secs(3600));
+    let app = app_id();
+
+    cap.record(&app, Direction::Sent, 400);
+    cap.record(&app, Direction::Received, 500);
+    assert_eq!(cap.usage(&app).bytes(), 900);
+    assert!(cap.usage(&app).check().is_ok(), "900 of 1000 bytes is under the cap");
+
+    cap.record(&app, Direction::Received, 100);
+    let error = cap.usage(&app).check().expect_err("1000 of 1000 bytes reaches the cap");
+    assert!(
+        matches!(&error, EgressError::ByteLimit { app_id, bytes: 1000, limit: 1000, .. } if app_id == "weather-app")
+    );
+    let message = error.to_string();
+    assert!(message.contains("weather-app"), "{message}");
+    assert!(message.contains("egress.max_bytes_per_app"), "{message}");
+
+    let other = AppId::parse("other-app").unwrap();
+    assert!(cap.usage(&other).check().is_ok(), "each app has its own count");
+}
+
+#[tokio::test]
+async fn byte_cap_wakes_watchers() {
+    let cap = ByteCap::new(1000, Duration::from_secs(3600));
+    let usage = cap.usage(&app_id());
+    let watch = usage.check().expect("under the cap");
+    let waiting = tokio::spawn(watch.reached());
+
+    usage.record(999);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "999 bytes is under the cap");
+
+    usage.record(1);
+    tokio::time::timeout(Duration::from_secs(2), waiting).await.expect("the watcher wakes").unwrap();
+}
+
+#[tokio::test]
+async fn byte_cap_period_restarts() {
+    let cap = ByteCap::new(1000, Duration::from_millis(200));
+    let usage = cap.usage(&app_id());
+    usage.record(1500);
+    assert!(usage.check().is_err());
+
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(usage.bytes(), 0, "the period ended");
+    assert!(usage.check().is_ok(), "a new period starts from zero");
 }

@@ -273,7 +273,9 @@ impl Platform {
         // Egress proxy.
         let egress_listener = bind("egress", config.listeners.egress).await?;
         addresses.egress = egress_listener.local_addr().unwrap_or(config.listeners.egress);
-        let (proxy, egress_events) = egress_proxy(config, &store, &guard).await?;
+        let egress_metrics = portcullis_egress::EgressMetrics::new();
+        egress_metrics.register(&mut registry);
+        let (proxy, egress_events) = egress_proxy(config, &store, &guard, egress_metrics).await?;
         background.push(tokio::spawn(forward_egress_events(
             egress_events,
             guard.events.clone(),
@@ -410,12 +412,14 @@ fn component_request(
     Ok(LeafRequest::new(id, lifetimes).with_dns_names(names))
 }
 
-/// Builds the egress proxy with the rules of every registered app and the
-/// guard's bans, and returns it with the receiving end of its event queue.
+/// Builds the egress proxy with the rules of every registered app, the
+/// guard's bans and the registered `metrics`, and returns it with the
+/// receiving end of its event queue.
 async fn egress_proxy(
     config: &PlatformConfig,
     store: &Store,
     guard: &RunningGuard,
+    metrics: portcullis_egress::EgressMetrics,
 ) -> Result<
     (Arc<portcullis_egress::proxy::Proxy>, tokio::sync::mpsc::Receiver<portcullis_egress::EgressEvent>),
     PlatformError,
@@ -445,12 +449,16 @@ async fn egress_proxy(
         let now_ms = portcullis_store::now_ms();
         matches!(decisions.borrow().verdict(app_id.as_str(), now_ms), portcullis_guard::Verdict::Ban { .. })
     };
-    let proxy = Proxy::new(engine, apps, ProxySecrets::new(store.clone()), events).with_ban_check(Arc::new(banned));
+    let proxy = Proxy::new(engine, apps, ProxySecrets::new(store.clone()), events)
+        .with_ban_check(Arc::new(banned))
+        .with_metrics(metrics);
     Ok((Arc::new(proxy), receiver))
 }
 
 /// Writes each egress event as a JSON line to `path`, and sends every
-/// enforced refusal to the guard as an egress violation.
+/// enforced refusal to the guard as an egress violation, except refusals by
+/// the byte cap: an app at its quota is not probing forbidden destinations,
+/// and the cap already stops its traffic until the period ends.
 async fn forward_egress_events(
     mut events: tokio::sync::mpsc::Receiver<portcullis_egress::EgressEvent>,
     guard: portcullis_guard::EventSender,
@@ -466,7 +474,7 @@ async fn forward_egress_events(
         }
     };
     while let Some(event) = events.recv().await {
-        if event.verdict == portcullis_egress::Verdict::Deny {
+        if event.verdict == portcullis_egress::Verdict::Deny && event.rule != portcullis_egress::BYTE_LIMIT_RULE {
             guard.send(portcullis_guard::GuardEvent::EgressViolation {
                 app_id: event.app_id.clone(),
                 host: event.requested_host.clone(),

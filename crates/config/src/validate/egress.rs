@@ -158,6 +158,13 @@ pub(super) fn cidr_list(check: &Checker, key: &str, raw: &[String]) -> Result<Ve
     Ok(nets)
 }
 
+/// Smallest `egress.max_bytes_per_app`, 1 MiB: a lower cap would close
+/// tunnels after a few TLS handshakes.
+const MIN_BYTES_PER_APP: i64 = 1 << 20;
+
+/// Largest `egress.max_bytes_per_app`, 1 PiB.
+const MAX_BYTES_PER_APP: i64 = 1 << 50;
+
 pub(super) fn egress(check: &Checker, raw: &RawEgress) -> Result<EgressSettings> {
     let mode = check.one_of(
         "egress.mode",
@@ -213,6 +220,17 @@ pub(super) fn egress(check: &Checker, raw: &RawEgress) -> Result<EgressSettings>
             10_000,
             "tunnels",
         )? as u32,
+        max_bytes_per_app: match raw.max_bytes_per_app {
+            None => None,
+            Some(bytes) => Some(check.integer(
+                "egress.max_bytes_per_app",
+                Some(bytes),
+                0,
+                MIN_BYTES_PER_APP,
+                MAX_BYTES_PER_APP,
+                "bytes per app per hour",
+            )?),
+        },
         countries,
     })
 }

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,10 +12,11 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use portcullis_config::AppId;
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
 use super::tunnel::Activity;
-use crate::limits::{ByteAccounting, Direction, TunnelGuard};
+use crate::limits::{AppUsage, ByteAccounting, CapWatch, Direction, TunnelGuard};
 
 /// The error type of proxied bodies.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -31,23 +32,34 @@ pub(crate) fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// Records bytes of one app in one direction.
+/// Records bytes of one app in one direction, in the accounting hook and,
+/// if a cap is set, in the app's byte cap usage.
 #[derive(Clone)]
 pub(crate) struct Meter {
     pub app_id: AppId,
     pub direction: Direction,
     pub accounting: Arc<dyn ByteAccounting>,
+    pub usage: Option<Arc<AppUsage>>,
+    /// `portcullis_egress_bytes_total` of this app and direction.
+    pub counter: Counter,
 }
 
 impl Meter {
     pub fn record(&self, bytes: usize) {
         self.accounting.record(&self.app_id, self.direction, bytes as u64);
+        self.counter.inc_by(bytes as u64);
+        if let Some(usage) = &self.usage {
+            usage.record(bytes as u64);
+        }
     }
 }
 
+type CapFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// A body that records its data bytes, marks the exchange's activity,
-/// fails after `idle` without a frame or at `deadline`, and keeps the
-/// exchange's tunnel slot while it lives.
+/// fails after `idle` without a frame, at `deadline` or when the app
+/// reaches its byte cap, and keeps the exchange's tunnel slot while it
+/// lives.
 pub(crate) struct MeteredBody<B> {
     inner: B,
     meter: Meter,
@@ -55,6 +67,9 @@ pub(crate) struct MeteredBody<B> {
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
+    /// In a mutex only so the body is `Sync`, as `BoxBody` needs; it is
+    /// reached through `&mut self` and never locked.
+    cap_reached: Option<Mutex<CapFuture>>,
     _slot: Arc<TunnelGuard>,
 }
 
@@ -65,6 +80,7 @@ impl<B> MeteredBody<B> {
         limits: (Duration, Instant),
         activity: Arc<Activity>,
         slot: Arc<TunnelGuard>,
+        cap: Option<CapWatch>,
     ) -> Self {
         let (idle, deadline) = limits;
         Self {
@@ -74,6 +90,7 @@ impl<B> MeteredBody<B> {
             idle,
             idle_timer: Box::pin(sleep(idle)),
             deadline: Box::pin(sleep_until(deadline)),
+            cap_reached: cap.map(|cap| Mutex::new(Box::pin(cap.reached()) as CapFuture)),
             _slot: slot,
         }
     }
@@ -89,6 +106,14 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+
+        let cap_reached = this.cap_reached.as_mut().is_some_and(|reached| {
+            let reached = reached.get_mut().unwrap_or_else(PoisonError::into_inner);
+            reached.as_mut().poll(cx).is_ready()
+        });
+        if cap_reached {
+            return Poll::Ready(Some(Err("the app reached egress.max_bytes_per_app".into())));
+        }
 
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

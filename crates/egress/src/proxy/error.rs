@@ -75,6 +75,21 @@ pub enum ProxyError {
         limit: u32,
     },
 
+    /// The app has reached `egress.max_bytes_per_app` in the current
+    /// accounting period.
+    #[error("app {app_id}: egress to {host}:{port} refused: {source}")]
+    ByteLimit {
+        /// The app.
+        app_id: String,
+        /// The host as requested.
+        host: String,
+        /// The port.
+        port: u16,
+        /// The byte cap's error, naming the count, the cap and the time
+        /// until the period ends.
+        source: EgressError,
+    },
+
     /// The engine refused the destination.
     #[error("app {app_id}: egress to {host}:{port} denied by {rule} ({})", reason.as_str())]
     Denied {
@@ -158,7 +173,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingCredentials { .. } | Self::WrongSecret { .. } => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            Self::Banned { .. } | Self::NotDeployed { .. } | Self::Denied { .. } => StatusCode::FORBIDDEN,
+            Self::Banned { .. } | Self::NotDeployed { .. } | Self::Denied { .. } | Self::ByteLimit { .. } => {
+                StatusCode::FORBIDDEN
+            }
             Self::BadTarget { .. } => StatusCode::BAD_REQUEST,
             Self::TunnelLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ConnectTimeout { .. } | Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,

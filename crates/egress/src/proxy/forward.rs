@@ -12,7 +12,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::Context;
 use super::auth::Caller;
-use super::body::{Meter, MeteredBody, ProxyBody};
+use super::body::{MeteredBody, ProxyBody};
 use super::error::ProxyError;
 use super::handle::{Upstream, open_upstream};
 use super::tunnel::{Activity, idle_watchdog};
@@ -62,7 +62,14 @@ pub(crate) async fn forward(
         HeaderValue::from_str(authority.as_str()).map_err(|_| bad_target("the target's host is not valid"))?;
 
     let method = request.method().clone();
-    let Upstream { stream, slot, host, port } = open_upstream(context, caller, &method, host, port).await?;
+    let mut upstream = open_upstream(context, caller, &method, host, port).await?;
+    let sent = upstream.meter(context, &caller.app_id, Direction::Sent);
+    let received = upstream.meter(context, &caller.app_id, Direction::Received);
+    let (request_cap, response_cap) = match upstream.cap.take() {
+        Some((_, watch)) => (Some(watch.clone()), Some(watch)),
+        None => (None, None),
+    };
+    let Upstream { stream, slot, host, port, .. } = upstream;
     let upstream_error = |error: hyper::Error| ProxyError::Upstream {
         app_id: app_id.clone(),
         host: host.clone(),
@@ -75,8 +82,6 @@ pub(crate) async fn forward(
     let deadline = Instant::now() + lifetime;
     let slot = Arc::new(slot);
     let activity = Activity::new();
-    let meter =
-        |direction| Meter { app_id: caller.app_id.clone(), direction, accounting: Arc::clone(&context.proxy.bytes) };
 
     let (mut parts, body) = request.into_parts();
     remove_hop_by_hop(&mut parts.headers);
@@ -87,8 +92,7 @@ pub(crate) async fn forward(
     parts.headers.append(VIA, HeaderValue::from_static(VIA_ENTRY));
     parts.uri = origin_form;
     parts.version = Version::HTTP_11;
-    let body =
-        MeteredBody::new(body, meter(Direction::Sent), (idle, deadline), Arc::clone(&activity), Arc::clone(&slot));
+    let body = MeteredBody::new(body, sent, (idle, deadline), Arc::clone(&activity), Arc::clone(&slot), request_cap);
     let outgoing = Request::from_parts(parts, body);
 
     let (mut sender, connection) =
@@ -119,7 +123,7 @@ pub(crate) async fn forward(
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     tracing::debug!(%host, port, status = parts.status.as_u16(), "egress response head forwarded");
-    let body = MeteredBody::new(body, meter(Direction::Received), (idle, deadline), activity, slot);
+    let body = MeteredBody::new(body, received, (idle, deadline), activity, slot, response_cap);
     Ok(Response::from_parts(parts, body.boxed()))
 }
 

@@ -12,26 +12,43 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::Context;
+use portcullis_config::{AppId, Mode};
+
 use super::auth::{Caller, identify};
 use super::body::{Meter, ProxyBody, empty};
 use super::error::ProxyError;
 use super::forward::forward;
 use super::reply::error_response;
 use super::tunnel::{TunnelBytes, TunnelPolicy, copy_tunnel};
+use super::{Context, Proxy};
 use crate::connect::connect;
-use crate::decision::{Decision, Verdict};
+use crate::decision::{BYTE_LIMIT_RULE, Decision, ReasonCode, Verdict};
 use crate::error::EgressError;
 use crate::event::EgressEvent;
-use crate::host::split_authority;
-use crate::limits::{Direction, TunnelGuard};
+use crate::host::{Host, split_authority};
+use crate::limits::{AppUsage, CapWatch, Direction, TunnelGuard};
 
-/// A connection to a checked address, with the app's tunnel slot.
+/// A connection to a checked address, with the app's tunnel slot and, if
+/// a byte cap is set, the app's usage and a watcher for reaching the cap.
 pub(crate) struct Upstream {
     pub stream: TcpStream,
     pub slot: TunnelGuard,
     pub host: String,
     pub port: u16,
+    pub cap: Option<(Arc<AppUsage>, CapWatch)>,
+}
+
+impl Upstream {
+    /// Returns the meter of `direction` for this connection's app.
+    pub fn meter(&self, context: &Context, app_id: &AppId, direction: Direction) -> Meter {
+        Meter {
+            app_id: app_id.clone(),
+            direction,
+            accounting: Arc::clone(&context.proxy.bytes),
+            usage: self.cap.as_ref().map(|(usage, _)| Arc::clone(usage)),
+            counter: context.proxy.metrics.bytes_counter(app_id, direction),
+        }
+    }
 }
 
 /// Serves one request. Every error becomes its response here.
@@ -88,22 +105,21 @@ async fn open_tunnel(
     let (host, port) = split_authority(authority.as_str())
         .map_err(|_| bad_target("CONNECT needs host:port with a port from 1 to 65535"))?;
 
-    let upstream = open_upstream(context, caller, &Method::CONNECT, host, port).await?;
+    let mut upstream = open_upstream(context, caller, &Method::CONNECT, host, port).await?;
 
     let on_upgrade = hyper::upgrade::on(&mut request);
     let settings = context.proxy.engine.rules().settings();
-    let meter =
-        |direction| Meter { app_id: caller.app_id.clone(), direction, accounting: Arc::clone(&context.proxy.bytes) };
     let policy = TunnelPolicy {
         idle: settings.idle_timeout,
         lifetime: settings.max_tunnel_lifetime,
-        sent: meter(Direction::Sent),
-        received: meter(Direction::Received),
+        sent: upstream.meter(context, &caller.app_id, Direction::Sent),
+        received: upstream.meter(context, &caller.app_id, Direction::Received),
         stop: context.abort.clone(),
+        cap: upstream.cap.take().map(|(_, watch)| watch),
     };
 
     let tunnel = async move {
-        let Upstream { stream, slot, host, port } = upstream;
+        let Upstream { stream, slot, host, port, .. } = upstream;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
@@ -114,7 +130,7 @@ async fn open_tunnel(
 
         let opened = Instant::now();
         let bytes = TunnelBytes::default();
-        let end = copy_tunnel(TokioIo::new(upgraded), stream, &policy, &bytes).await;
+        let end = copy_tunnel(TokioIo::new(upgraded), stream, policy, &bytes).await;
         drop(slot);
         tracing::debug!(
             %host,
@@ -131,8 +147,9 @@ async fn open_tunnel(
     Ok(Response::new(empty()))
 }
 
-/// Takes a tunnel slot, decides, sends the event, writes the decision's
-/// log line and connects to the checked addresses.
+/// Checks the app's byte cap, takes a tunnel slot, decides, sends the
+/// event, writes the decision's log line and connects to the checked
+/// addresses.
 pub(crate) async fn open_upstream(
     context: &Context,
     caller: &Caller,
@@ -144,12 +161,24 @@ pub(crate) async fn open_upstream(
     let settings = proxy.engine.rules().settings();
     let app_id = caller.app_id.to_string();
 
+    let cap = match &proxy.cap {
+        None => None,
+        Some(cap) => {
+            let usage = cap.usage(&caller.app_id);
+            match usage.check() {
+                Ok(watch) => Some((usage, watch)),
+                Err(source) => return Err(refuse_over_cap(proxy, caller, method, host, port, source)),
+            }
+        }
+    };
+
     let slot = proxy
         .tunnels
         .acquire(&caller.app_id)
         .map_err(|_| ProxyError::TunnelLimit { app_id: app_id.clone(), limit: settings.max_tunnels_per_app })?;
 
     let decision = proxy.engine.evaluate(&caller.rules, host, port).await;
+    proxy.metrics.count_decision(&caller.app_id, decision.verdict, &decision.rule);
     let event = EgressEvent::new(&caller.app_id, host, &decision);
 
     let Some(target) = &decision.target else {
@@ -174,7 +203,7 @@ pub(crate) async fn open_upstream(
             };
             proxy.events.send(event);
             log_decision(method, &decision, Ok(connected));
-            Ok(Upstream { stream, slot, host: decision.host.clone(), port })
+            Ok(Upstream { stream, slot, host: decision.host.clone(), port, cap })
         }
         Err(source) => {
             proxy.events.send(event);
@@ -187,6 +216,36 @@ pub(crate) async fn open_upstream(
             Err(error)
         }
     }
+}
+
+/// Builds the refusal of an app over its byte cap, with the event and log
+/// line a decision would have. The host is normalised without a lookup,
+/// and no address is resolved.
+fn refuse_over_cap(
+    proxy: &Proxy,
+    caller: &Caller,
+    method: &Method,
+    requested: &str,
+    port: u16,
+    source: EgressError,
+) -> ProxyError {
+    let host = Host::parse(requested).map_or_else(|_| requested.to_owned(), |host| host.to_string());
+    let decision = Decision {
+        verdict: Verdict::Deny,
+        reason: ReasonCode::ByteLimit,
+        message: source.to_string(),
+        rule: BYTE_LIMIT_RULE.to_owned(),
+        mode: Mode::Enforce,
+        host: host.clone(),
+        port,
+        resolved: Vec::new(),
+        target: None,
+    };
+    proxy.metrics.count_decision(&caller.app_id, decision.verdict, &decision.rule);
+    proxy.events.send(EgressEvent::new(&caller.app_id, requested, &decision));
+    let error = ProxyError::ByteLimit { app_id: caller.app_id.to_string(), host, port, source };
+    log_decision(method, &decision, Err(&error));
+    error
 }
 
 /// Writes the one log line of a decision: refusals and failed connections
@@ -217,7 +276,10 @@ fn log_decision(method: &Method, decision: &Decision, outcome: Result<Option<Soc
 fn log_refusal(error: &ProxyError) {
     let status = error.status().as_u16();
     match error {
-        ProxyError::Denied { .. } | ProxyError::ConnectTimeout { .. } | ProxyError::Unreachable { .. } => {}
+        ProxyError::Denied { .. }
+        | ProxyError::ByteLimit { .. }
+        | ProxyError::ConnectTimeout { .. }
+        | ProxyError::Unreachable { .. } => {}
         ProxyError::WrongSecret { claimed, peer } => {
             tracing::warn!(claimed_app_id = %claimed, %peer, status, "egress proxy authentication failed: wrong secret");
         }

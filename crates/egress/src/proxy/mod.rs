@@ -13,7 +13,9 @@
 //! 3. The request target must be authority-form for CONNECT (RFC 9110
 //!    section 9.3.6), or absolute-form `http://` for any other method (RFC
 //!    9112 section 3.2.2). Any other target gets 400.
-//! 4. The app takes one of its `max_tunnels_per_app` slots, or gets 429.
+//! 4. An app that has reached `max_bytes_per_app` in the current period
+//!    gets 403 naming the rule `limit:bytes`, with an event. Otherwise it
+//!    takes one of its `max_tunnels_per_app` slots, or gets 429.
 //! 5. The engine decides ([`Engine::evaluate`]); the decision becomes one
 //!    [`EgressEvent`] on the bounded event queue and one log line. A
 //!    refusal gets 403 naming the rule id and reason code.
@@ -24,8 +26,9 @@
 //!    back (absolute form).
 //!
 //! Tunnels and forwarded exchanges close after `idle_timeout` without a
-//! byte either way and after `max_tunnel_lifetime` in any case; their bytes
-//! are recorded per app through [`ByteAccounting`].
+//! byte either way, after `max_tunnel_lifetime` in any case, and when their
+//! app reaches its byte cap ([`ByteCap`]); their bytes are recorded per app
+//! through [`ByteAccounting`].
 
 mod auth;
 mod body;
@@ -49,7 +52,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::engine::Engine;
 use crate::event::EgressEvent;
-use crate::limits::{ByteAccounting, ByteCounter, TunnelCounter};
+use crate::limits::{BYTE_CAP_PERIOD, ByteAccounting, ByteCap, ByteCounter, TunnelCounter};
+use crate::metrics::EgressMetrics;
 use crate::rules::AppRules;
 
 pub use error::ProxyError;
@@ -157,6 +161,8 @@ pub struct Proxy {
     bans: Arc<dyn BanCheck>,
     tunnels: Arc<TunnelCounter>,
     bytes: Arc<dyn ByteAccounting>,
+    cap: Option<Arc<ByteCap>>,
+    metrics: EgressMetrics,
     events: EventSink,
     limits: ListenerLimits,
 }
@@ -166,14 +172,17 @@ impl Proxy {
     /// and lifetime limits and `max_tunnels_per_app`), the deployed apps'
     /// rules, the secret store, and the sending side of the bounded event
     /// queue. No app is banned and bytes go to a fresh [`ByteCounter`]
-    /// until set otherwise.
+    /// until set otherwise. With `max_bytes_per_app` set, each app's bytes
+    /// are capped per [`BYTE_CAP_PERIOD`].
     pub fn new(
         engine: Engine,
         apps: Arc<AppDirectory>,
         secrets: ProxySecrets,
         events: mpsc::Sender<EgressEvent>,
     ) -> Self {
-        let tunnels = TunnelCounter::new(engine.rules().settings().max_tunnels_per_app);
+        let settings = engine.rules().settings();
+        let tunnels = TunnelCounter::new(settings.max_tunnels_per_app);
+        let cap = settings.max_bytes_per_app.map(|limit| ByteCap::new(limit, BYTE_CAP_PERIOD));
         Self {
             engine,
             apps,
@@ -181,6 +190,8 @@ impl Proxy {
             bans: Arc::new(NeverBanned),
             tunnels,
             bytes: Arc::new(ByteCounter::new()),
+            cap,
+            metrics: EgressMetrics::new(),
             events: EventSink::new(events),
             limits: ListenerLimits::default(),
         }
@@ -196,6 +207,24 @@ impl Proxy {
     pub fn with_byte_accounting(mut self, bytes: Arc<dyn ByteAccounting>) -> Self {
         self.bytes = bytes;
         self
+    }
+
+    /// Sets the counters of decisions and bytes, registered by the caller.
+    pub fn with_metrics(mut self, metrics: EgressMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Replaces the byte cap built from `max_bytes_per_app`, for example
+    /// with one of a shorter period; `None` removes the cap.
+    pub fn with_byte_cap(mut self, cap: Option<Arc<ByteCap>>) -> Self {
+        self.cap = cap;
+        self
+    }
+
+    /// Returns the per-app byte cap, if one is set.
+    pub fn byte_cap(&self) -> Option<&Arc<ByteCap>> {
+        self.cap.as_ref()
     }
 
     /// Sets the limits of the proxy's own listener.

@@ -11,9 +11,10 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::body::Meter;
+use crate::limits::CapWatch;
 
 /// Size of each direction's copy buffer, in bytes.
-const BUFFER_BYTES: usize = 16 * 1024;
+const BUFFER_BYTES: usize = 64 * 1024;
 
 /// The reason a tunnel closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub(crate) enum TunnelEnd {
     Lifetime,
     /// The proxy shut down.
     Shutdown,
+    /// The app reached its byte cap, `egress.max_bytes_per_app`.
+    ByteLimit,
 }
 
 impl TunnelEnd {
@@ -38,6 +41,7 @@ impl TunnelEnd {
             Self::Idle => "idle_timeout",
             Self::Lifetime => "max_lifetime",
             Self::Shutdown => "shutdown",
+            Self::ByteLimit => "byte_limit",
         }
     }
 }
@@ -49,6 +53,8 @@ pub(crate) struct TunnelPolicy {
     pub sent: Meter,
     pub received: Meter,
     pub stop: CancellationToken,
+    /// Resolves when the app reaches its byte cap; `None` without a cap.
+    pub cap: Option<CapWatch>,
 }
 
 /// The time of the last byte either way, in ms since the tunnel or
@@ -82,10 +88,16 @@ pub(crate) struct TunnelBytes {
 
 /// Copies bytes between `client` and `upstream` until both sides have
 /// closed, one fails, no byte moves either way for `policy.idle`, the
-/// tunnel is `policy.lifetime` old or `policy.stop` is cancelled. Either
+/// tunnel is `policy.lifetime` old, the app reaches its byte cap or
+/// `policy.stop` is cancelled. Either
 /// side's end of data is passed on as a write shutdown, so half-closed
 /// connections work.
-pub(crate) async fn copy_tunnel<C, U>(client: C, upstream: U, policy: &TunnelPolicy, bytes: &TunnelBytes) -> TunnelEnd
+pub(crate) async fn copy_tunnel<C, U>(
+    client: C,
+    upstream: U,
+    mut policy: TunnelPolicy,
+    bytes: &TunnelBytes,
+) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -95,6 +107,14 @@ where
     let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
 
+    let cap = policy.cap.take();
+    let cap_reached = async move {
+        match cap {
+            Some(cap) => cap.reached().await,
+            None => std::future::pending().await,
+        }
+    };
+    let policy = &policy;
     let both_ways = async {
         tokio::try_join!(
             pump(client_read, upstream_write, &policy.sent, &bytes.sent, &activity),
@@ -110,6 +130,7 @@ where
         () = idle_watchdog(&activity, policy.idle) => TunnelEnd::Idle,
         () = sleep_until(deadline) => TunnelEnd::Lifetime,
         () = policy.stop.cancelled() => TunnelEnd::Shutdown,
+        () = cap_reached => TunnelEnd::ByteLimit,
     }
 }
 

@@ -22,7 +22,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use portcullis_config::{AppId, EgressSettings, HostPattern, Mode, Space, SpaceName};
 use portcullis_egress::proxy::{AppDirectory, ListenerLimits, Proxy, ProxySecret, ProxySecrets, serve};
-use portcullis_egress::{AppRules, ByteCounter, EgressEvent, EgressRules, Engine, StaticResolver};
+use portcullis_egress::{
+    AppRules, ByteCap, ByteCounter, EgressEvent, EgressMetrics, EgressRules, Engine, StaticResolver,
+};
 use portcullis_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -134,11 +136,70 @@ impl Drop for SilentServer {
     }
 }
 
+/// A TCP server on 127.0.0.1 that sends `bytes` zero bytes on each
+/// connection, then keeps it open until the client closes.
+pub struct SourceServer {
+    pub port: u16,
+    task: JoinHandle<()>,
+}
+
+impl SourceServer {
+    pub async fn start(bytes: usize) -> Self {
+        let listener = TcpListener::bind((LOOPBACK, 0)).await.expect("bind the source server");
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let chunk = vec![0u8; 8192];
+                    let mut left = bytes;
+                    while left > 0 {
+                        let size = left.min(chunk.len());
+                        if stream.write_all(&chunk[..size]).await.is_err() {
+                            return;
+                        }
+                        left -= size;
+                    }
+                    let mut sink = [0u8; 1024];
+                    while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
+                });
+            }
+        });
+        Self { port, task }
+    }
+}
+
+impl Drop for SourceServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads from `stream` until the peer closes it or resets it, within
+/// `limit`, and returns the bytes read. Panics if it stays open longer.
+pub async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> usize {
+    let mut total = 0;
+    let mut buffer = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut buffer))
+            .await
+            .unwrap_or_else(|_| panic!("the connection is still open after {limit:?}, {total} bytes read"));
+        match read {
+            Ok(0) | Err(_) => return total,
+            Ok(read) => total += read,
+        }
+    }
+}
+
 /// Settings for a harness. Ports are the only ones apps may reach.
 pub struct Options {
     pub allow_loopback: bool,
     pub allow_ports: Vec<u16>,
     pub max_tunnels_per_app: u32,
+    pub max_bytes_per_app: Option<u64>,
+    /// The byte cap's accounting period; the proxy's default unless set.
+    pub byte_cap_period: Option<Duration>,
     pub idle_timeout: Duration,
     pub event_capacity: usize,
     pub listener: ListenerLimits,
@@ -150,6 +211,8 @@ impl Options {
             allow_loopback: true,
             allow_ports: allow_ports.to_vec(),
             max_tunnels_per_app: 8,
+            max_bytes_per_app: None,
+            byte_cap_period: None,
             idle_timeout: Duration::from_secs(5),
             event_capacity: 64,
             listener: ListenerLimits::default(),
@@ -163,6 +226,7 @@ pub struct Harness {
     pub proxy: Arc<Proxy>,
     pub events: mpsc::Receiver<EgressEvent>,
     pub bytes: Arc<ByteCounter>,
+    pub metrics: EgressMetrics,
     secrets: HashMap<&'static str, ProxySecret>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
@@ -190,6 +254,7 @@ impl Harness {
             idle_timeout: options.idle_timeout,
             max_tunnel_lifetime: Duration::from_secs(60),
             max_tunnels_per_app: options.max_tunnels_per_app,
+            max_bytes_per_app: options.max_bytes_per_app,
             countries: None,
         };
         let resolver = NAMES
@@ -213,7 +278,12 @@ impl Harness {
 
         let (sender, events) = mpsc::channel(options.event_capacity);
         let bytes = Arc::new(ByteCounter::new());
-        let proxy = Proxy::new(engine, apps, secrets, sender)
+        let metrics = EgressMetrics::new();
+        let mut proxy = Proxy::new(engine, apps, secrets, sender).with_metrics(metrics.clone());
+        if let (Some(limit), Some(period)) = (options.max_bytes_per_app, options.byte_cap_period) {
+            proxy = proxy.with_byte_cap(Some(ByteCap::new(limit, period)));
+        }
+        let proxy = proxy
             .with_ban_check(Arc::new(|app_id: &AppId| app_id.as_str() == BANNED_APP))
             .with_byte_accounting(Arc::clone(&bytes) as _)
             .with_listener_limits(options.listener);
@@ -231,6 +301,7 @@ impl Harness {
             proxy,
             events,
             bytes,
+            metrics,
             secrets: issued,
             shutdown: Some(shutdown),
             server: Some(server),
