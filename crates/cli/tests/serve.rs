@@ -260,14 +260,14 @@ fn serve_runs_token_service_until_sigterm() {
     // A monitoring certificate may read but not change bans.
     let file = |name: &str| monitor.join(name).display().to_string();
     let change = Command::new("curl")
-        .args(["--silent", "--max-time", "10", "--output", "/dev/null", "--write-out", "%{http_code}"])
+        .args(["--silent", "--show-error", "--max-time", "10", "--output", "/dev/null", "--write-out", "%{http_code}"])
         .args(["--cacert", &file("ca-bundle.pem"), "--cert", &file("cert.pem"), "--key", &file("key.pem")])
         .args(["--header", "Content-Type: application/json"])
         .args(["--data", r#"{"app_id":"weather-app","duration_secs":60,"reason":"test"}"#])
         .arg(format!("https://127.0.0.1:{}/v1/bans", ports[3]))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&change.stdout), "403");
+    assert_eq!(String::from_utf8_lossy(&change.stdout), "403", "{}", String::from_utf8_lossy(&change.stderr));
 
     // Every gateway request is in the access log.
     let access = std::fs::read_to_string(data.join("access.jsonl")).unwrap_or_default();

@@ -95,6 +95,9 @@ async fn require_platform_identity(
             if reading || WRITERS.contains(&component) {
                 next.run(request).await
             } else {
+                // Read the small request body first: an HTTP/2 client whose
+                // body is left unread sees the stream reset, not the 403.
+                let _ = axum::body::to_bytes(request.into_body(), 64 * 1024).await;
                 tracing::warn!(identity = %client.spiffe_id, "operator API rejected a change from a read-only identity");
                 ApiError(
                     StatusCode::FORBIDDEN,
