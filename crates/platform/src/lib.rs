@@ -17,6 +17,8 @@
 //!   rules (the live space's list), the guard's bans, and its events sent
 //!   to the guard (refusals) and to `<data-dir>/egress.jsonl`.
 //!
+//! - with the Docker driver, ban enforcement on app containers (a banned
+//!   app's container is disconnected from its networks until the ban ends);
 //! - the operator API on `listeners.operator` (platform certificates only):
 //!   status, bans, grants and Prometheus metrics.
 //!
@@ -288,6 +290,20 @@ impl Platform {
         });
         registry.register_collector(Box::new(dropped));
         servers.push(tokio::spawn(portcullis_egress::proxy::serve(egress_listener, proxy, stopped(stop_rx.clone()))));
+
+        // Ban enforcement on containers: a banned app's container is cut off
+        // from its networks and reconnected when the ban ends.
+        if config.runtime.driver == portcullis_config::Driver::Docker {
+            match portcullis_runtime::docker::DockerDriver::connect(portcullis_runtime::docker::DockerOptions::default()).await {
+                Ok(driver) => background.push(tokio::spawn(portcullis_runtime::enforce::follow_decisions(
+                    driver,
+                    guard.decisions.clone(),
+                ))),
+                Err(error) => {
+                    tracing::warn!(%error, "Docker Engine unreachable: bans are enforced by the gateway and the egress proxy, not on containers");
+                }
+            }
+        }
 
         // Operator API.
         let operator_listener = bind("operator", config.listeners.operator).await?;
