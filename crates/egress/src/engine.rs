@@ -14,7 +14,9 @@
 //! 5. Per address, `deny_cidrs` (also matching the IPv4 address a 6to4,
 //!    NAT64 or IPv4-compatible address embeds) → deny (`deny_cidrs[i]`).
 //! 6. Per address, special-purpose range → deny (`special:<id>`), unless
-//!    the address is inside `allow_cidrs`.
+//!    the address is inside an `allow_cidrs` entry that lies within that
+//!    special-purpose range (a broader entry such as `0.0.0.0/1` does not
+//!    open it).
 //! 7. Per address, `allow_cidrs` → this address is allowed
 //!    (`allow_cidrs[i]`), and steps 8 and 9 are skipped for it.
 //! 8. The host name must match `allow_hosts`, the space's
@@ -194,9 +196,16 @@ impl Engine {
             }
 
             let allowed_cidr = self.rules.allowed_cidr(ip);
-            if let (Some(class), None) = (classify(ip), allowed_cidr) {
-                let message = format!("{host} address {}; list it in allow_cidrs to reach it", class.describe(ip));
-                return Err(Finding::enforced(ReasonCode::SpecialAddress, class.rule_id(), message));
+            if let Some(class) = classify(ip) {
+                // Only a CIDR rule within the special-purpose range opens it:
+                // a broad rule such as 0.0.0.0/1 is written for public
+                // addresses and must not open loopback or private ones.
+                let range = class.embedded.map_or(class.range, |(form, _)| form);
+                let explicit = allowed_cidr.is_some_and(|(_, net)| net.prefix_len() >= range.net.prefix_len());
+                if !explicit {
+                    let message = format!("{host} address {}; list it in allow_cidrs to reach it", class.describe(ip));
+                    return Err(Finding::enforced(ReasonCode::SpecialAddress, class.rule_id(), message));
+                }
             }
 
             if let Some((index, net)) = allowed_cidr {

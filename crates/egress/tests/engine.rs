@@ -264,6 +264,34 @@ async fn allow_cidr_opens_special_range() {
 }
 
 #[tokio::test]
+async fn broad_allow_cidr_does_not_open_special_ranges() {
+    // Two halves of the IPv4 space allow every public address, but are not
+    // an explicit opening of loopback, private or metadata addresses.
+    let mut settings = settings();
+    settings.allow_cidrs = vec!["0.0.0.0/1".parse().unwrap(), "128.0.0.0/1".parse().unwrap()];
+    let resolver = StaticResolver::new()
+        .with("public.example.org", &[ip("93.184.216.34")])
+        .with("loopback.example.org", &[ip("127.0.0.1")])
+        .with("private.example.org", &[ip("10.1.2.3")])
+        .with("metadata.example.org", &[ip("169.254.169.254")]);
+    let engine = engine(settings, resolver);
+    let app = app(&engine);
+
+    let public = engine.decide(&app, "public.example.org", 443).await;
+    assert_eq!(public.verdict, Verdict::Allow);
+    assert_eq!(public.rule, "allow_cidrs[0]");
+    for (host, rule) in [
+        ("loopback.example.org", "special:loopback"),
+        ("private.example.org", "special:private"),
+        ("metadata.example.org", "special:cloud-metadata"),
+    ] {
+        let decision = engine.decide(&app, host, 443).await;
+        assert_eq!(decision.verdict, Verdict::Deny, "{host}");
+        assert_eq!(decision.rule, rule, "{host}");
+    }
+}
+
+#[tokio::test]
 async fn resolution_failures_denied() {
     let engine = engine(settings(), StaticResolver::new().with("empty.example.org", &[]));
     let app = app(&engine);
