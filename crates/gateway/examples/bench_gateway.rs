@@ -2,18 +2,20 @@
 //! nginx as a TLS reverse proxy, all on 127.0.0.1. Run through
 //! `bench/gateway`, which builds it in release mode.
 //!
-//! `bench_gateway run DURATION_SECS MAX_REQUESTS` sets up a CA, an mTLS
-//! upstream, nginx and the gateway (in a child process, so its resident
-//! memory can be read alone), then runs the load client at 1, 16 and 64
-//! connections against each and prints a Markdown table. Every load run is
-//! bounded by both DURATION_SECS and MAX_REQUESTS.
+//! `bench_gateway run DURATION_SECS MAX_REQUESTS` sets up a CA, then starts
+//! the mTLS upstream and the gateway each in a child process of its own
+//! (so neither shares a runtime with the load client, and the gateway's
+//! resident memory can be read alone) and nginx, then runs the load client
+//! at 1, 16 and 64 connections against each and prints a Markdown table.
 //!
 //! wrk cannot present a client certificate, so the load client is written
 //! here: hyper's HTTP/1.1 client over rustls with the app's certificate,
 //! one keep-alive connection per worker, one request in flight per
-//! connection.
+//! connection. Each run first opens its connections and sends warm-up
+//! requests for [`WARM_UP`] (at most [`WARM_UP_REQUESTS`] per connection),
+//! which are not counted. The measured part starts when every connection
+//! is warm and is bounded by both DURATION_SECS and MAX_REQUESTS.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -36,6 +38,11 @@ use tokio::net::{TcpListener, TcpStream};
 const ISSUER: &str = "https://token.bench.example";
 const GRACE: i64 = 330;
 
+/// Warm-up time per run before measuring.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// Upper bound on warm-up requests per connection.
+const WARM_UP_REQUESTS: usize = 2_000;
+
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
@@ -55,36 +62,53 @@ async fn verifier(ca: &PlatformCa, store: &Store) -> Arc<PlatformClientVerifier>
     PlatformClientVerifier::new(ca.root(), ca.trust_domain().clone(), cache).unwrap()
 }
 
-/// Starts an mTLS upstream that responds `ok` to every request.
-async fn upstream(ca: &PlatformCa, store: &Store) -> SocketAddr {
-    let leaf = issue(ca, store, CertificateKind::Service, "weather").await;
+/// Runs the upstream child process: an mTLS server that responds `ok` to
+/// every request, with the CA and store in `dir`. Prints its port.
+async fn serve_upstream(dir: &Path) {
+    let ca = PlatformCa::load(&dir.join("ca")).unwrap();
+    let store = Store::open_in(dir).await.unwrap();
+    let leaf = issue(&ca, &store, CertificateKind::Service, "weather").await;
     let acceptor = PlatformAcceptor::new(
         RenewingCertificate::new(&leaf).unwrap(),
-        verifier(ca, store).await,
+        verifier(&ca, &store).await,
         &[b"h2", b"http/1.1"],
     )
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok((tls, _)) = acceptor.accept(tcp).await else { return };
-                let service = service_fn(|_request| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+    println!("{}", listener.local_addr().unwrap().port());
+    while let Ok((tcp, _)) = listener.accept().await {
+        // Without TCP_NODELAY a response written in two segments waits for
+        // the peer's delayed ACK (up to 40 ms on Linux).
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Ok((tls, _)) = acceptor.accept(tcp).await else { return };
+            let service = service_fn(|_request| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
             });
-        }
-    });
-    address
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
 }
 
-/// The child process: runs the gateway from the files in `dir` and prints
-/// its port.
+/// Starts this program as a child process with `args` and returns it
+/// with the port it prints on its first line.
+async fn spawn_child(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, u16) {
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = lines.next_line().await.unwrap().expect("the child prints its port").parse().unwrap();
+    (child, port)
+}
+
+/// Runs the gateway child process from the files in `dir` and prints its
+/// port.
 async fn serve_gateway(dir: &Path, upstream: u16) {
     let ca = PlatformCa::load(&dir.join("ca")).unwrap();
     let store = Store::open_in(dir).await.unwrap();
@@ -119,20 +143,36 @@ async fn serve_gateway(dir: &Path, upstream: u16) {
     std::future::pending::<()>().await;
 }
 
-fn write_nginx(dir: &Path, leaf_dir: &Path, port: u16, upstream: u16) -> PathBuf {
+/// Writes the nginx configuration, set to match the gateway where the two
+/// overlap. nginx runs as many worker processes as the gateway has runtime
+/// worker threads (`workers`) and uses the same TLS policy class: TLS 1.2
+/// and 1.3, a required client certificate from the platform CA, and no
+/// session resumption on either side. It keeps HTTP/1.1 connections to the
+/// upstream alive and writes a buffered access log line per request, as
+/// the gateway's file sink does.
+fn write_nginx(dir: &Path, leaf_dir: &Path, port: u16, upstream: u16, workers: usize) -> PathBuf {
     let conf = format!(
-        r#"worker_processes 2;
+        r#"worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/nginx-error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
+    access_log {dir}/nginx-access.log combined buffer=64k flush=1s;
     keepalive_requests 1000000;
-    upstream service {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    upstream service {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
     server {{
         listen 127.0.0.1:{port} ssl http2;
         ssl_certificate {leaf}/cert.pem;
         ssl_certificate_key {leaf}/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_client_certificate {leaf}/ca-bundle.pem;
+        ssl_verify_client on;
+        ssl_session_cache off;
+        ssl_session_tickets off;
         location / {{
             proxy_pass https://service;
             proxy_http_version 1.1;
@@ -142,7 +182,7 @@ http {{
             proxy_ssl_trusted_certificate {leaf}/ca-bundle.pem;
             proxy_ssl_verify on;
             proxy_ssl_name localhost;
-            proxy_ssl_session_reuse on;
+            proxy_ssl_session_reuse off;
         }}
     }}
 }}
@@ -155,8 +195,35 @@ http {{
     path
 }
 
-/// Runs `connections` workers against `port` until `duration` passes or
-/// `max_requests` are sent, and returns requests/s, p50 and p99 in ms.
+/// Measured results of one load run.
+struct Outcome {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    failures: usize,
+    /// The negotiated TLS version and cipher suite of the first connection.
+    tls: String,
+}
+
+/// Sends one GET and reads the whole response; returns its status.
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+    authorization: Option<&str>,
+) -> Result<http::StatusCode, hyper::Error> {
+    let mut request = http::Request::get(path).header("host", "localhost");
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    let response = sender.send_request(request.body(Empty::<Bytes>::new()).unwrap()).await?;
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    Ok(status)
+}
+
+/// Opens `connections` keep-alive connections to `port`, warms them up,
+/// then sends requests on each until `duration` passes or `max_requests`
+/// (split evenly between connections) are sent.
 async fn load(
     port: u16,
     client_config: Arc<rustls::ClientConfig>,
@@ -165,65 +232,95 @@ async fn load(
     connections: usize,
     duration: Duration,
     max_requests: usize,
-) -> (f64, f64, f64, usize) {
-    let started = Instant::now();
-    let deadline = started + duration;
+) -> Outcome {
     let per_worker = max_requests / connections;
+    let ready = Arc::new(tokio::sync::Barrier::new(connections));
     let mut workers = Vec::new();
     for _ in 0..connections {
         let config = Arc::clone(&client_config);
+        let ready = Arc::clone(&ready);
         let path = path.to_owned();
-        let token = token.map(str::to_owned);
+        let authorization = token.map(|token| format!("Bearer {token}"));
         workers.push(tokio::spawn(async move {
             let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             tcp.set_nodelay(true).unwrap();
             let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
             let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+            let session = tls.get_ref().1;
+            let tls_text = format!(
+                "{:?} {:?}",
+                session.protocol_version(),
+                session.negotiated_cipher_suite().map(|suite| suite.suite())
+            );
             let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
             tokio::spawn(connection);
+
+            let warm_until = Instant::now() + WARM_UP;
+            for _ in 0..WARM_UP_REQUESTS {
+                if Instant::now() >= warm_until || send(&mut sender, &path, authorization.as_deref()).await.is_err() {
+                    break;
+                }
+            }
+            ready.wait().await;
+
+            let started = Instant::now();
+            let deadline = started + duration;
             let mut latencies = Vec::with_capacity(per_worker);
             let mut failures = 0;
             while latencies.len() < per_worker && Instant::now() < deadline {
-                let mut request = http::Request::get(&path).header("host", "localhost");
-                if let Some(token) = &token {
-                    request = request.header("authorization", format!("Bearer {token}"));
-                }
-                let request = request.body(Empty::<Bytes>::new()).unwrap();
                 let sent = Instant::now();
-                let response = match sender.send_request(request).await {
-                    Ok(response) => response,
+                match send(&mut sender, &path, authorization.as_deref()).await {
+                    Ok(status) if status == 200 => latencies.push(sent.elapsed()),
+                    Ok(status) => {
+                        if failures == 0 {
+                            eprintln!("port {port}: first failure has status {status}");
+                        }
+                        failures += 1;
+                    }
                     Err(error) => {
                         eprintln!("port {port}: request failed: {error}");
+                        failures += 1;
                         break;
                     }
-                };
-                let status = response.status();
-                let ok = status == 200;
-                let _ = response.into_body().collect().await;
-                if ok {
-                    latencies.push(sent.elapsed());
-                } else {
-                    if failures == 0 {
-                        eprintln!("port {port}: first failure has status {status}");
-                    }
-                    failures += 1;
                 }
             }
-            (latencies, failures)
+            (latencies, failures, started, Instant::now(), tls_text)
         }));
     }
     let mut latencies = Vec::new();
     let mut failures = 0;
+    let mut first_start: Option<Instant> = None;
+    let mut last_end: Option<Instant> = None;
+    let mut tls = String::new();
     for worker in workers {
-        let (mut part, failed) = worker.await.unwrap();
+        let (mut part, failed, started, ended, tls_text) = worker.await.unwrap();
         latencies.append(&mut part);
         failures += failed;
+        first_start = Some(first_start.map_or(started, |first| first.min(started)));
+        last_end = Some(last_end.map_or(ended, |last| last.max(ended)));
+        if tls.is_empty() {
+            tls = tls_text;
+        }
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = match (first_start, last_end) {
+        (Some(start), Some(end)) => (end - start).as_secs_f64(),
+        _ => f64::NAN,
+    };
     latencies.sort();
     let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
     let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
-    (latencies.len() as f64 / elapsed, ms(at(0.5)), ms(at(0.99)), failures)
+    Outcome { rate: latencies.len() as f64 / elapsed, p50_ms: ms(at(0.5)), p99_ms: ms(at(0.99)), failures, tls }
+}
+
+/// The nginx master process, stopped with SIGTERM when dropped (also when
+/// the benchmark panics). SIGKILL would leave its worker processes behind.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
 }
 
 fn resident_kib(pid: u32) -> u64 {
@@ -242,12 +339,16 @@ fn free_port() -> u16 {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("gateway") {
-        serve_gateway(Path::new(&args[2]), args[3].parse().unwrap()).await;
-        return;
+    match args.get(1).map(String::as_str) {
+        Some("gateway") => return serve_gateway(Path::new(&args[2]), args[3].parse().unwrap()).await,
+        Some("upstream") => return serve_upstream(Path::new(&args[2])).await,
+        _ => {}
     }
     let duration = Duration::from_secs(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10));
     let max_requests: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    // The gateway child runs tokio's default multi-threaded runtime, one
+    // worker thread per available core; nginx gets as many processes.
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
 
     let dir = tempfile::tempdir().unwrap();
     let domain = TrustDomain::parse("bench.example").unwrap();
@@ -255,7 +356,7 @@ async fn main() {
     let ca = PlatformCa::load(&dir.path().join("ca")).unwrap();
     let store = Store::open_in(dir.path()).await.unwrap();
     let app = issue(&ca, &store, CertificateKind::App, "bench-app").await;
-    let upstream = upstream(&ca, &store).await;
+    let (_upstream, upstream_port) = spawn_child(&["upstream".as_ref(), dir.path().as_os_str()]).await;
 
     let keys = Arc::new(RwLock::new(SigningKeys::generate(now() - 10, GRACE).unwrap()));
     keys.read().unwrap().save(&dir.path().join("token-keys.json")).unwrap();
@@ -270,27 +371,22 @@ async fn main() {
     let proxy_files = dir.path().join("nginx-leaf");
     proxy_leaf.write_files(&proxy_files).unwrap();
     let nginx_port = free_port();
-    let nginx_conf = write_nginx(dir.path(), &proxy_files, nginx_port, upstream.port());
-    let mut nginx = tokio::process::Command::new("nginx")
+    let nginx_conf = write_nginx(dir.path(), &proxy_files, nginx_port, upstream_port, workers);
+    let nginx = std::process::Command::new("nginx")
         .args(["-e", "stderr", "-c"])
         .arg(&nginx_conf)
         .args(["-g", "daemon off;"])
-        .kill_on_drop(true)
         .spawn()
         .expect("nginx starts (Debian package nginx)");
+    let _nginx = Nginx(nginx);
 
-    let mut gateway = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .arg("gateway")
-        .arg(dir.path())
-        .arg(upstream.port().to_string())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(gateway.stdout.take().unwrap()).lines();
-    let gateway_port: u16 = lines.next_line().await.unwrap().unwrap().parse().unwrap();
+    let upstream_port_text = upstream_port.to_string();
+    let (mut gateway, gateway_port) =
+        spawn_child(&["gateway".as_ref(), dir.path().as_os_str(), upstream_port_text.as_ref()]).await;
     let gateway_pid = gateway.id().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Lets the trust caches of the children reload the certificates issued
+    // after they started (they refresh every second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let client = Arc::new(
         portcullis_identity::policy::client_config(ca.root(), RenewingCertificate::new(&app).unwrap(), &[b"http/1.1"])
@@ -298,38 +394,45 @@ async fn main() {
     );
     let rss_idle = resident_kib(gateway_pid);
     let targets = [
-        ("upstream direct (mTLS)", upstream.port(), None),
+        ("upstream direct (mTLS)", upstream_port, None),
         ("Portcullis gateway", gateway_port, Some(token.as_str())),
         ("nginx (TLS proxy)", nginx_port, None),
     ];
 
-    println!("duration {} s per run, at most {max_requests} requests per run", duration.as_secs());
-    println!("| target | connections | requests/s | p50 ms | p99 ms | failures |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    let mut rates = std::collections::HashMap::new();
+    println!(
+        "duration {} s per run after a {} s warm-up, at most {max_requests} requests per run; {workers} gateway worker threads and nginx worker processes",
+        duration.as_secs(),
+        WARM_UP.as_secs(),
+    );
+    println!("| target | connections | requests/s | p50 ms | p99 ms | failures | TLS |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let mut results = std::collections::HashMap::new();
     let mut rss_peak = rss_idle;
     for connections in [1, 16, 64] {
         for (name, port, token) in &targets {
-            let (rate, p50, p99, failures) =
+            let outcome =
                 load(*port, Arc::clone(&client), "/weather/v1/today", *token, connections, duration, max_requests)
                     .await;
             rss_peak = rss_peak.max(resident_kib(gateway_pid));
-            rates.insert((*name, connections), rate);
-            println!("| {name} | {connections} | {rate:.0} | {p50:.2} | {p99:.2} | {failures} |");
+            println!(
+                "| {name} | {connections} | {:.0} | {:.2} | {:.2} | {} | {} |",
+                outcome.rate, outcome.p50_ms, outcome.p99_ms, outcome.failures, outcome.tls
+            );
+            results.insert((*name, connections), outcome);
         }
     }
     println!();
     for connections in [1, 16, 64] {
-        let upstream = rates[&("upstream direct (mTLS)", connections)];
-        let gateway = rates[&("Portcullis gateway", connections)];
-        let nginx = rates[&("nginx (TLS proxy)", connections)];
+        let upstream = &results[&("upstream direct (mTLS)", connections)];
+        let gateway = &results[&("Portcullis gateway", connections)];
+        let nginx = &results[&("nginx (TLS proxy)", connections)];
         println!(
-            "{connections} connections: gateway/upstream {:.2}, gateway/nginx {:.2}",
-            gateway / upstream,
-            gateway / nginx
+            "{connections} connections: gateway/upstream {:.2}, gateway/nginx {:.2}, gateway p99 - upstream p99 {:.2} ms",
+            gateway.rate / upstream.rate,
+            gateway.rate / nginx.rate,
+            gateway.p99_ms - upstream.p99_ms,
         );
     }
     println!("gateway resident memory: {rss_idle} KiB idle, {rss_peak} KiB peak after runs");
     let _ = gateway.kill().await;
-    let _ = nginx.kill().await;
 }

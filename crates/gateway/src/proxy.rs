@@ -55,7 +55,9 @@ pub(crate) struct Shared {
 pub(crate) struct Peer {
     pub app_id: String,
     pub serial: String,
-    pub certificate_der: Bytes,
+    /// SHA-256 thumbprint of the client certificate (base64url), compared
+    /// with the token's `cnf.x5t#S256`.
+    pub certificate_thumbprint: String,
 }
 
 /// Handles one request; never fails, because every failure becomes a
@@ -144,8 +146,10 @@ async fn forward(
     let token = bearer_token(request.headers())?;
     let now_secs = now_ms() / 1000;
     let token_error = |reason| GatewayError::Token { service: upstream.service.clone(), reason };
-    let verified =
-        shared.tokens.verify(token, &upstream.audience, &peer.certificate_der, now_secs).map_err(token_error)?;
+    let verified = shared
+        .tokens
+        .verify_for_thumbprint(token, &upstream.audience, &peer.certificate_thumbprint, now_secs)
+        .map_err(token_error)?;
     if verified.app_id() != peer.app_id {
         return Err(GatewayError::AppMismatch {
             certificate_app: peer.app_id.clone(),

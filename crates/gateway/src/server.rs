@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -270,12 +269,12 @@ async fn serve_connection(
         tracing::warn!(%remote, identity = %verified.identity(), "connection refused: not an app");
         return;
     };
-    let certificate_der = match tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
-        Some(leaf) => Bytes::copy_from_slice(leaf.as_ref()),
+    let certificate_thumbprint = match tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
+        Some(leaf) => portcullis_token::certificate_thumbprint(leaf.as_ref()),
         None => return,
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    let peer = Arc::new(Peer { app_id, serial: verified.serial().to_owned(), certificate_der });
+    let peer = Arc::new(Peer { app_id, serial: verified.serial().to_owned(), certificate_thumbprint });
     tracing::debug!(%remote, app_id = %peer.app_id, h2, "connection accepted");
 
     let mut builder = auto::Builder::new(TokioExecutor::new());

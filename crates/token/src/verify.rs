@@ -211,12 +211,26 @@ impl Verifier {
         certificate_der: &[u8],
         now: i64,
     ) -> Result<VerifiedToken, RejectReason> {
+        self.verify_for_thumbprint(token, audience, &certificate_thumbprint(certificate_der), now)
+    }
+
+    /// Verifies `token` as [`Verifier::verify`] does, for a connection whose
+    /// client certificate has the thumbprint `thumbprint` (from
+    /// [`certificate_thumbprint`]). A server computes it once per connection
+    /// instead of hashing the certificate on every request.
+    pub fn verify_for_thumbprint(
+        &self,
+        token: &str,
+        audience: &str,
+        thumbprint: &str,
+        now: i64,
+    ) -> Result<VerifiedToken, RejectReason> {
         let claims = self.check_token(token, now)?;
 
         if claims.aud != audience {
             return Err(RejectReason::Audience { got: claims.aud, expected: audience.to_owned() });
         }
-        if claims.cnf.x5t_s256 != certificate_thumbprint(certificate_der) {
+        if claims.cnf.x5t_s256 != thumbprint {
             return Err(RejectReason::CertificateMismatch);
         }
         Ok(VerifiedToken { claims })
