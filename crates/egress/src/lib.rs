@@ -46,5 +46,5 @@ pub use event::EgressEvent;
 pub use host::{Host, MAX_LABEL_LEN, MAX_NAME_LEN, split_authority};
 pub use limits::{AppBytes, ByteAccounting, ByteCounter, Direction, TunnelCounter, TunnelGuard};
 pub use pattern::{covers, matches, parse_pattern};
-pub use resolve::{HickoryResolver, Resolve, ResolveFuture, StaticResolver};
+pub use resolve::{HickoryResolver, PinnedResolver, Resolve, ResolveFuture, StaticResolver};
 pub use rules::{AppRules, EgressRules};
