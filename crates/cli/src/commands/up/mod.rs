@@ -141,7 +141,9 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
             ))
             .into());
         }
-        for line in state::stop_recorded(&previous, &data_dir) {
+        let dir = data_dir.clone();
+        let lines = tokio::task::spawn_blocking(move || state::stop_recorded(&previous, &dir)).await?;
+        for line in lines {
             tracing::info!(line, "cleaned up after an earlier run that did not stop");
         }
     }
