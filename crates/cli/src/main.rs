@@ -59,6 +59,10 @@ enum Command {
     /// Show per-app requests, outcome classes, rates and decisions of the
     /// running platform.
     Status(commands::status::Args),
+    /// Run the example platform with its services and apps until Ctrl-C.
+    Up(commands::up::Args),
+    /// Stop what `portcullis up` started and remove its files.
+    Down(commands::up::DownArgs),
     /// Create customers who can approve apps on the consent page.
     #[command(subcommand)]
     Customer(commands::grant::CustomerCommand),
@@ -66,7 +70,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    let up_on_terminal = matches!(cli.command, Command::Up(_)) && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    logging::init(cli.log_format, if up_on_terminal { "warn" } else { "info" });
     let json_logs = cli.log_format == logging::LogFormat::Json;
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -86,6 +91,8 @@ fn main() -> ExitCode {
             Command::Ca(command) => commands::ca::run(&global, command).await,
             Command::Grant(command) => commands::grant::run(&global, command).await,
             Command::Status(args) => commands::status::run(&global, args).await,
+            Command::Up(args) => commands::up::run(&global, args).await,
+            Command::Down(args) => commands::up::down(&global, args).await,
             Command::Customer(command) => commands::grant::run_customer(&global, command).await,
         }
     });

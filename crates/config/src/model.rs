@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -370,6 +370,10 @@ pub struct EgressSettings {
     pub deny_hosts: Vec<HostPattern>,
     /// Address ranges always refused.
     pub deny_cidrs: Vec<IpNet>,
+    /// Fixed answers the proxy's resolver returns before asking DNS, for
+    /// test and demo hosts: a normalised host name and the one address it
+    /// resolves to. Every address is inside `allow_cidrs` (checked at load).
+    pub static_hosts: BTreeMap<String, IpAddr>,
     /// Time allowed to connect to a destination.
     pub connect_timeout: Duration,
     /// A tunnel without traffic for this long is closed.

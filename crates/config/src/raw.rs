@@ -140,6 +140,8 @@ pub(crate) struct RawEgress {
     pub deny_hosts: Vec<String>,
     #[serde(default)]
     pub deny_cidrs: Vec<String>,
+    #[serde(default)]
+    pub static_hosts: BTreeMap<String, String>,
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_tunnel_lifetime: Option<String>,

@@ -24,6 +24,7 @@ fn example_is_valid() {
     assert_eq!(config.guard.policies.len(), 4);
     assert_eq!(config.identity.app_cert_lifetime.as_secs(), 86_400);
     assert_eq!(config.egress.max_bytes_per_app, Some(10 * 1024 * 1024 * 1024));
+    assert_eq!(config.egress.static_hosts["feed.weather.test"], std::net::IpAddr::from([127, 0, 0, 1]));
 }
 
 #[test]
@@ -155,13 +156,13 @@ fn broken_configurations_name_key_path() {
         ),
         (
             "cidr with host bits",
-            edited("allow_cidrs = []", "allow_cidrs = [\"10.1.2.3/8\"]"),
+            edited("allow_cidrs = [\"127.0.0.1/32\"]", "allow_cidrs = [\"10.1.2.3/8\"]"),
             "egress.allow_cidrs[0]",
             "\"10.0.0.0/8\"",
         ),
         (
             "port out of range",
-            edited("allow_ports = [80, 443]", "allow_ports = [80, 70000]"),
+            edited("allow_ports = [443, 9103]", "allow_ports = [443, 70000]"),
             "egress.allow_ports[1]",
             "65535",
         ),
@@ -176,6 +177,37 @@ fn broken_configurations_name_key_path() {
             edited("max_bytes_per_app = 10737418240", "max_bytes_per_app = -1"),
             "egress.max_bytes_per_app",
             "from 1048576",
+        ),
+        (
+            "static host outside allow_cidrs",
+            edited("\"feed.weather.test\" = \"127.0.0.1\"", "\"feed.weather.test\" = \"127.0.0.2\""),
+            "egress.static_hosts.feed.weather.test",
+            "add \"127.0.0.2/32\" to egress.allow_cidrs",
+        ),
+        (
+            "static host not an address",
+            edited("\"feed.weather.test\" = \"127.0.0.1\"", "\"feed.weather.test\" = \"localhost\""),
+            "egress.static_hosts.feed.weather.test",
+            "one IP address",
+        ),
+        (
+            "static host wildcard",
+            edited("static_hosts = { \"feed.weather.test\"", "static_hosts = { \"*.weather.test\""),
+            "egress.static_hosts.*.weather.test",
+            "wildcards cannot be pinned",
+        ),
+        (
+            "static host not normalised",
+            edited("static_hosts = { \"feed.weather.test\"", "static_hosts = { \"Feed.Weather.test\""),
+            "egress.static_hosts.Feed.Weather.test",
+            "\"feed.weather.test\"",
+        ),
+        (
+            "static host metadata address",
+            edited("allow_cidrs = [\"127.0.0.1/32\"]", "allow_cidrs = [\"127.0.0.1/32\", \"169.254.0.0/16\"]")
+                .replace("\"feed.weather.test\" = \"127.0.0.1\"", "\"feed.weather.test\" = \"169.254.169.254\""),
+            "egress.static_hosts.feed.weather.test",
+            "cloud metadata",
         ),
         (
             "unknown outcome class",

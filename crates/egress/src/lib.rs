@@ -53,5 +53,5 @@ pub use limits::{
 };
 pub use metrics::{ByteLabels, DecisionLabels, EgressMetrics};
 pub use pattern::{covers, matches, parse_pattern};
-pub use resolve::{HickoryResolver, Resolve, ResolveFuture, StaticResolver};
+pub use resolve::{HickoryResolver, PinnedResolver, Resolve, ResolveFuture, StaticResolver};
 pub use rules::{AppRules, EgressRules};

@@ -89,3 +89,49 @@ impl Resolve for StaticResolver {
         Box::pin(async move { answer })
     }
 }
+
+/// A resolver that answers the names in `egress.static_hosts` from that
+/// table and passes every other name to `fallback`. A pinned name never
+/// reaches DNS. Its answer is checked by the engine like any other, so the
+/// address still needs an `allow_cidrs` entry when it is special-purpose.
+pub struct PinnedResolver<R> {
+    pinned: HashMap<String, Vec<IpAddr>>,
+    fallback: R,
+}
+
+impl<R: Resolve> PinnedResolver<R> {
+    /// Creates the resolver from the validated `egress.static_hosts` table
+    /// (normalised names without a trailing dot).
+    pub fn new(static_hosts: &std::collections::BTreeMap<String, IpAddr>, fallback: R) -> Self {
+        let pinned = static_hosts.iter().map(|(name, address)| (name.clone(), vec![*address])).collect();
+        Self { pinned, fallback }
+    }
+}
+
+impl<R: Resolve> Resolve for PinnedResolver<R> {
+    fn resolve<'a>(&'a self, name: &'a str) -> ResolveFuture<'a> {
+        match self.pinned.get(name) {
+            Some(addresses) => {
+                let answer = addresses.clone();
+                Box::pin(async move { Ok(answer) })
+            }
+            None => self.fallback.resolve(name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pinned_name_never_reaches_fallback() {
+        let table = std::collections::BTreeMap::from([("feed.weather.test".to_owned(), IpAddr::from([127, 0, 0, 1]))]);
+        let fallback = StaticResolver::new().with("other.test", &[IpAddr::from([192, 0, 2, 1])]);
+        let resolver = PinnedResolver::new(&table, fallback);
+
+        assert_eq!(resolver.resolve("feed.weather.test").await, Ok(vec![IpAddr::from([127, 0, 0, 1])]));
+        assert_eq!(resolver.resolve("other.test").await, Ok(vec![IpAddr::from([192, 0, 2, 1])]));
+        assert!(resolver.resolve("missing.test").await.is_err());
+    }
+}

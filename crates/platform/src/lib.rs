@@ -457,7 +457,10 @@ async fn egress_proxy(
     // NOTE: apps registered after start get no egress rules until the
     // platform restarts or the runtime adds them at deploy.
 
-    let resolver = Arc::new(HickoryResolver::from_system_conf()?);
+    let resolver = Arc::new(portcullis_egress::PinnedResolver::new(
+        &config.egress.static_hosts,
+        HickoryResolver::from_system_conf()?,
+    ));
     let engine = Engine::new(Arc::new(rules), resolver);
     let (events, receiver) = tokio::sync::mpsc::channel(65_536);
     let decisions = guard.decisions.clone();

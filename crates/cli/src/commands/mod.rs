@@ -6,6 +6,7 @@ pub mod ca;
 pub mod grant;
 pub mod serve;
 pub mod status;
+pub mod up;
 
 use std::path::{Path, PathBuf};
 

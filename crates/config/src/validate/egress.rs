@@ -184,13 +184,17 @@ pub(super) fn egress(check: &Checker, raw: &RawEgress) -> Result<EgressSettings>
         Some(countries) => Some(country_rule(check, countries)?),
     };
 
+    let allow_cidrs = cidr_list(check, "egress.allow_cidrs", &raw.allow_cidrs)?;
+    let static_hosts = static_hosts(check, &raw.static_hosts, &allow_cidrs)?;
+
     Ok(EgressSettings {
         mode,
         allow_hosts: host_list(check, "egress.allow_hosts", &raw.allow_hosts)?,
-        allow_cidrs: cidr_list(check, "egress.allow_cidrs", &raw.allow_cidrs)?,
+        allow_cidrs,
         allow_ports,
         deny_hosts: host_list(check, "egress.deny_hosts", &raw.deny_hosts)?,
         deny_cidrs: cidr_list(check, "egress.deny_cidrs", &raw.deny_cidrs)?,
+        static_hosts,
         connect_timeout: check.duration(
             "egress.connect_timeout",
             raw.connect_timeout.as_deref(),
@@ -233,6 +237,51 @@ pub(super) fn egress(check: &Checker, raw: &RawEgress) -> Result<EgressSettings>
         },
         countries,
     })
+}
+
+/// Validates `egress.static_hosts`: each key is an exact, normalised host
+/// name and each value one IP address inside an `allow_cidrs` entry, so a
+/// pinned name can never reach an address the operator did not open
+/// explicitly. The unspecified, broadcast and multicast addresses and the
+/// cloud metadata addresses are rejected even when a range covers them.
+fn static_hosts(
+    check: &Checker,
+    raw: &BTreeMap<String, String>,
+    allow_cidrs: &[IpNet],
+) -> Result<BTreeMap<String, IpAddr>> {
+    const METADATA: [&str; 2] = ["169.254.169.254", "fd00:ec2::254"];
+
+    let mut hosts = BTreeMap::new();
+    for (name, text) in raw {
+        let key = format!("egress.static_hosts.{name}");
+        if name.starts_with("*.") {
+            return Err(check.invalid(&key, quote(name), "an exact host name; wildcards cannot be pinned"));
+        }
+        host_pattern(check, &key, name)?;
+
+        let address: IpAddr = text
+            .parse()
+            .map_err(|_| check.invalid(&key, quote(text), "one IP address such as \"127.0.0.1\" or \"::1\""))?;
+        let forbidden = address.is_unspecified()
+            || address.is_multicast()
+            || address == IpAddr::from([255, 255, 255, 255])
+            || METADATA.iter().any(|m| m.parse::<IpAddr>().is_ok_and(|m| m == address));
+        if forbidden {
+            return Err(check.invalid(&key, quote(text), "a unicast address other than a cloud metadata address"));
+        }
+        if !allow_cidrs.iter().any(|net| net.contains(&address)) {
+            return Err(check.invalid(
+                &key,
+                quote(text),
+                format!(
+                    "an address inside an egress.allow_cidrs entry; add \"{}\" to egress.allow_cidrs",
+                    IpNet::from(address)
+                ),
+            ));
+        }
+        hosts.insert(name.clone(), address);
+    }
+    Ok(hosts)
 }
 
 pub(super) fn country_rule(check: &Checker, raw: &RawCountries) -> Result<CountryRule> {

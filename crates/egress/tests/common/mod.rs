@@ -39,6 +39,7 @@ pub fn settings() -> EgressSettings {
         allow_ports: vec![80, 443],
         deny_hosts: Vec::new(),
         deny_cidrs: Vec::new(),
+        static_hosts: Default::default(),
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(60),
         max_tunnel_lifetime: Duration::from_secs(3600),

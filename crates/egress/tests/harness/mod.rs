@@ -250,6 +250,7 @@ impl Harness {
             allow_ports: options.allow_ports.clone(),
             deny_hosts: vec![HostPattern::Exact("blocked.weather.test".into())],
             deny_cidrs: Vec::new(),
+            static_hosts: Default::default(),
             connect_timeout: Duration::from_secs(2),
             idle_timeout: options.idle_timeout,
             max_tunnel_lifetime: Duration::from_secs(60),
