@@ -127,6 +127,7 @@ async fn run_proxy(target_port: u16, events_file: String) {
         max_tunnel_lifetime: Duration::from_secs(3600),
         max_tunnels_per_app: 10_000,
         max_bytes_per_app: None,
+        static_hosts: Default::default(),
         countries: None,
     };
     let rules = Arc::new(EgressRules::new(settings).unwrap());
