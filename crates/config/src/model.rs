@@ -27,7 +27,7 @@ impl AppId {
         Ok(Self(value.to_owned()))
     }
 
-    /// The id as text.
+    /// Returns the id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -164,9 +164,9 @@ pub struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpaceName {
-    /// Where approved apps run.
+    /// The space of approved apps.
     Live,
-    /// Where trials run.
+    /// The space of trials.
     Sandbox,
 }
 
@@ -179,7 +179,7 @@ impl fmt::Display for SpaceName {
     }
 }
 
-/// What apps in one space may reach.
+/// The services and egress hosts apps in one space may reach.
 #[derive(Debug, Clone, Serialize)]
 pub struct Space {
     /// Services reachable through the gateway from this space.
@@ -192,11 +192,11 @@ pub struct Space {
 /// Gateway limits.
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewaySettings {
-    /// Maximum size of the request head in bytes (answer: 431).
+    /// Maximum size of the request head in bytes (response: 431).
     pub max_header_bytes: u64,
-    /// Maximum request body size in bytes (answer: 413).
+    /// Maximum request body size in bytes (response: 413).
     pub max_body_bytes: u64,
-    /// Time allowed to receive the request head (answer: 408).
+    /// Time allowed to receive the request head (response: 408).
     pub header_read_timeout: Duration,
     /// Time allowed for the upstream to answer (answer: 504).
     pub upstream_timeout: Duration,
@@ -217,7 +217,7 @@ pub struct GuardSettings {
     pub policies: Vec<Policy>,
 }
 
-/// What a guard policy counts.
+/// The signal a guard policy counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "classes")]
 pub enum Signal {
@@ -264,7 +264,7 @@ impl OutcomeClass {
     /// The spellings accepted in the configuration, in display order.
     pub const NAMES: [&'static str; 8] = ["2xx", "400", "401", "403", "404", "too_large", "429", "5xx"];
 
-    /// The class's spelling in the configuration and in metrics.
+    /// Returns the class's spelling in the configuration and in metrics.
     pub fn label(self) -> &'static str {
         match self {
             Self::Success => "2xx",
@@ -304,7 +304,7 @@ pub enum Mode {
     Report,
 }
 
-/// What a policy does when its threshold is reached.
+/// The action a policy takes when its threshold is reached.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Action {
@@ -400,7 +400,7 @@ pub struct CountryRule {
     pub codes: Vec<String>,
 }
 
-/// Which driver runs apps.
+/// The driver that runs apps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {

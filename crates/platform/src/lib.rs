@@ -475,9 +475,9 @@ async fn egress_proxy(
 }
 
 /// Writes each egress event as a JSON line to `path`, and sends every
-/// enforced refusal to the guard as an egress violation, except refusals by
-/// the byte cap: an app at its quota is not probing forbidden destinations,
-/// and the cap already stops its traffic until the period ends.
+/// enforced refusal to the guard as an egress violation. Refusals by the
+/// byte cap are not sent, because an app at its quota is not probing
+/// forbidden destinations and the cap already stops its traffic.
 async fn forward_egress_events(
     mut events: tokio::sync::mpsc::Receiver<portcullis_egress::EgressEvent>,
     guard: portcullis_guard::EventSender,

@@ -163,7 +163,7 @@ async fn flood(app: &App, token: &str, count: usize, parallel: usize) -> std::co
     counts
 }
 
-/// Polls until `check` holds or `limit` passes; returns whether it held.
+/// Polls until `check` returns true or `limit` passes, and returns whether it did.
 async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {

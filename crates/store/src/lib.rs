@@ -131,8 +131,8 @@ impl Store {
         let path = data_dir.join(SQLITE_FILE);
         let store = Self::open(&format!("sqlite://{}?mode=rwc", path.display())).await?;
 
-        // The database holds secret hashes and security state: readable by
-        // its owner only, with its WAL and shared-memory files.
+        // The database contains secret hashes and security state, so it and
+        // its WAL and shared-memory files are readable by their owner only.
         for suffix in ["", "-wal", "-shm"] {
             let file = data_dir.join(format!("{SQLITE_FILE}{suffix}"));
             if file.exists() {

@@ -30,7 +30,7 @@ use crate::invalidation::InvalidationsHandle;
 use crate::keys::PublicKey;
 use crate::{ACCESS_TOKEN_TYPE, TokenError};
 
-/// Why a token was rejected. The text is safe to log; it holds no token.
+/// Why a token was rejected. The text is safe to log because it contains no token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RejectReason {
@@ -122,7 +122,7 @@ impl VerifiedToken {
     }
 }
 
-/// The published keys as a verifier holds them.
+/// The published keys in the form a verifier uses.
 #[derive(Clone, Default)]
 pub struct VerifierKeys {
     keys: HashMap<String, (DecodingKey, Option<i64>)>,

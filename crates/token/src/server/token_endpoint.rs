@@ -350,7 +350,7 @@ async fn refresh_token(
     // operator withdraws a scope, the family cannot mint it again.
     if let Err(error) = check_still_granted(service, app_id, &scopes).await {
         revoke_family(service, &record.family_id, app_id).await?;
-        tracing::info!(app_id, family = %record.family_id, "refresh refused: a consented scope is no longer granted; family revoked");
+        tracing::info!(app_id, family = %record.family_id, "refresh rejected: a consented scope is no longer granted; family revoked");
         return Err(error);
     }
 
