@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::portcullis;
+use common::{free_ports, portcullis, replaced};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,46 +30,14 @@ struct Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(40);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        common::terminate(&mut self.child, Duration::from_secs(40));
         let _ = portcullis(&self.data, &["down", "--config", self.config.to_str().unwrap()]);
     }
 }
 
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-fn replaced(text: &str, pairs: &[(&str, String)]) -> String {
-    let mut text = text.to_owned();
-    for (from, to) in pairs {
-        assert!(text.contains(from), "the example no longer contains {from:?}");
-        text = text.replace(from, to);
-    }
-    text
-}
-
 /// Returns the JSON lines of a file that parse as objects with `"kind": "outcome"`.
 fn outcomes(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|value| value["kind"] == "outcome")
-        .collect()
-}
-
-fn json_lines(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    common::outcomes_in(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
 /// Returns whether `/proc/<pid>` exists and is not a zombie.
@@ -238,32 +206,10 @@ fn up_bans_rogue_and_serves_forecast() {
     assert!(unexpected.is_empty(), "forecast-app outcomes not as expected: {unexpected:?}");
     assert!(forecast.iter().any(|o| o["step"] == "record-read" && o["status"] == 200));
 
-    // The egress proxy refused the forbidden host before connecting.
+    // The egress proxy refused the forbidden host before connecting, and
+    // the access log holds the gateway requests.
     let rogue = outcomes(&data.join("up/apps/rogue-app.log"));
-    let forbidden = rogue.iter().find(|o| o["step"] == "forbidden-host").expect("rogue-app tried the forbidden host");
-    assert_eq!(forbidden["status"], 403, "{forbidden}");
-    assert_eq!(forbidden["error"], "egress_denied", "{forbidden}");
-    let egress = json_lines(&data.join("egress.jsonl"));
-    let refusal = egress
-        .iter()
-        .find(|e| e["app_id"] == "rogue-app" && e["requested_host"] == "exfil.forbidden.test")
-        .unwrap_or_else(|| panic!("no egress event for the forbidden host: {egress:?}"));
-    assert_eq!(refusal["verdict"], "deny", "{refusal}");
-    assert!(refusal["connected"].is_null(), "{refusal}");
-    assert!(
-        egress.iter().any(|e| e["app_id"] == "forecast-app" && e["verdict"] == "allow"),
-        "no allowed feed request in {egress:?}"
-    );
-
-    // The access log contains an event for every gateway request that got
-    // a response, so per app there are at least as many events.
-    let access = json_lines(&data.join("access.jsonl"));
-    for (app_id, lines) in [("forecast-app", &forecast), ("rogue-app", &rogue)] {
-        let answered = lines.iter().filter(|o| o["via"] == "gateway" && o["status"].is_u64()).count();
-        let events = access.iter().filter(|e| e["app_id"] == app_id).count();
-        assert!(answered > 0, "{app_id} made no gateway request");
-        assert!(events >= answered, "{app_id}: {events} access events for {answered} answered requests");
-    }
+    common::assert_example_events(&data, &forecast, &rogue);
     let flood_429 = rogue.iter().filter(|o| o["step"] == "flood" && o["status"] == 429).count();
     assert!(flood_429 > 0, "the flood was not rate limited");
 

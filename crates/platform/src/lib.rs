@@ -129,13 +129,43 @@ pub struct Addresses {
     pub consent: Option<SocketAddr>,
 }
 
+/// Which parts of the platform one process runs.
+///
+/// With the Docker driver the gateway and the egress proxy run in separate
+/// containers, one process each. Each process runs its own guard on the
+/// events its part produces (access events, or egress refusals); both
+/// guards store their decisions and reload the other's from the store every
+/// [`portcullis_guard::POLL_INTERVAL`], so a ban decided by either is
+/// enforced by both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Parts {
+    /// Every part in one process.
+    #[default]
+    All,
+    /// The gateway, the token service, the consent page and the operator
+    /// API, with a guard fed by the gateway's access events.
+    Gateway,
+    /// The egress proxy, with a guard fed by its refusals.
+    Egress,
+}
+
+impl Parts {
+    fn gateway(self) -> bool {
+        matches!(self, Self::All | Self::Gateway)
+    }
+
+    fn egress(self) -> bool {
+        matches!(self, Self::All | Self::Egress)
+    }
+}
+
 /// The running platform.
 pub struct Platform {
     addresses: Addresses,
-    gateway: portcullis_gateway::RunningGateway,
-    access_writer: portcullis_gateway::FileWriter,
+    gateway: Option<portcullis_gateway::RunningGateway>,
+    access_writer: Option<portcullis_gateway::FileWriter>,
     guard: RunningGuard,
-    token: TokenService,
+    token: Option<TokenService>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -166,6 +196,17 @@ impl Platform {
     /// Starts every part of the platform that `config` describes, with its
     /// CA and keys in `data_dir` and its state in `store`.
     pub async fn start(config: &PlatformConfig, data_dir: &Path, store: Store) -> Result<Self, PlatformError> {
+        Self::start_parts(config, data_dir, store, Parts::All).await
+    }
+
+    /// Starts the `parts` of the platform that `config` describes; the
+    /// listeners of the other parts are neither bound nor served.
+    pub async fn start_parts(
+        config: &PlatformConfig,
+        data_dir: &Path,
+        store: Store,
+        parts: Parts,
+    ) -> Result<Self, PlatformError> {
         let ca_dir = data_dir.join("ca");
         let ca =
             Arc::new(PlatformCa::load(&ca_dir).map_err(|source| PlatformError::NoCa { dir: ca_dir.clone(), source })?);
@@ -194,106 +235,134 @@ impl Platform {
         let stats = guard.stats_reader();
         let guard = guard.spawn(portcullis_guard::DEFAULT_QUEUE_CAPACITY);
 
-        // Token service.
-        let token_listener = bind("token", config.listeners.token).await?;
-        let consent_listener = match config.listeners.consent {
-            Some(address) => Some(bind("consent", address).await?),
-            None => None,
-        };
         let mut addresses = Addresses {
             gateway: config.listeners.gateway,
             egress: config.listeners.egress,
             operator: config.listeners.operator,
-            token: token_listener.local_addr().map_err(|source| PlatformError::Bind {
+            token: config.listeners.token,
+            consent: config.listeners.consent,
+        };
+        let mut token = None;
+        let mut gateway = None;
+        let mut access_writer = None;
+
+        if parts.gateway() {
+            // Token service.
+            let token_listener = bind("token", config.listeners.token).await?;
+            let consent_listener = match config.listeners.consent {
+                Some(address) => Some(bind("consent", address).await?),
+                None => None,
+            };
+            addresses.token = token_listener.local_addr().map_err(|source| PlatformError::Bind {
                 listener: "token",
                 address: config.listeners.token,
                 source,
-            })?,
-            consent: consent_listener.as_ref().and_then(|l| l.local_addr().ok()),
-        };
+            })?;
+            addresses.consent = consent_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        let token_dir = data_dir.join("token");
-        std::fs::create_dir_all(&token_dir)
-            .map_err(|e| portcullis_token::TokenError::KeyFile { path: token_dir.clone(), reason: e.to_string() })?;
-        let key_file = token_dir.join("signing-keys.json");
-        let lifetime = config.token.access_token_lifetime.as_secs() as i64;
-        let grace = lifetime + portcullis_token::DEFAULT_LEEWAY_SECS;
-        let keys = Arc::new(RwLock::new(SigningKeys::load_or_create(&key_file, now_secs(), grace)?));
-        let issuer = TokenIssuer::new(config.token.issuer.clone(), lifetime, keys);
-        let token = TokenService::new(config, issuer, InvalidationsHandle::default(), store.clone())?;
-        token.sync_invalidations().await?;
-        background.push(tokio::spawn(token.clone().run_sync(Duration::from_millis(500))));
-        background.push(tokio::spawn(token.clone().run_key_rotation(config.token.key_rotation, key_file)));
+            let token_dir = data_dir.join("token");
+            std::fs::create_dir_all(&token_dir).map_err(|e| portcullis_token::TokenError::KeyFile {
+                path: token_dir.clone(),
+                reason: e.to_string(),
+            })?;
+            let key_file = token_dir.join("signing-keys.json");
+            let lifetime = config.token.access_token_lifetime.as_secs() as i64;
+            let grace = lifetime + portcullis_token::DEFAULT_LEEWAY_SECS;
+            let keys = Arc::new(RwLock::new(SigningKeys::load_or_create(&key_file, now_secs(), grace)?));
+            let issuer = TokenIssuer::new(config.token.issuer.clone(), lifetime, keys);
+            let service = TokenService::new(config, issuer, InvalidationsHandle::default(), store.clone())?;
+            service.sync_invalidations().await?;
+            background.push(tokio::spawn(service.clone().run_sync(Duration::from_millis(500))));
+            background.push(tokio::spawn(service.clone().run_key_rotation(config.token.key_rotation, key_file)));
 
-        let (certificate, renewal) =
-            listener_certificate(&ca, &store, &lifetimes, config, "token", addresses.token).await?;
-        renewals.push(renewal);
-        let verifier = PlatformClientVerifier::new(ca.root(), ca.trust_domain().clone(), Arc::clone(&trust))?;
-        let acceptor = PlatformAcceptor::new(certificate, verifier, &[b"h2", b"http/1.1"])?;
-        servers.push(tokio::spawn(portcullis_token::server::serve_mutual_tls(
-            "token",
-            token_listener,
-            acceptor,
-            token.router(),
-            stopped(stop_rx.clone()),
-        )));
-
-        if let (Some(listener), Some(address)) = (consent_listener, addresses.consent) {
             let (certificate, renewal) =
-                listener_certificate(&ca, &store, &lifetimes, config, "consent", address).await?;
+                listener_certificate(&ca, &store, &lifetimes, config, "token", addresses.token).await?;
             renewals.push(renewal);
-            let tls = Arc::new(policy::public_server_config(certificate, &[b"http/1.1"])?);
-            servers.push(tokio::spawn(portcullis_token::server::serve_public_tls(
-                "consent",
-                listener,
-                tls,
-                token.consent_router(),
+            let verifier = PlatformClientVerifier::new(ca.root(), ca.trust_domain().clone(), Arc::clone(&trust))?;
+            let acceptor = PlatformAcceptor::new(certificate, verifier, &[b"h2", b"http/1.1"])?;
+            servers.push(tokio::spawn(portcullis_token::server::serve_mutual_tls(
+                "token",
+                token_listener,
+                acceptor,
+                service.router(),
                 stopped(stop_rx.clone()),
             )));
+
+            if let (Some(listener), Some(address)) = (consent_listener, addresses.consent) {
+                let (certificate, renewal) =
+                    listener_certificate(&ca, &store, &lifetimes, config, "consent", address).await?;
+                renewals.push(renewal);
+                let tls = Arc::new(policy::public_server_config(certificate, &[b"http/1.1"])?);
+                servers.push(tokio::spawn(portcullis_token::server::serve_public_tls(
+                    "consent",
+                    listener,
+                    tls,
+                    service.consent_router(),
+                    stopped(stop_rx.clone()),
+                )));
+            }
+
+            // Gateway.
+            let (certificate, renewal) =
+                listener_certificate(&ca, &store, &lifetimes, config, "gateway", config.listeners.gateway).await?;
+            renewals.push(renewal);
+            let tls = portcullis_gateway::GatewayTls {
+                server_certificate: certificate.clone(),
+                client_certificate: certificate,
+                verifier: PlatformClientVerifier::new(ca.root(), ca.trust_domain().clone(), Arc::clone(&trust))?,
+                platform_root: ca.root().clone(),
+            };
+            let access_log = data_dir.join("access.jsonl");
+            let (access_file, writer) = portcullis_gateway::FileSink::open(&access_log, 65_536).await?;
+            make_private(&access_log);
+            let sinks = portcullis_gateway::EventSinks::new(Some(guard.events.clone()), Some(access_file));
+            let running = portcullis_gateway::Gateway::new(
+                config,
+                tls,
+                service.verifier().clone(),
+                guard.decisions.clone(),
+                sinks,
+            )?
+            .start(config.listeners.gateway)
+            .await?;
+            addresses.gateway = running.local_addr();
+            token = Some(service);
+            gateway = Some(running);
+            access_writer = Some(writer);
         }
 
-        // Gateway.
-        let (certificate, renewal) =
-            listener_certificate(&ca, &store, &lifetimes, config, "gateway", config.listeners.gateway).await?;
-        renewals.push(renewal);
-        let tls = portcullis_gateway::GatewayTls {
-            server_certificate: certificate.clone(),
-            client_certificate: certificate,
-            verifier: PlatformClientVerifier::new(ca.root(), ca.trust_domain().clone(), Arc::clone(&trust))?,
-            platform_root: ca.root().clone(),
-        };
-        let access_log = data_dir.join("access.jsonl");
-        let (access_file, access_writer) = portcullis_gateway::FileSink::open(&access_log, 65_536).await?;
-        make_private(&access_log);
-        let sinks = portcullis_gateway::EventSinks::new(Some(guard.events.clone()), Some(access_file));
-        let gateway =
-            portcullis_gateway::Gateway::new(config, tls, token.verifier().clone(), guard.decisions.clone(), sinks)?
-                .start(config.listeners.gateway)
-                .await?;
-        addresses.gateway = gateway.local_addr();
-
         // Egress proxy.
-        let egress_listener = bind("egress", config.listeners.egress).await?;
-        addresses.egress = egress_listener.local_addr().unwrap_or(config.listeners.egress);
-        let egress_metrics = portcullis_egress::EgressMetrics::new();
-        egress_metrics.register(&mut registry);
-        let (proxy, egress_events) = egress_proxy(config, &store, &guard, egress_metrics).await?;
-        background.push(tokio::spawn(forward_egress_events(
-            egress_events,
-            guard.events.clone(),
-            data_dir.join("egress.jsonl"),
-        )));
+        let mut proxy = None;
+        if parts.egress() {
+            let egress_listener = bind("egress", config.listeners.egress).await?;
+            addresses.egress = egress_listener.local_addr().unwrap_or(config.listeners.egress);
+            let egress_metrics = portcullis_egress::EgressMetrics::new();
+            egress_metrics.register(&mut registry);
+            let (running, egress_events) = egress_proxy(config, &store, &guard, egress_metrics).await?;
+            background.push(tokio::spawn(forward_egress_events(
+                egress_events,
+                guard.events.clone(),
+                data_dir.join("egress.jsonl"),
+            )));
+            servers.push(tokio::spawn(portcullis_egress::proxy::serve(
+                egress_listener,
+                Arc::clone(&running),
+                stopped(stop_rx.clone()),
+            )));
+            proxy = Some(running);
+        }
         let dropped = Arc::new(DroppedEvents {
             guard: guard.events.clone(),
-            gateway: gateway.dropped_counter(),
-            egress: Arc::clone(&proxy),
+            gateway: gateway.as_ref().map(portcullis_gateway::RunningGateway::dropped_counter),
+            egress: proxy,
         });
         registry.register_collector(Box::new(dropped));
-        servers.push(tokio::spawn(portcullis_egress::proxy::serve(egress_listener, proxy, stopped(stop_rx.clone()))));
 
         // Ban enforcement on containers: a banned app's container is cut off
-        // from its networks and reconnected when the ban ends.
-        if config.runtime.driver == portcullis_config::Driver::Docker {
+        // from its networks and reconnected when the ban ends. When the parts
+        // run in separate containers, whoever started them (`portcullis up`)
+        // holds the Docker socket and does this instead.
+        if parts == Parts::All && config.runtime.driver == portcullis_config::Driver::Docker {
             match portcullis_runtime::docker::DockerDriver::connect(portcullis_runtime::docker::DockerOptions::default()).await {
                 Ok(driver) => background.push(tokio::spawn(portcullis_runtime::enforce::follow_decisions(
                     driver,
@@ -306,31 +375,34 @@ impl Platform {
         }
 
         // Operator API.
-        let operator_listener = bind("operator", config.listeners.operator).await?;
-        addresses.operator = operator_listener.local_addr().unwrap_or(config.listeners.operator);
-        let (certificate, renewal) =
-            listener_certificate(&ca, &store, &lifetimes, config, "operator", addresses.operator).await?;
-        renewals.push(renewal);
-        let verifier = PlatformClientVerifier::new(ca.root(), ca.trust_domain().clone(), Arc::clone(&trust))?;
-        let acceptor = PlatformAcceptor::new(certificate, verifier, &[b"h2", b"http/1.1"])?;
-        let state = operator::OperatorState {
-            trust_domain: config.trust_domain.clone(),
-            store: store.clone(),
-            stats,
-            decisions: guard.decisions.clone(),
-            token: token.clone(),
-            registry: Arc::new(registry),
-            service_scopes: Arc::new(config.services.iter().map(|s| (s.name.clone(), s.scopes.clone())).collect()),
-        };
-        servers.push(tokio::spawn(portcullis_token::server::serve_mutual_tls(
-            "operator",
-            operator_listener,
-            acceptor,
-            operator::router(state),
-            stopped(stop_rx.clone()),
-        )));
+        if let Some(service) = &token {
+            let operator_listener = bind("operator", config.listeners.operator).await?;
+            addresses.operator = operator_listener.local_addr().unwrap_or(config.listeners.operator);
+            let (certificate, renewal) =
+                listener_certificate(&ca, &store, &lifetimes, config, "operator", addresses.operator).await?;
+            renewals.push(renewal);
+            let verifier = PlatformClientVerifier::new(ca.root(), ca.trust_domain().clone(), Arc::clone(&trust))?;
+            let acceptor = PlatformAcceptor::new(certificate, verifier, &[b"h2", b"http/1.1"])?;
+            let state = operator::OperatorState {
+                trust_domain: config.trust_domain.clone(),
+                store: store.clone(),
+                stats,
+                decisions: guard.decisions.clone(),
+                token: service.clone(),
+                registry: Arc::new(registry),
+                service_scopes: Arc::new(config.services.iter().map(|s| (s.name.clone(), s.scopes.clone())).collect()),
+            };
+            servers.push(tokio::spawn(portcullis_token::server::serve_mutual_tls(
+                "operator",
+                operator_listener,
+                acceptor,
+                operator::router(state),
+                stopped(stop_rx.clone()),
+            )));
+        }
 
         tracing::info!(
+            ?parts,
             operator = %addresses.operator,
             gateway = %addresses.gateway,
             egress = %addresses.egress,
@@ -362,18 +434,22 @@ impl Platform {
         &self.guard
     }
 
-    /// The token service.
-    pub fn token(&self) -> &TokenService {
-        &self.token
+    /// The token service, unless this process runs only the egress proxy.
+    pub fn token(&self) -> Option<&TokenService> {
+        self.token.as_ref()
     }
 
     /// Stops accepting connections, drains the listeners and stops the guard.
     pub async fn shutdown(self) {
         tracing::info!("platform stopping");
         let _ = self.stop.send(true);
-        let outcome = self.gateway.shutdown(Duration::from_secs(30)).await;
-        tracing::info!(?outcome, "gateway stopped");
-        self.access_writer.finish().await;
+        if let Some(gateway) = self.gateway {
+            let outcome = gateway.shutdown(Duration::from_secs(30)).await;
+            tracing::info!(?outcome, "gateway stopped");
+        }
+        if let Some(writer) = self.access_writer {
+            writer.finish().await;
+        }
         for server in self.servers {
             let _ = server.await;
         }
@@ -516,8 +592,8 @@ async fn forward_egress_events(
 /// time, as Prometheus counters.
 struct DroppedEvents {
     guard: portcullis_guard::EventSender,
-    gateway: Arc<dyn Fn() -> u64 + Send + Sync>,
-    egress: Arc<portcullis_egress::proxy::Proxy>,
+    gateway: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    egress: Option<Arc<portcullis_egress::proxy::Proxy>>,
 }
 
 impl std::fmt::Debug for DroppedEvents {
@@ -540,12 +616,12 @@ impl prometheus_client::collector::Collector for DroppedEvents {
             (
                 "portcullis_gateway_dropped_access_events",
                 "Access events the gateway dropped because a queue was full",
-                (self.gateway)(),
+                self.gateway.as_ref().map_or(0, |count| count()),
             ),
             (
                 "portcullis_egress_dropped_events",
                 "Egress events dropped because the queue was full",
-                self.egress.dropped_events(),
+                self.egress.as_ref().map_or(0, |proxy| proxy.dropped_events()),
             ),
         ];
         for (name, help, value) in counters {

@@ -16,7 +16,7 @@ pub const APP: &str = "io.portcullis.app";
 /// instances (or a test run) on one host never adopt each other's objects.
 pub const INSTANCE: &str = "io.portcullis.instance";
 /// The object's role: `app`, `gateway`, `egress`, `service`, `network-app`,
-/// `network-services` or `network-out`.
+/// `network-services`, `network-out` or `network-control`.
 pub const ROLE: &str = "io.portcullis.role";
 
 /// The role label of a platform object.
@@ -37,6 +37,11 @@ pub enum Role {
     ServiceNetwork,
     /// The egress proxy's network with a route out.
     OutNetwork,
+    /// The internal network on which the host reaches the gateway
+    /// container's operator API.
+    ControlNetwork,
+    /// A locally built image.
+    Image,
 }
 
 impl Role {
@@ -50,6 +55,8 @@ impl Role {
             Self::AppNetwork => "network-app",
             Self::ServiceNetwork => "network-services",
             Self::OutNetwork => "network-out",
+            Self::ControlNetwork => "network-control",
+            Self::Image => "image",
         }
     }
 }
@@ -103,6 +110,11 @@ pub fn service_network_name(instance: &str) -> String {
 /// The name of the egress proxy's outbound network: `pc-<instance>-out`.
 pub fn out_network_name(instance: &str) -> String {
     format!("pc-{instance}-out")
+}
+
+/// The name of the control network: `pc-<instance>-ctl`.
+pub fn control_network_name(instance: &str) -> String {
+    format!("pc-{instance}-ctl")
 }
 
 /// The name of a platform container: `pc-<instance>-<role>`.

@@ -112,11 +112,12 @@ async fn attacks_are_contained() {
 
     env.start_gateway_and_proxy().await;
     let service = PlatformContainerSpec {
-        role: Role::Service,
+        role: Some(Role::Service),
         service_name: Some("records".into()),
         image: env.busybox_image.clone(),
         command: common::httpd(8080),
         env: Vec::new(),
+        ..Default::default()
     };
     let service_id = env.driver.start_platform_container(&service).await.unwrap();
     let service_ip =

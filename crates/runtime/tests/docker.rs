@@ -151,11 +151,12 @@ async fn apps_reach_only_gateway_and_proxy() {
     let Some(env) = TestEnv::start("apps_reach_only_gateway_and_proxy").await else { return };
     env.start_gateway_and_proxy().await;
     let service = portcullis_runtime::docker::PlatformContainerSpec {
-        role: Role::Service,
+        role: Some(Role::Service),
         service_name: Some("weather".into()),
         image: env.busybox_image.clone(),
         command: common::httpd(8080),
         env: Vec::new(),
+        ..Default::default()
     };
     let service_id = env.driver.start_platform_container(&service).await.unwrap();
     let alpha = env.deploy("alpha", &[], &[]).await;

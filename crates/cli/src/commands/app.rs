@@ -272,15 +272,21 @@ fn check_redirect_uri(uri: &str) -> anyhow::Result<()> {
 /// Bytes in a MiB, for display.
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Connects to the Docker Engine for the default platform instance.
+/// The platform instance the app commands work on: `PORTCULLIS_INSTANCE`,
+/// or `default` (which is also what `portcullis up` uses by default).
+fn instance() -> String {
+    std::env::var("PORTCULLIS_INSTANCE").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "default".into())
+}
+
+/// Connects to the Docker Engine for this platform instance.
 async fn docker() -> anyhow::Result<DockerDriver> {
-    Ok(DockerDriver::connect(DockerOptions::default()).await?)
+    Ok(DockerDriver::connect(DockerOptions { instance: instance(), ..DockerOptions::default() }).await?)
 }
 
 /// The container of each app, by app id; empty when Docker is unreachable.
 async fn container_states() -> HashMap<String, AppContainer> {
-    let apps = match DockerDriver::connect(DockerOptions::default()).await {
-        Ok(driver) => driver.list_apps().await,
+    let apps = match docker().await {
+        Ok(driver) => driver.list_apps().await.map_err(anyhow::Error::from),
         Err(error) => Err(error),
     };
     match apps {
@@ -353,7 +359,11 @@ async fn deploy(
         .map_err(|error| UsageError(format!("{error}; create the CA with `portcullis ca init`")))?;
     let lifetimes = Lifetimes::from_settings(&config.identity);
 
-    let driver = docker().await?;
+    // The same ports and names as the gateway and egress proxy of this
+    // configuration, so the app finds them.
+    let settings =
+        super::up::DockerSettings { instance: instance(), subnet_pool: super::up::DEFAULT_SUBNET_POOL.parse()? };
+    let driver = super::up::connect_docker(&config, &settings).await?;
     let request = portcullis_runtime::deploy::DeployRequest {
         manifest: &manifest,
         hardening: &config.runtime.hardening,

@@ -28,10 +28,26 @@ pub struct Args {
     #[arg(long, conflicts_with = "check")]
     init: bool,
 
+    /// Run only one part of the platform: "gateway" (gateway, token
+    /// service, consent page, operator API) or "egress" (egress proxy).
+    /// Each part runs its own guard; the two share decisions through the
+    /// store. Default: every part in this process.
+    #[arg(long, value_enum, value_name = "PART", conflicts_with = "check")]
+    only: Option<PartArg>,
+
     /// Summary format for --check: "table" (text for people) or "json" (the
     /// validated configuration with every default filled in).
     #[arg(long, value_enum, default_value_t = Format::Table, value_name = "FORMAT")]
     format: Format,
+}
+
+/// A part for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PartArg {
+    /// The gateway, token service, consent page and operator API.
+    Gateway,
+    /// The egress proxy.
+    Egress,
 }
 
 /// Runs `serve`.
@@ -62,7 +78,12 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     let store = global.open_store(config.store_url.as_deref(), config.data_dir.as_deref()).await?;
     tracing::info!(config = %args.config.display(), data_dir = %data_dir.display(), backend = %store.backend(), "platform starting");
 
-    let platform = portcullis_platform::Platform::start(&config, &data_dir, store.clone())
+    let parts = match args.only {
+        None => portcullis_platform::Parts::All,
+        Some(PartArg::Gateway) => portcullis_platform::Parts::Gateway,
+        Some(PartArg::Egress) => portcullis_platform::Parts::Egress,
+    };
+    let platform = portcullis_platform::Platform::start_parts(&config, &data_dir, store.clone(), parts)
         .await
         .context("starting the platform")?;
     wait_for_stop_signal().await?;

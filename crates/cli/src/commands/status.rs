@@ -128,7 +128,13 @@ async fn operator_get(
     let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(address))
         .await
         .context("connecting timed out after 5 s")??;
-    let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+    // Every platform certificate names `localhost`; a listener on an
+    // unspecified address (as in a container) has no IP address in it.
+    let name = if address.ip().is_loopback() {
+        rustls::pki_types::ServerName::try_from("localhost").expect("valid name")
+    } else {
+        rustls::pki_types::ServerName::IpAddress(address.ip().into())
+    };
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.context("TLS handshake")?;
 
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;

@@ -88,10 +88,10 @@ pub struct AppStats {
 }
 
 /// A platform container: the gateway, the egress proxy or a service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PlatformContainerSpec {
     /// Gateway, Egress or Service.
-    pub role: Role,
+    pub role: Option<Role>,
     /// For a service: its name, part of the container name.
     pub service_name: Option<String>,
     /// The local image reference.
@@ -100,6 +100,27 @@ pub struct PlatformContainerSpec {
     pub command: Vec<String>,
     /// Environment as `NAME=value`.
     pub env: Vec<String>,
+    /// For a service: its fixed address on its network. Default: one the
+    /// Engine picks from the services network's upper half.
+    pub address: Option<Ipv4Addr>,
+    /// For a service: put it on the outbound network instead of the
+    /// services network (a test host that the egress proxy reaches).
+    pub on_out_network: bool,
+    /// Host paths mounted into the container.
+    pub mounts: Vec<BindMount>,
+    /// `UID:GID` to run as. Default: `nobody` (65534).
+    pub user: Option<String>,
+}
+
+/// A host path mounted into a platform container.
+#[derive(Debug, Clone)]
+pub struct BindMount {
+    /// The host path.
+    pub source: PathBuf,
+    /// The path inside the container.
+    pub target: String,
+    /// Whether the container may only read it.
+    pub read_only: bool,
 }
 
 impl DockerDriver {
@@ -174,10 +195,19 @@ impl DockerDriver {
             "http://{}:{}@{}:{}",
             launch.app_id, launch.proxy_secret, addresses.egress, self.options.proxy_port
         );
+        let gateway_host = match &self.options.platform_names {
+            Some(names) => names.gateway.clone(),
+            None => addresses.gateway.to_string(),
+        };
+        let mut no_proxy = addresses.gateway.to_string();
         let mut env: Vec<String> = launch.env.iter().map(|(name, value)| format!("{name}={value}")).collect();
+        if let Some(names) = &self.options.platform_names {
+            env.push(format!("PORTCULLIS_TOKEN_URL=https://{}:{}/oauth2/token", names.token, names.token_port));
+            no_proxy = format!("{no_proxy},{},{}", names.gateway, names.token);
+        }
         env.extend([
             format!("PORTCULLIS_APP_ID={}", launch.app_id),
-            format!("PORTCULLIS_GATEWAY=https://{}:{}", addresses.gateway, self.options.gateway_port),
+            format!("PORTCULLIS_GATEWAY=https://{gateway_host}:{}", self.options.gateway_port),
             format!("PORTCULLIS_CERT={CREDENTIALS_MOUNT}/cert.pem"),
             format!("PORTCULLIS_KEY={CREDENTIALS_MOUNT}/key.pem"),
             format!("PORTCULLIS_CA_BUNDLE={CREDENTIALS_MOUNT}/ca-bundle.pem"),
@@ -185,12 +215,18 @@ impl DockerDriver {
             format!("HTTPS_PROXY={proxy}"),
             format!("http_proxy={proxy}"),
             format!("https_proxy={proxy}"),
-            format!("NO_PROXY={}", addresses.gateway),
+            format!("NO_PROXY={no_proxy}"),
+            format!("no_proxy={no_proxy}"),
         ]);
         if let Some(port) = launch.port {
             env.push(format!("PORTCULLIS_PORT={port}"));
         }
         env
+    }
+
+    /// The names the gateway container carries on app networks.
+    fn gateway_aliases(&self) -> Vec<String> {
+        self.options.platform_names.iter().flat_map(|names| [names.gateway.clone(), names.token.clone()]).collect()
     }
 
     /// Connects this instance's gateway and egress proxy containers, where
@@ -200,7 +236,10 @@ impl DockerDriver {
         for (role, address) in [(Role::Gateway, addresses.gateway), (Role::Egress, addresses.egress)] {
             let name = labels::platform_container_name(&self.options.instance, role);
             match self.docker.inspect_container(&name, None).await {
-                Ok(container) => self.connect_once(&container, &network, address).await?,
+                Ok(container) => {
+                    let aliases = if role == Role::Gateway { self.gateway_aliases() } else { Vec::new() };
+                    self.connect_once(&container, &network, address, aliases).await?;
+                }
                 Err(error) if is_not_found(&error) => {
                     tracing::warn!(
                         app_id,
@@ -219,6 +258,7 @@ impl DockerDriver {
         container: &ContainerInspectResponse,
         network: &str,
         address: Ipv4Addr,
+        aliases: Vec<String>,
     ) -> Result<(), RuntimeError> {
         let id = container.id.clone().unwrap_or_default();
         let connected = container
@@ -233,6 +273,7 @@ impl DockerDriver {
             container: id.clone(),
             endpoint_config: Some(EndpointSettings {
                 ipam_config: Some(EndpointIpamConfig { ipv4_address: Some(address.to_string()), ..Default::default() }),
+                aliases: (!aliases.is_empty()).then_some(aliases),
                 ..Default::default()
             }),
         };
@@ -243,18 +284,20 @@ impl DockerDriver {
     }
 
     /// Creates and starts a gateway, egress proxy or service container and
-    /// joins it to its networks: the gateway to the services network and
-    /// every app network, the egress proxy to the outbound network and every
-    /// app network, a service to the services network only. Returns the
-    /// container id. It runs as `nobody` with every capability dropped, a
+    /// joins it to its networks: the gateway to the services network, the
+    /// control network and every app network, the egress proxy to the
+    /// outbound network and every app network, a service to the services
+    /// network (or the outbound network) only. Returns the container id. It
+    /// runs as `nobody` (or `spec.user`) with every capability dropped, a
     /// read-only root and `no-new-privileges`.
     pub async fn start_platform_container(&self, spec: &PlatformContainerSpec) -> Result<String, RuntimeError> {
         self.ensure_platform_networks().await?;
         let instance = &self.options.instance;
         let service_network = labels::service_network_name(instance);
         let out_network = labels::out_network_name(instance);
+        let role = spec.role.unwrap_or(Role::Service);
 
-        let (name, first_network, first_address) = match spec.role {
+        let (name, first_network, first_address) = match role {
             Role::Gateway => {
                 let address = Ipv4Addr::from(u32::from(self.service_subnet().network()) + 2);
                 (labels::platform_container_name(instance, Role::Gateway), service_network, Some(address))
@@ -265,9 +308,18 @@ impl DockerDriver {
             }
             _ => {
                 let service = spec.service_name.as_deref().unwrap_or("service");
-                (format!("pc-{instance}-service-{service}"), service_network, None)
+                let network = if spec.on_out_network { out_network } else { service_network };
+                (format!("pc-{instance}-service-{service}"), network, spec.address)
             }
         };
+        let mounts: Vec<String> = spec
+            .mounts
+            .iter()
+            .map(|mount| {
+                let mode = if mount.read_only { "ro" } else { "rw" };
+                format!("{}:{}:{mode}", mount.source.display(), mount.target)
+            })
+            .collect();
 
         let mut endpoint_settings = EndpointSettings::default();
         if let Some(address) = first_address {
@@ -278,14 +330,15 @@ impl DockerDriver {
             image: Some(spec.image.clone()),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             env: Some(spec.env.clone()),
-            user: Some(format!("{PLATFORM_UID}:{PLATFORM_UID}")),
-            labels: Some(labels::object_labels(instance, spec.role, None, &self.options.extra_labels)),
+            user: Some(spec.user.clone().unwrap_or_else(|| format!("{PLATFORM_UID}:{PLATFORM_UID}"))),
+            labels: Some(labels::object_labels(instance, role, None, &self.options.extra_labels)),
             host_config: Some(HostConfig {
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges:true".into()]),
                 readonly_rootfs: Some(true),
                 tmpfs: Some(HashMap::from([("/tmp".into(), "rw,noexec,nosuid,nodev,size=16m".into())])),
                 network_mode: Some(first_network.clone()),
+                binds: (!mounts.is_empty()).then_some(mounts),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::ON_FAILURE),
                     maximum_retry_count: Some(5),
@@ -304,17 +357,25 @@ impl DockerDriver {
             .await
             .map_err(|e| RuntimeError::docker("create container", name.clone(), e))?;
 
-        if matches!(spec.role, Role::Gateway | Role::Egress) {
+        if matches!(role, Role::Gateway | Role::Egress) {
             let container = self
                 .docker
                 .inspect_container(&created.id, None)
                 .await
                 .map_err(|e| RuntimeError::docker("inspect container", name.clone(), e))?;
+            if role == Role::Gateway {
+                let network = labels::control_network_name(instance);
+                self.connect_once(&container, &network, self.gateway_control_address(), Vec::new()).await?;
+            }
             for network in self.networks(Role::AppNetwork).await? {
                 let Some(app_id) = network.labels.as_ref().and_then(|l| l.get(labels::APP)).cloned() else { continue };
                 let Some(addresses) = self.app_addresses(&app_id).await? else { continue };
-                let address = if spec.role == Role::Gateway { addresses.gateway } else { addresses.egress };
-                self.connect_once(&container, &labels::app_network_name(instance, &app_id), address).await?;
+                let (address, aliases) = if role == Role::Gateway {
+                    (addresses.gateway, self.gateway_aliases())
+                } else {
+                    (addresses.egress, Vec::new())
+                };
+                self.connect_once(&container, &labels::app_network_name(instance, &app_id), address, aliases).await?;
             }
         }
 
@@ -322,7 +383,7 @@ impl DockerDriver {
             .start_container(&created.id, None)
             .await
             .map_err(|e| RuntimeError::docker("start container", name.clone(), e))?;
-        tracing::info!(container_id = %created.id, role = spec.role.as_str(), "platform container started");
+        tracing::info!(container_id = %created.id, role = role.as_str(), "platform container started");
         Ok(created.id)
     }
 
@@ -479,7 +540,7 @@ impl DockerDriver {
         let container = self.docker.inspect_container(&app.container_id, None).await.map_err(|e| {
             RuntimeError::docker("inspect container", format!("app {app_id:?} ({})", app.container_id), e)
         })?;
-        self.connect_once(&container, &network, addresses.app).await?;
+        self.connect_once(&container, &network, addresses.app, Vec::new()).await?;
         tracing::info!(app_id, container_id = %app.container_id, network, "app container reconnected");
         Ok(true)
     }
@@ -515,7 +576,7 @@ impl DockerDriver {
                 return Err(RuntimeError::docker("remove container", id, error));
             }
         }
-        for role in [Role::AppNetwork, Role::ServiceNetwork, Role::OutNetwork] {
+        for role in [Role::AppNetwork, Role::ServiceNetwork, Role::OutNetwork, Role::ControlNetwork] {
             for network in self.networks(role).await? {
                 let Some(name) = network.name else { continue };
                 if let Err(error) = self.docker.remove_network(&name).await

@@ -171,3 +171,30 @@ pub async fn build_image(
     tracing::info!(tag, image_id = %id, "image built");
     Ok(id)
 }
+
+impl DockerDriver {
+    /// Removes every image this instance built (selected by label), and
+    /// returns how many. Images of anyone else are never touched.
+    pub async fn remove_images(&self) -> Result<usize, RuntimeError> {
+        let options = bollard::query_parameters::ListImagesOptions {
+            all: false,
+            filters: Some(labels::filter(&self.options.instance, None, None)),
+            ..Default::default()
+        };
+        let images = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(|e| RuntimeError::docker("list images", self.options.instance.clone(), e))?;
+        let mut removed = 0;
+        for image in images {
+            let options = bollard::query_parameters::RemoveImageOptions { force: true, ..Default::default() };
+            match self.docker.remove_image(&image.id, Some(options), None).await {
+                Ok(_) => removed += 1,
+                Err(error) if crate::error::is_not_found(&error) => {}
+                Err(error) => return Err(RuntimeError::docker("remove image", image.id.clone(), error)),
+            }
+        }
+        Ok(removed)
+    }
+}

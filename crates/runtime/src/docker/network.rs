@@ -1,5 +1,6 @@
 //! The platform's networks: one internal network per app, the internal
-//! services network and the egress proxy's outbound network.
+//! services network, the egress proxy's outbound network and the control
+//! network.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -56,8 +57,19 @@ impl DockerDriver {
         nth_subnet(self.options.subnet_pool, 24, 1)
     }
 
-    /// Creates the services network and the outbound network if they do not
-    /// exist yet.
+    /// The control network's subnet: the pool's third /24.
+    pub fn control_subnet(&self) -> Ipv4Net {
+        nth_subnet(self.options.subnet_pool, 24, 2)
+    }
+
+    /// The gateway container's address on the control network: subnet + 2.
+    /// The host reaches it there; apps never do.
+    pub fn gateway_control_address(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.control_subnet().network()) + 2)
+    }
+
+    /// Creates the services network, the outbound network and the control
+    /// network if they do not exist yet.
     pub async fn ensure_platform_networks(&self) -> Result<(), RuntimeError> {
         let instance = &self.options.instance;
         let service_subnet = self.service_subnet();
@@ -68,7 +80,7 @@ impl DockerDriver {
             None,
             service_subnet,
             Some(dynamic_range),
-            true,
+            Isolation::Internal,
         )
         .await?;
         self.ensure_network(
@@ -77,7 +89,18 @@ impl DockerDriver {
             None,
             self.out_subnet(),
             None,
-            false,
+            Isolation::RouteOut,
+        )
+        .await?;
+        // Internal, but with the host's address on the bridge, so that the
+        // host (and only the host) reaches the gateway container.
+        self.ensure_network(
+            &labels::control_network_name(instance),
+            Role::ControlNetwork,
+            None,
+            self.control_subnet(),
+            None,
+            Isolation::InternalWithHost,
         )
         .await?;
         Ok(())
@@ -95,7 +118,8 @@ impl DockerDriver {
         }
 
         let pool = self.options.subnet_pool;
-        let first = (256 / 16) * 2;
+        // The first three /24s hold the services, outbound and control networks.
+        let first = (256 / 16) * 3;
         let count = 1u32 << (APP_PREFIX - pool.prefix_len());
         let used = self.used_subnets().await?;
         for index in first..count {
@@ -103,7 +127,7 @@ impl DockerDriver {
             if used.iter().any(|other| other.contains(&subnet.network()) || subnet.contains(&other.network())) {
                 continue;
             }
-            match self.ensure_network(&name, Role::AppNetwork, Some(app_id), subnet, None, true).await {
+            match self.ensure_network(&name, Role::AppNetwork, Some(app_id), subnet, None, Isolation::Internal).await {
                 Ok(()) => return Ok(AppAddresses::in_subnet(subnet)),
                 Err(RuntimeError::Docker { source, .. }) if source.to_string().contains("overlaps") => continue,
                 Err(error) => return Err(error),
@@ -178,14 +202,15 @@ impl DockerDriver {
         app_id: Option<&str>,
         subnet: Ipv4Net,
         ip_range: Option<Ipv4Net>,
-        internal: bool,
+        isolation: Isolation,
     ) -> Result<(), RuntimeError> {
         if self.network(name).await?.is_some() {
             return Ok(());
         }
 
+        let internal = isolation != Isolation::RouteOut;
         let mut options = HashMap::new();
-        if internal {
+        if isolation == Isolation::Internal {
             options.insert(INHIBIT_IPV4.to_owned(), "true".to_owned());
         }
         let request = NetworkCreateRequest {
@@ -224,6 +249,17 @@ impl DockerDriver {
     }
 }
 
+/// How a network is cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// No route out and no address on the host.
+    Internal,
+    /// No route out, but the host has an address on the bridge.
+    InternalWithHost,
+    /// A plain bridge with a route out through the host.
+    RouteOut,
+}
+
 fn subnets_of(ipam: Option<&Ipam>) -> Vec<Ipv4Net> {
     let configs = ipam.and_then(|ipam| ipam.config.clone()).unwrap_or_default();
     configs.iter().filter_map(|config| config.subnet.as_deref()?.parse().ok()).collect()
@@ -248,10 +284,11 @@ mod tests {
     fn address_plan() {
         let pool: Ipv4Net = "10.213.0.0/16".parse().unwrap();
         assert_eq!(nth_subnet(pool, 24, 1).to_string(), "10.213.1.0/24");
-        assert_eq!(nth_subnet(pool, 28, 32).to_string(), "10.213.2.0/28");
-        let addresses = AppAddresses::in_subnet(nth_subnet(pool, 28, 33));
-        assert_eq!(addresses.gateway.to_string(), "10.213.2.18");
-        assert_eq!(addresses.egress.to_string(), "10.213.2.19");
-        assert_eq!(addresses.app.to_string(), "10.213.2.20");
+        assert_eq!(nth_subnet(pool, 24, 2).to_string(), "10.213.2.0/24");
+        assert_eq!(nth_subnet(pool, 28, 48).to_string(), "10.213.3.0/28");
+        let addresses = AppAddresses::in_subnet(nth_subnet(pool, 28, 49));
+        assert_eq!(addresses.gateway.to_string(), "10.213.3.18");
+        assert_eq!(addresses.egress.to_string(), "10.213.3.19");
+        assert_eq!(addresses.app.to_string(), "10.213.3.20");
     }
 }

@@ -109,6 +109,7 @@ impl TestEnv {
                 subnet_pool: format!("10.214.{}.0/22", index * 4).parse().unwrap(),
                 gateway_port: 8443,
                 proxy_port: 3128,
+                platform_names: None,
                 extra_labels: HashMap::from([(TEST_LABEL.to_owned(), run_id.clone())]),
             };
             let candidate = DockerDriver::connect(options).await.expect("connect to Docker");
@@ -156,11 +157,12 @@ impl TestEnv {
     pub async fn start_gateway_and_proxy(&self) {
         for (role, port) in [(Role::Gateway, 8443), (Role::Egress, 3128)] {
             let spec = PlatformContainerSpec {
-                role,
+                role: Some(role),
                 service_name: None,
                 image: self.busybox_image.clone(),
                 command: httpd(port),
                 env: Vec::new(),
+                ..Default::default()
             };
             self.driver.start_platform_container(&spec).await.expect("start stand-in");
         }

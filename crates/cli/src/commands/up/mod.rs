@@ -7,6 +7,7 @@
 //! stops an app as soon as the guard bans it, and on Ctrl-C or SIGTERM it
 //! stops everything it started. `down` stops what a running or crashed `up` recorded.
 
+mod docker;
 mod example;
 mod start;
 mod state;
@@ -18,7 +19,11 @@ use anyhow::Context;
 
 use super::{Global, UsageError, load_config};
 use crate::EXIT_OK;
+pub use docker::{Settings as DockerSettings, connect as connect_docker};
 pub use example::Example;
+
+/// The default address pool of the Docker driver's networks.
+pub const DEFAULT_SUBNET_POOL: &str = "10.213.0.0/16";
 use state::UpState;
 
 /// The driver that runs the example's apps.
@@ -50,9 +55,23 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
 
-    /// Driver for the apps. Default: runtime.driver from the configuration.
+    /// Driver for the apps. Default: runtime.driver from the configuration,
+    /// falling back to the process driver when no Docker Engine answers.
     #[arg(long, value_enum, value_name = "DRIVER")]
     driver: Option<DriverArg>,
+
+    /// Docker driver: the instance label and name prefix of every object
+    /// `up` creates (a lowercase DNS label).
+    /// `portcullis app` commands find them through `PORTCULLIS_INSTANCE`.
+    /// The example's own instance keeps `down` away from a platform's
+    /// real apps, which are in instance "default".
+    #[arg(long, default_value = "example", value_name = "NAME")]
+    instance: String,
+
+    /// Docker driver: the address pool of the platform's networks (at
+    /// least a /22, overlapping no other network on the host).
+    #[arg(long, default_value = DEFAULT_SUBNET_POOL, value_name = "CIDR")]
+    subnet_pool: ipnet::Ipv4Net,
 }
 
 /// Arguments of `down`.
@@ -73,6 +92,15 @@ pub struct Progress {
 impl Progress {
     fn new() -> Self {
         Self { terminal: std::io::stdout().is_terminal() }
+    }
+
+    /// Reports the start of a step that may take a while.
+    pub fn start(&self, text: &str) {
+        if self.terminal {
+            println!("  … {text}");
+        } else {
+            tracing::info!(step = text, "up: starting");
+        }
     }
 
     /// Reports one finished step.
@@ -97,16 +125,45 @@ impl Progress {
 /// Runs `up`.
 pub async fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     let config = load_config(&args.config)?;
-    let driver = args.driver.unwrap_or(match config.runtime.driver {
-        portcullis_config::Driver::Docker => DriverArg::Docker,
-        portcullis_config::Driver::Process => DriverArg::Process,
-    });
-    if driver == DriverArg::Docker {
-        return Err(UsageError(
-            "`up` runs the example's apps with the process driver only so far; pass --driver process".into(),
-        )
+    let valid_instance = !args.instance.is_empty()
+        && args.instance.len() <= 32
+        && args.instance.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !args.instance.starts_with('-');
+    if !valid_instance {
+        return Err(UsageError(format!(
+            "--instance {:?} is not a lowercase DNS label of at most 32 characters (letters, digits, hyphens)",
+            args.instance
+        ))
         .into());
     }
+    if args.subnet_pool.prefix_len() > 22 {
+        return Err(UsageError(format!(
+            "--subnet-pool {} is too small: the platform needs at least a /22",
+            args.subnet_pool
+        ))
+        .into());
+    }
+    let settings = docker::Settings { instance: args.instance.clone(), subnet_pool: args.subnet_pool };
+    let driver = match (args.driver, config.runtime.driver) {
+        (Some(driver), _) => driver,
+        (None, portcullis_config::Driver::Process) => DriverArg::Process,
+        (None, portcullis_config::Driver::Docker) => match docker::connect(&config, &settings).await {
+            Ok(_) if !running_as_root() => {
+                Progress::new().alert(
+                    "the Docker driver needs root to give each app its own UID; running the apps with the \
+                     process driver, whose isolation is much weaker",
+                );
+                DriverArg::Process
+            }
+            Ok(_) => DriverArg::Docker,
+            Err(error) => {
+                Progress::new().alert(&format!(
+                    "no Docker Engine answered ({error:#}); running the apps with the process driver,                      whose isolation is much weaker"
+                ));
+                DriverArg::Process
+            }
+        },
+    };
     let example_path = args.example.clone().unwrap_or_else(|| Example::default_path(&args.config));
     let example = Example::load(&example_path, &config)?;
     let bin_dir = match &args.bin_dir {
@@ -155,9 +212,54 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         down: format!("portcullis{data_dir_option} down --config {}", args.config.display()),
     };
     let store = global.open_store(config.store_url.as_deref(), config.data_dir.as_deref()).await?;
-    let context = start::Context { config, example, bin_dir, data_dir, store, commands, progress: Progress::new() };
+    let docker = (driver == DriverArg::Docker).then_some(settings);
+    let context = start::Context {
+        config,
+        config_path: args.config.clone(),
+        example,
+        bin_dir,
+        data_dir,
+        store,
+        commands,
+        progress: Progress::new(),
+        docker,
+    };
     start::run(context).await?;
     Ok(EXIT_OK)
+}
+
+/// Returns whether this process runs as root.
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Removes every container, network and image of the Docker `instance`
+/// and forgets it; returns the line to print.
+async fn remove_docker_instance(
+    config: &portcullis_config::PlatformConfig,
+    data_dir: &std::path::Path,
+    instance: &str,
+) -> anyhow::Result<String> {
+    let settings = docker::Settings { instance: instance.to_owned(), subnet_pool: DEFAULT_SUBNET_POOL.parse()? };
+    let driver = docker::connect(config, &settings)
+        .await
+        .context("connecting to the Docker Engine to remove the example's containers, networks and images")?;
+    driver.remove_everything().await?;
+    let images = driver.remove_images().await?;
+    state::forget_docker_instance(data_dir);
+    Ok(format!("removed the containers, networks and {images} images of Docker instance {instance}"))
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+pub(super) async fn stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
 }
 
 /// Runs `down`.
@@ -165,10 +267,19 @@ pub async fn down(global: &Global, args: DownArgs) -> anyhow::Result<u8> {
     let config = load_config(&args.config)?;
     let data_dir = global.data_dir(config.data_dir.as_deref())?;
     let Some(state) = UpState::read(&data_dir)? else {
+        if let Some(instance) = state::docker_instance(&data_dir) {
+            println!("{}", remove_docker_instance(&config, &data_dir, &instance).await?);
+            return Ok(EXIT_OK);
+        }
         println!("nothing to stop: no portcullis up recorded in {}", data_dir.display());
         return Ok(EXIT_OK);
     };
-    let lines = tokio::task::spawn_blocking(move || state::stop_recorded(&state, &data_dir)).await?;
+    let instance = state.docker_instance.clone();
+    let dir = data_dir.clone();
+    let mut lines = tokio::task::spawn_blocking(move || state::stop_recorded(&state, &dir)).await?;
+    if let Some(instance) = instance.or_else(|| state::docker_instance(&data_dir)) {
+        lines.push(remove_docker_instance(&config, &data_dir, &instance).await?);
+    }
     for line in &lines {
         println!("{line}");
     }

@@ -25,6 +25,8 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Context {
     /// The validated configuration.
     pub config: PlatformConfig,
+    /// Its file.
+    pub config_path: PathBuf,
     /// The validated example description.
     pub example: Example,
     /// The directory of the example's binaries.
@@ -37,6 +39,8 @@ pub struct Context {
     pub commands: Commands,
     /// Progress output.
     pub progress: Progress,
+    /// With the Docker driver, its settings; `None` runs the process driver.
+    pub docker: Option<super::docker::Settings>,
 }
 
 /// The `status` and `down` command lines for this configuration and data
@@ -68,7 +72,7 @@ struct Started {
     child: tokio::process::Child,
 }
 
-fn create_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
+pub(super) fn create_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
@@ -87,7 +91,7 @@ fn local_url(scheme: &str, address: SocketAddr) -> String {
 
 /// Runs the example until Ctrl-C or SIGTERM.
 pub async fn run(context: Context) -> anyhow::Result<()> {
-    let Context { config, example, bin_dir, data_dir, store, commands, progress } = context;
+    let Context { config, config_path, example, bin_dir, data_dir, store, commands, progress, docker } = context;
 
     // CA.
     let ca_dir = data_dir.join("ca");
@@ -109,10 +113,34 @@ pub async fn run(context: Context) -> anyhow::Result<()> {
     let run_id = format!("{}-{}", std::process::id(), portcullis_store::now_ms());
     let run_dir = std::env::temp_dir().join(format!("{RUN_DIR_PREFIX}{run_id}"));
     create_dir(&run_dir, 0o711)?;
-    let mut state =
-        UpState { run_id: run_id.clone(), up_pid: std::process::id(), run_dir: run_dir.clone(), processes: Vec::new() };
+    let mut state = UpState {
+        run_id: run_id.clone(),
+        up_pid: std::process::id(),
+        run_dir: run_dir.clone(),
+        processes: Vec::new(),
+        docker_instance: None,
+    };
     state.write(&data_dir)?;
     let _cleanup = Cleanup { data_dir: data_dir.clone(), run_dir: run_dir.clone() };
+
+    if let Some(settings) = docker {
+        let run = super::docker::Run {
+            config: &config,
+            config_path: &config_path,
+            example: &example,
+            bin_dir: &bin_dir,
+            data_dir: &data_dir,
+            store: &store,
+            ca: &ca,
+            lifetimes: &lifetimes,
+            run_dir: &run_dir,
+            progress,
+            settings,
+        };
+        let outcome = super::docker::run(run, &mut state).await;
+        store.close().await;
+        return outcome;
+    }
 
     // Credentials for the apps and the services, before the platform starts
     // so its trust cache already contains every pin.
@@ -350,19 +378,17 @@ async fn follow(
     platform: &portcullis_platform::Platform,
     progress: &Progress,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-
-    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let stop = super::stop_signal();
+    tokio::pin!(stop);
     let mut decisions = platform.guard().decisions.clone();
     let mut ticker = tokio::time::interval(portcullis_runtime::enforce::RECHECK_INTERVAL);
     let mut exited = HashSet::new();
     loop {
         tokio::select! {
-            result = tokio::signal::ctrl_c() => {
-                result.context("waiting for Ctrl-C")?;
+            result = &mut stop => {
+                result?;
                 break;
             }
-            _ = terminate.recv() => break,
             _ = decisions.changed() => {}
             _ = ticker.tick() => {}
         }

@@ -41,6 +41,9 @@ pub struct UpState {
     pub run_dir: PathBuf,
     /// Processes started so far.
     pub processes: Vec<Recorded>,
+    /// With the Docker driver: the instance label of every object started.
+    #[serde(default)]
+    pub docker_instance: Option<String>,
 }
 
 /// `<data-dir>/up`.
@@ -96,6 +99,29 @@ impl UpState {
         let marker = format!("{RUN_MARKER}={}", self.run_id);
         environ.split(|b| *b == 0).any(|entry| entry == marker.as_bytes())
     }
+}
+
+fn docker_instance_path(data_dir: &Path) -> PathBuf {
+    up_dir(data_dir).join("docker-instance")
+}
+
+/// Records the Docker instance of a run in `<data-dir>/up/docker-instance`.
+/// The record outlives the run, because the images it built stay for the
+/// next one until `down` removes them.
+pub fn record_docker_instance(data_dir: &Path, instance: &str) -> anyhow::Result<()> {
+    let path = docker_instance_path(data_dir);
+    std::fs::write(&path, instance).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The Docker instance recorded by [`record_docker_instance`], if any.
+pub fn docker_instance(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(docker_instance_path(data_dir)).ok()?;
+    Some(text.trim().to_owned()).filter(|instance| !instance.is_empty())
+}
+
+/// Removes the record of [`record_docker_instance`].
+pub fn forget_docker_instance(data_dir: &Path) {
+    let _ = std::fs::remove_file(docker_instance_path(data_dir));
 }
 
 /// Removes the run directory if it is one `up` created: directly under the
