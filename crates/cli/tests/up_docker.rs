@@ -221,6 +221,8 @@ fn up_on_docker_bans_rogue_and_serves_forecast() {
     assert!(forecast_status["decision"].is_null(), "{forecast_status}");
     assert!(forecast_status["stats"]["services"]["weather"]["outcomes"]["2xx"].as_u64() > Some(0), "{forecast_status}");
     assert_eq!(rogue_status["decision"]["kind"], "ban", "{rogue_status}");
+    // The egress container reported the refusal to the gateway container's guard.
+    assert!(rogue_status["stats"]["egress_violations"].as_u64() >= Some(1), "{rogue_status}");
     assert!(!rogue_status["decision"]["reason"].as_str().unwrap_or_default().is_empty(), "{rogue_status}");
 
     // The egress proxy refused the forbidden host and allowed the feed;

@@ -26,6 +26,7 @@
 //! the guard.
 
 mod operator;
+pub mod report;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -112,6 +113,21 @@ pub enum PlatformError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] portcullis_store::StoreError),
+
+    /// The trust domain does not make a valid server name for reporting.
+    #[error("cannot report egress refusals to {target}: operator.<trust domain> is not a valid server name")]
+    ReportTarget {
+        /// The operator API address.
+        target: SocketAddr,
+    },
+}
+
+/// Where the egress proxy's refusals go.
+enum ViolationSink {
+    /// The guard in this process.
+    Local(portcullis_guard::EventSender),
+    /// The guard of the gateway part, through its operator API.
+    Remote(report::Reporter),
 }
 
 /// Addresses the running platform listens on.
@@ -145,8 +161,13 @@ pub enum Parts {
     /// The gateway, the token service, the consent page and the operator
     /// API, with a guard fed by the gateway's access events.
     Gateway,
-    /// The egress proxy, with a guard fed by its refusals.
-    Egress,
+    /// The egress proxy. Its refusals go to the guard of the gateway part
+    /// at `report_to` (an operator API address), or, without it, to a guard
+    /// in this process.
+    Egress {
+        /// The operator API of the gateway part.
+        report_to: Option<SocketAddr>,
+    },
 }
 
 impl Parts {
@@ -155,7 +176,7 @@ impl Parts {
     }
 
     fn egress(self) -> bool {
-        matches!(self, Self::All | Self::Egress)
+        matches!(self, Self::All | Self::Egress { .. })
     }
 }
 
@@ -339,11 +360,23 @@ impl Platform {
             let egress_metrics = portcullis_egress::EgressMetrics::new();
             egress_metrics.register(&mut registry);
             let (running, egress_events) = egress_proxy(config, &store, &guard, egress_metrics).await?;
-            background.push(tokio::spawn(forward_egress_events(
-                egress_events,
-                guard.events.clone(),
-                data_dir.join("egress.jsonl"),
-            )));
+            let sink = match parts {
+                Parts::Egress { report_to: Some(target) } => {
+                    let (certificate, renewal) =
+                        listener_certificate(&ca, &store, &lifetimes, config, "egress", config.listeners.egress)
+                            .await?;
+                    renewals.push(renewal);
+                    let tls = Arc::new(policy::client_config(ca.root(), certificate, &[b"http/1.1"])?);
+                    let name = rustls::pki_types::ServerName::try_from(format!("operator.{}", config.trust_domain))
+                        .map_err(|_| PlatformError::ReportTarget { target })?;
+                    let (reporter, task) = report::Reporter::spawn(target, name, tls, 65_536);
+                    background.push(task);
+                    tracing::info!(%target, "egress refusals go to the guard of the gateway part");
+                    ViolationSink::Remote(reporter)
+                }
+                _ => ViolationSink::Local(guard.events.clone()),
+            };
+            background.push(tokio::spawn(forward_egress_events(egress_events, sink, data_dir.join("egress.jsonl"))));
             servers.push(tokio::spawn(portcullis_egress::proxy::serve(
                 egress_listener,
                 Arc::clone(&running),
@@ -385,6 +418,7 @@ impl Platform {
             let acceptor = PlatformAcceptor::new(certificate, verifier, &[b"h2", b"http/1.1"])?;
             let state = operator::OperatorState {
                 trust_domain: config.trust_domain.clone(),
+                events: guard.events.clone(),
                 store: store.clone(),
                 stats,
                 decisions: guard.decisions.clone(),
@@ -556,7 +590,7 @@ async fn egress_proxy(
 /// forbidden destinations and the cap already stops its traffic.
 async fn forward_egress_events(
     mut events: tokio::sync::mpsc::Receiver<portcullis_egress::EgressEvent>,
-    guard: portcullis_guard::EventSender,
+    guard: ViolationSink,
     path: PathBuf,
 ) {
     use tokio::io::AsyncWriteExt;
@@ -570,12 +604,18 @@ async fn forward_egress_events(
     };
     while let Some(event) = events.recv().await {
         if event.verdict == portcullis_egress::Verdict::Deny && event.rule != portcullis_egress::BYTE_LIMIT_RULE {
-            guard.send(portcullis_guard::GuardEvent::EgressViolation {
+            let violation = portcullis_guard::GuardEvent::EgressViolation {
                 app_id: event.app_id.clone(),
                 host: event.requested_host.clone(),
                 rule: event.rule.clone(),
                 at_ms: portcullis_store::now_ms(),
-            });
+            };
+            match &guard {
+                ViolationSink::Local(sender) => {
+                    sender.send(violation);
+                }
+                ViolationSink::Remote(reporter) => reporter.send(&violation),
+            }
         }
         if let Some(writer) = file.as_mut() {
             let mut line = serde_json::to_vec(&event).unwrap_or_default();

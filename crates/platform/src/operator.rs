@@ -7,7 +7,9 @@
 //! identity, such as a monitoring system's `platform/monitor`; changing
 //! bans and grants only to `platform/cli` and `platform/operator`. The
 //! `portcullis` command issues itself a short-lived `platform/cli`
-//! certificate to call it.
+//! certificate to call it. Only `platform/egress`, an egress proxy running
+//! in another process, may post its refusals to the guard, and it may do
+//! nothing else but read.
 //!
 //! | route | does |
 //! | --- | --- |
@@ -17,6 +19,7 @@
 //! | `POST /v1/bans` | adds an operator ban or throttle |
 //! | `DELETE /v1/bans/{id}` | lifts a decision |
 //! | `GET /v1/grants`, `POST /v1/grants`, `DELETE /v1/grants` | lists, adds and withdraws grants |
+//! | `POST /v1/guard/egress-violations` | hands an egress proxy's refusals to the guard (`platform/egress` only) |
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -37,6 +40,7 @@ use serde_json::{Value, json};
 #[derive(Clone)]
 pub(crate) struct OperatorState {
     pub trust_domain: String,
+    pub events: portcullis_guard::EventSender,
     pub store: Store,
     pub stats: StatsReader,
     pub decisions: DecisionReceiver,
@@ -72,12 +76,66 @@ pub(crate) fn router(state: OperatorState) -> Router {
         .route("/v1/bans", get(list_bans).post(add_ban))
         .route("/v1/bans/{id}", get(show_ban).delete(lift_ban))
         .route("/v1/grants", get(list_grants).post(add_grant).delete(remove_grant))
+        .route(crate::report::EGRESS_VIOLATIONS_PATH, axum::routing::post(egress_violations))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_platform_identity))
         .with_state(state)
 }
 
 /// Platform components that may change bans and grants.
 const WRITERS: [&str; 2] = ["cli", "operator"];
+
+/// The platform component that may report egress refusals.
+const REPORTER: &str = "egress";
+
+/// Longest host or rule text accepted in a reported refusal, in bytes.
+const MAX_REPORTED_TEXT: usize = 512;
+
+/// Most tolerated clock difference of a reported refusal's time, in
+/// milliseconds; a refusal from further in the future is refused.
+const MAX_CLOCK_SKEW_MS: i64 = 60_000;
+
+/// Hands a separate egress proxy's refusals to the guard. The whole batch
+/// is checked before any refusal is queued, so a bad batch changes nothing.
+async fn egress_violations(State(state): State<OperatorState>, body: axum::body::Bytes) -> ApiResult {
+    let batch: crate::report::Violations =
+        serde_json::from_slice(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))?;
+    if batch.violations.len() > crate::report::MAX_BATCH {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} refusals in one batch; send at most {}", batch.violations.len(), crate::report::MAX_BATCH),
+        ));
+    }
+    let now = now_ms();
+    let mut events = Vec::with_capacity(batch.violations.len());
+    for violation in batch.violations {
+        let app_id = portcullis_config::AppId::parse(&violation.app_id).map_err(|e| {
+            ApiError(StatusCode::BAD_REQUEST, format!("app_id {:?} is not a valid app id: {e}", violation.app_id))
+        })?;
+        if violation.host.len() > MAX_REPORTED_TEXT || violation.rule.len() > MAX_REPORTED_TEXT {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("host and rule may have at most {MAX_REPORTED_TEXT} bytes each"),
+            ));
+        }
+        if violation.at_ms > now + MAX_CLOCK_SKEW_MS || violation.at_ms < 0 {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("at_ms {} is not a time in the past (now is {now})", violation.at_ms),
+            ));
+        }
+        events.push(portcullis_guard::GuardEvent::EgressViolation {
+            app_id,
+            host: violation.host,
+            rule: violation.rule,
+            at_ms: violation.at_ms,
+        });
+    }
+    let accepted = events.len();
+    for event in events {
+        state.events.send(event);
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))).into_response())
+}
 
 /// Refuses every caller but a platform component of this trust domain, and
 /// changes from any component but [`WRITERS`].
@@ -89,21 +147,24 @@ async fn require_platform_identity(
 ) -> Response {
     let prefix = format!("spiffe://{}/platform/", state.trust_domain);
     let reading = request.method() == axum::http::Method::GET;
+    let reporting = request.uri().path() == crate::report::EGRESS_VIOLATIONS_PATH;
     match client {
         Some(Extension(client)) if client.spiffe_id.starts_with(&prefix) => {
             let component = &client.spiffe_id[prefix.len()..];
-            if reading || WRITERS.contains(&component) {
+            let allowed = if reporting { component == REPORTER } else { reading || WRITERS.contains(&component) };
+            if allowed {
                 next.run(request).await
             } else {
                 // Read the small request body first: an HTTP/2 client whose
                 // body is left unread sees the stream reset, not the 403.
                 let _ = axum::body::to_bytes(request.into_body(), 64 * 1024).await;
                 tracing::warn!(identity = %client.spiffe_id, "operator API rejected a change from a read-only identity");
-                ApiError(
-                    StatusCode::FORBIDDEN,
-                    format!("platform/{component} may only read; changes need platform/cli or platform/operator"),
-                )
-                .into_response()
+                let message = if reporting {
+                    format!("platform/{component} may not report egress refusals; only platform/{REPORTER} may")
+                } else {
+                    format!("platform/{component} may only read; changes need platform/cli or platform/operator")
+                };
+                ApiError(StatusCode::FORBIDDEN, message).into_response()
             }
         }
         Some(Extension(client)) => {

@@ -299,19 +299,7 @@ async fn egress_violation_bans_through_the_guard() {
     let app_id = portcullis_config::AppId::parse("prober").unwrap();
     let secret = portcullis_egress::proxy::ProxySecrets::new(harness.store.clone()).issue(&app_id).await.unwrap();
 
-    // A CONNECT to a host outside the allow-list, through the real proxy.
-    // The refusal happens before any connection; nothing leaves loopback.
-    let mut proxy = tokio::net::TcpStream::connect(platform.addresses().egress).await.unwrap();
-    use base64::Engine;
-    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("prober:{}", secret.expose()));
-    let request = format!(
-        "CONNECT forbidden.example.test:443 HTTP/1.1\r\nHost: forbidden.example.test:443\r\nProxy-Authorization: Basic {credentials}\r\n\r\n"
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut proxy, request.as_bytes()).await.unwrap();
-    let mut head = vec![0_u8; 1024];
-    let read = tokio::io::AsyncReadExt::read(&mut proxy, &mut head).await.unwrap();
-    let head = String::from_utf8_lossy(&head[..read]).into_owned();
-    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    forbidden_connect(platform.addresses().egress, "prober", secret.expose()).await;
 
     // The "egress-violation" policy bans at the first violation; the
     // gateway then refuses the app.
@@ -323,6 +311,148 @@ async fn egress_violation_bans_through_the_guard() {
     assert!(banned, "the egress violation led to a ban at the gateway");
     let decisions = harness.store.decisions(Some("prober")).await.unwrap();
     assert_eq!(decisions[0].decision.policy.as_deref(), Some("egress-violation"));
+    platform.shutdown().await;
+}
+
+/// Sends a CONNECT to a host outside the allow-list through the real proxy
+/// at `proxy` as `app_id`, and checks the 403. The refusal happens before
+/// any connection; nothing leaves loopback.
+async fn forbidden_connect(proxy: SocketAddr, app_id: &str, secret: &str) {
+    use base64::Engine;
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{app_id}:{secret}"));
+    let request = format!(
+        "CONNECT forbidden.example.test:443 HTTP/1.1\r\nHost: forbidden.example.test:443\r\nProxy-Authorization: Basic {credentials}\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+    let mut head = vec![0_u8; 1024];
+    let read = tokio::io::AsyncReadExt::read(&mut stream, &mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..read]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+}
+
+/// The gateway and the egress proxy as separate parts, as in their two
+/// containers: the egress part reports its refusal to the gateway part's
+/// guard, which bans once, counts the refusal in its statistics, and the
+/// gateway refuses the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_egress_part_reports_to_the_gateway_guard() {
+    use portcullis_platform::Parts;
+
+    let harness = Harness::new().await;
+    let gateway = Platform::start_parts(&harness.config, harness.dir.path(), harness.store.clone(), Parts::Gateway)
+        .await
+        .unwrap();
+    let report_to = Some(gateway.addresses().operator);
+    let egress =
+        Platform::start_parts(&harness.config, harness.dir.path(), harness.store.clone(), Parts::Egress { report_to })
+            .await
+            .unwrap();
+    let leaf = harness.app_leaf("prober").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let good_token = token(&harness, &gateway, &leaf).await;
+    let app_id = portcullis_config::AppId::parse("prober").unwrap();
+    let secret = portcullis_egress::proxy::ProxySecrets::new(harness.store.clone()).issue(&app_id).await.unwrap();
+
+    forbidden_connect(egress.addresses().egress, "prober", secret.expose()).await;
+
+    let mut app = App::connect(&harness.ca, &leaf, gateway.addresses().gateway).await;
+    let banned = eventually(Duration::from_secs(5), async || {
+        app.send("GET", "/weather/v1/today", Some(&good_token), "").await.0 == 403
+    })
+    .await;
+    assert!(banned, "the reported refusal led to a ban at the gateway");
+    let stats = gateway.guard().stats.app("prober").expect("the gateway's guard tracks prober");
+    assert_eq!(stats.egress_violations, 1);
+    assert!(egress.guard().stats.app("prober").is_none(), "the egress part's own guard counted the refusal");
+    let decisions = harness.store.decisions(Some("prober")).await.unwrap();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0].decision.policy.as_deref(), Some("egress-violation"));
+
+    // The egress part enforces the stored ban too: the next CONNECT, even
+    // to an allowed host, is refused.
+    let banned_at_proxy = eventually(Duration::from_secs(3), async || {
+        let mut stream = tokio::net::TcpStream::connect(egress.addresses().egress).await.unwrap();
+        use base64::Engine;
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!("prober:{}", secret.expose()));
+        let request = format!(
+            "CONNECT feed.weather.test:9103 HTTP/1.1\r\nHost: feed.weather.test:9103\r\nProxy-Authorization: Basic {credentials}\r\n\r\n"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+        let mut head = vec![0_u8; 1024];
+        let read = tokio::io::AsyncReadExt::read(&mut stream, &mut head).await.unwrap_or(0);
+        String::from_utf8_lossy(&head[..read]).starts_with("HTTP/1.1 403")
+    })
+    .await;
+    assert!(banned_at_proxy, "the egress part did not pick up the ban from the store");
+
+    egress.shutdown().await;
+    gateway.shutdown().await;
+}
+
+/// Forged and malformed reports to the guard's egress route: only
+/// `platform/egress` may post, and a batch with any bad entry changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_report_route_refuses_forgeries() {
+    let harness = Harness::new().await;
+    let platform = harness.start().await;
+    let platform_leaf = async |name: &str| {
+        let id = SpiffeId::new(harness.ca.trust_domain(), CertificateKind::Platform, name).unwrap();
+        harness.ca.issue_and_record(&harness.store, &LeafRequest::new(id, &Lifetimes::default())).await.unwrap()
+    };
+    let egress = platform_leaf("egress").await;
+    let cli = platform_leaf("cli").await;
+    let app = harness.app_leaf("prober").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let now = portcullis_store::now_ms();
+    let one = |app_id: &str, at_ms: i64| {
+        format!(
+            r#"{{"violations":[{{"app_id":"{app_id}","host":"x.test","rule":"not in allow_hosts","at_ms":{at_ms}}}]}}"#
+        )
+    };
+    let too_many = format!(
+        r#"{{"violations":[{}]}}"#,
+        vec![r#"{"app_id":"prober","host":"x.test","rule":"r","at_ms":1}"#; 1001].join(",")
+    );
+    let long_host =
+        format!(r#"{{"violations":[{{"app_id":"prober","host":"{}","rule":"r","at_ms":1}}]}}"#, "h".repeat(513));
+    let mixed = format!(
+        r#"{{"violations":[{{"app_id":"prober","host":"x.test","rule":"r","at_ms":{now}}},{{"app_id":"Bad_Id","host":"x.test","rule":"r","at_ms":{now}}}]}}"#
+    );
+    let extra_field = format!(
+        r#"{{"violations":[{{"app_id":"prober","host":"x.test","rule":"r","at_ms":{now},"verdict":"allow"}}]}}"#
+    );
+    let cases: Vec<(&str, &IssuedLeaf, String, u16)> = vec![
+        ("an app certificate", &app, one("prober", now), 403),
+        ("the CLI's certificate", &cli, one("prober", now), 403),
+        ("not JSON", &egress, "violations".into(), 400),
+        ("an unknown field", &egress, extra_field, 400),
+        ("an invalid app id", &egress, one("../admin", now), 400),
+        ("a time an hour ahead", &egress, one("prober", now + 3_600_000), 400),
+        ("a negative time", &egress, one("prober", -1), 400),
+        ("a host of 513 bytes", &egress, long_host, 400),
+        ("a valid entry with an invalid one", &egress, mixed, 400),
+        ("1001 entries", &egress, too_many, 413),
+    ];
+    for (what, caller, body, expected) in &cases {
+        let mut client = App::connect(&harness.ca, caller, platform.addresses().operator).await;
+        let (status, text) = client.send("POST", "/v1/guard/egress-violations", None, body).await;
+        assert_eq!(status, *expected, "{what}: {text}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(platform.guard().stats.app("prober").is_none(), "a refused report reached the guard");
+    assert!(harness.store.decisions(Some("prober")).await.unwrap().is_empty());
+
+    // The one accepted report bans through the egress-violation policy.
+    let mut client = App::connect(&harness.ca, &egress, platform.addresses().operator).await;
+    let (status, text) = client.send("POST", "/v1/guard/egress-violations", None, &one("prober", now)).await;
+    assert_eq!((status, text.as_str()), (202, r#"{"accepted":1}"#));
+    let banned =
+        eventually(Duration::from_secs(3), async || !harness.store.decisions(Some("prober")).await.unwrap().is_empty())
+            .await;
+    assert!(banned, "the accepted report did not ban");
     platform.shutdown().await;
 }
 

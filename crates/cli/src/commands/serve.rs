@@ -35,6 +35,12 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "PART", conflicts_with = "check")]
     only: Option<PartArg>,
 
+    /// With --only egress: the operator API of the gateway part (IP:port),
+    /// whose guard then counts this proxy's refusals, so one guard holds
+    /// every app's statistics. Default: a guard in this process.
+    #[arg(long, value_name = "ADDRESS", requires = "only")]
+    report_to: Option<std::net::SocketAddr>,
+
     /// Summary format for --check: "table" (text for people) or "json" (the
     /// validated configuration with every default filled in).
     #[arg(long, value_enum, default_value_t = Format::Table, value_name = "FORMAT")]
@@ -81,7 +87,7 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     let parts = match args.only {
         None => portcullis_platform::Parts::All,
         Some(PartArg::Gateway) => portcullis_platform::Parts::Gateway,
-        Some(PartArg::Egress) => portcullis_platform::Parts::Egress,
+        Some(PartArg::Egress) => portcullis_platform::Parts::Egress { report_to: args.report_to },
     };
     let platform = portcullis_platform::Platform::start_parts(&config, &data_dir, store.clone(), parts)
         .await

@@ -363,10 +363,9 @@ impl DockerDriver {
                 .inspect_container(&created.id, None)
                 .await
                 .map_err(|e| RuntimeError::docker("inspect container", name.clone(), e))?;
-            if role == Role::Gateway {
-                let network = labels::control_network_name(instance);
-                self.connect_once(&container, &network, self.gateway_control_address(), Vec::new()).await?;
-            }
+            let control =
+                if role == Role::Gateway { self.gateway_control_address() } else { self.egress_control_address() };
+            self.connect_once(&container, &labels::control_network_name(instance), control, Vec::new()).await?;
             for network in self.networks(Role::AppNetwork).await? {
                 let Some(app_id) = network.labels.as_ref().and_then(|l| l.get(labels::APP)).cloned() else { continue };
                 let Some(addresses) = self.app_addresses(&app_id).await? else { continue };

@@ -5,7 +5,7 @@
 //! ```text
 //!   pc-<instance>-svc (internal)   first /24 of the pool: gateway .2, services from .128
 //!   pc-<instance>-out              second /24: egress proxy .3, with a route out
-//!   pc-<instance>-ctl (internal)   third /24: host .1, gateway .2 (operator API)
+//!   pc-<instance>-ctl (internal)   third /24: host .1, gateway .2 (operator API), egress proxy .3
 //!   pc-<instance>-app-<id> (internal, one /28 per app after those):
 //!       .1 reserved by Docker (no address on the host), gateway .2, egress proxy .3, app .4
 //! ```

@@ -68,6 +68,12 @@ impl DockerDriver {
         Ipv4Addr::from(u32::from(self.control_subnet().network()) + 2)
     }
 
+    /// The egress proxy container's address on the control network: subnet
+    /// + 3. From there it reports refusals to the gateway container's guard.
+    pub fn egress_control_address(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.control_subnet().network()) + 3)
+    }
+
     /// Creates the services network, the outbound network and the control
     /// network if they do not exist yet.
     pub async fn ensure_platform_networks(&self) -> Result<(), RuntimeError> {

@@ -303,22 +303,30 @@ pub async fn run(run: Run<'_>, state: &mut UpState) -> anyhow::Result<()> {
             read_only: true,
         });
     }
+    let gateway_control = driver.gateway_control_address();
+    let operator_in_container = SocketAddr::from((gateway_control, config.listeners.operator.port()));
     for (role, part) in [(Role::Gateway, "gateway"), (Role::Egress, "egress")] {
         progress.start(&format!("starting the {part} container"));
+        let mut command = vec![
+            "--log-format".into(),
+            "json".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "serve".into(),
+            "--config".into(),
+            CONFIG_MOUNT.into(),
+            "--only".into(),
+            part.into(),
+        ];
+        if role == Role::Egress {
+            // One guard, in the gateway container, counts every app's
+            // requests and refusals.
+            command.extend(["--report-to".into(), operator_in_container.to_string()]);
+        }
         let spec = PlatformContainerSpec {
             role: Some(role),
             image: platform_image.clone(),
-            command: vec![
-                "--log-format".into(),
-                "json".into(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "serve".into(),
-                "--config".into(),
-                CONFIG_MOUNT.into(),
-                "--only".into(),
-                part.into(),
-            ],
+            command,
             env: vec![format!("RUST_LOG={}", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))],
             mounts: mounts.clone(),
             user: Some(format!("{}:{}", owner.uid(), owner.gid())),
@@ -326,7 +334,6 @@ pub async fn run(run: Run<'_>, state: &mut UpState) -> anyhow::Result<()> {
         };
         driver.start_platform_container(&spec).await?;
     }
-    let gateway_control = driver.gateway_control_address();
     let egress_out = Ipv4Addr::from(u32::from(driver.out_subnet().network()) + 3);
     wait_for_listen(&driver, "gateway container", (gateway_control, config.listeners.gateway.port()).into()).await?;
     wait_for_listen(&driver, "gateway container", (gateway_control, config.listeners.operator.port()).into()).await?;
@@ -336,10 +343,7 @@ pub async fn run(run: Run<'_>, state: &mut UpState) -> anyhow::Result<()> {
     }
     progress.step(&format!("gateway and egress proxy containers started from {platform_image}"));
 
-    let relay = tokio::spawn(relay(
-        config.listeners.operator,
-        SocketAddr::from((gateway_control, config.listeners.operator.port())),
-    ));
+    let relay = tokio::spawn(relay(config.listeners.operator, operator_in_container));
     let relay = AbortOnDrop(relay);
 
     // Apps.
