@@ -85,6 +85,48 @@ impl Drop for Up {
     }
 }
 
+/// What both runs of `up` share.
+struct UpArgs<'a> {
+    data: &'a Path,
+    config: &'a Path,
+    instance: &'a str,
+    pool: &'a str,
+    bin_dir: &'a Path,
+}
+
+/// Starts `portcullis up` on the Docker driver with its output in
+/// `<dir>/<name>.out` and `<dir>/<name>.err`.
+fn start_up(args: &UpArgs<'_>, dir: &Path, name: &str) -> Up {
+    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("--data-dir")
+        .arg(args.data)
+        .args(["--log-format", "json", "up", "--config", args.config.to_str().unwrap(), "--driver", "docker"])
+        .args(["--instance", args.instance, "--subnet-pool", args.pool, "--bin-dir"])
+        .arg(args.bin_dir)
+        .env_remove("PORTCULLIS_LOG")
+        .env_remove("PORTCULLIS_INSTANCE")
+        .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    Up { child, data: args.data.to_owned(), config: args.config.to_owned(), instance: args.instance.to_owned() }
+}
+
+/// Stops `up` with SIGTERM and checks that it exits 0 within 60 s.
+fn stop_up(up: &mut Up, log: &dyn Fn() -> String) {
+    assert!(Command::new("kill").args(["-TERM", &up.child.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(status) = up.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "up did not stop within 60 s of SIGTERM\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(exit.code(), Some(0), "{}", log());
+}
+
 /// The directory of the static binaries.
 fn static_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PORTCULLIS_STATIC_BIN_DIR").filter(|d| !d.is_empty()) {
@@ -141,24 +183,8 @@ fn up_on_docker_bans_rogue_and_serves_forecast() {
     let pool = format!("10.215.{}.0/22", (random_u32() % 64) * 4);
 
     let started = Instant::now();
-    let mut up = Up {
-        child: Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--log-format", "json", "up", "--config", &config_arg, "--driver", "docker"])
-            .args(["--instance", &instance, "--subnet-pool", &pool, "--bin-dir"])
-            .arg(&bin_dir)
-            .env_remove("PORTCULLIS_LOG")
-            .env_remove("PORTCULLIS_INSTANCE")
-            .stdout(std::fs::File::create(dir.path().join("up.out")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("up.err")).unwrap())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-        data: data.clone(),
-        config: config.clone(),
-        instance: instance.clone(),
-    };
+    let up_args = UpArgs { data: &data, config: &config, instance: &instance, pool: &pool, bin_dir: &bin_dir };
+    let mut up = start_up(&up_args, dir.path(), "up");
     let up_log = || {
         let out = std::fs::read_to_string(dir.path().join("up.out")).unwrap_or_default();
         let err = std::fs::read_to_string(dir.path().join("up.err")).unwrap_or_default();
@@ -276,19 +302,33 @@ fn up_on_docker_bans_rogue_and_serves_forecast() {
     }
 
     // SIGTERM: up removes the containers and networks it started.
-    assert!(Command::new("kill").args(["-TERM", &up.child.id().to_string()]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(status) = up.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "up did not stop within 60 s of SIGTERM\n{}", up_log());
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(exit.code(), Some(0), "{}", up_log());
+    stop_up(&mut up, &up_log);
     assert_eq!(labelled("container", &instance), Vec::<String>::new());
     assert_eq!(labelled("network", &instance), Vec::<String>::new());
     assert!(!labelled("image", &instance).is_empty(), "the images should stay for the next run");
+
+    // A second run reuses the CA and the stored ban: rogue-app is cut off
+    // as soon as it is deployed, and forecast-app works again.
+    let mut second = start_up(&up_args, dir.path(), "up2");
+    let second_log = || std::fs::read_to_string(dir.path().join("up2.err")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let forecast_again = loop {
+        let logs = portcullis_in(&instance, &data, &["app", "logs", "forecast-app"]);
+        let lines = outcomes(&String::from_utf8_lossy(&logs.stdout));
+        if lines.iter().any(|o| o["step"] == "feed") {
+            break lines;
+        }
+        assert!(second.child.try_wait().unwrap().is_none(), "the second up exited\n{}", second_log());
+        assert!(Instant::now() < deadline, "forecast-app did not work in the second run\n{}", second_log());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(forecast_again.iter().all(|o| o["expected"] == true), "{forecast_again:?}");
+    assert!(second_log().contains("reusing the platform CA"), "{}", second_log());
+    assert!(networks_of(&rogue_container).is_empty(), "rogue-app is connected in the second run");
+    let bans = portcullis(&data, &["ban", "list", "--app", "rogue-app", "--format", "json"]);
+    let bans: serde_json::Value = serde_json::from_slice(&bans.stdout).unwrap();
+    assert_eq!(bans["decisions"].as_array().map(Vec::len), Some(1), "the stored ban was not reused: {bans}");
+    stop_up(&mut second, &second_log);
 
     // down removes the images too; nothing with the label is left.
     let down = portcullis(&data, &["down", "--config", &config_arg]);
