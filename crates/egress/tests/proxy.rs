@@ -415,6 +415,44 @@ async fn idle_tunnel_closed() {
     proxy.stop().await;
 }
 
+/// A client that sends its first tunnel bytes in the same write as the
+/// CONNECT head (as some clients pipeline a TLS ClientHello): the proxy has
+/// already read them with the head and must forward them first.
+#[tokio::test]
+async fn tunnel_forwards_bytes_sent_with_head() {
+    let target = TargetServer::start().await;
+    let proxy = Harness::start(Options::new(&[target.port])).await;
+    let app_id = AppId::parse(WEATHER_APP).unwrap();
+
+    let authority = format!("feed.weather.test:{}", target.port);
+    let inner = format!("GET /early HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: {}\r\n\r\n{inner}",
+        proxy.basic(WEATHER_APP)
+    );
+    let mut stream = TcpStream::connect(proxy.address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.expect("in time").unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 200"), "the target did not answer the early request: {rest}");
+    assert_eq!(target.requests().iter().map(|r| r.target.as_str()).collect::<Vec<_>>(), ["/early"]);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.proxy.tunnels().open(&app_id) > 0 {
+        assert!(Instant::now() < deadline, "slot freed within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (sent, received) = proxy.bytes.totals(&app_id);
+    assert_eq!(sent, inner.len() as u64, "the early bytes are counted once");
+    assert!(received > 0);
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn full_event_queue_counts_drops() {
     let target = TargetServer::start().await;

@@ -47,7 +47,6 @@ pub(crate) struct Shared {
     pub trust: Arc<TrustCache>,
     pub decisions: DecisionReceiver,
     pub sinks: EventSinks,
-    pub client: UpstreamClient,
 }
 
 /// The connection facts the gateway takes from the TLS handshake.
@@ -62,7 +61,12 @@ pub(crate) struct Peer {
 
 /// Handles one request; never fails, because every failure becomes a
 /// response here.
-pub(crate) async fn handle(shared: Arc<Shared>, peer: Arc<Peer>, request: Request<Incoming>) -> Response<ResponseBody> {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    client: UpstreamClient,
+    peer: Arc<Peer>,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
     let started = Instant::now();
     let request_id = new_request_id();
     let span = tracing::info_span!("request", app_id = %peer.app_id, request_id = %request_id);
@@ -82,7 +86,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, peer: Arc<Peer>, request: Reques
         reason: None,
     };
 
-    let result = forward(&shared, &peer, request, &request_id, &counters, &mut event).instrument(span.clone()).await;
+    let result =
+        forward(&shared, &client, &peer, request, &request_id, &counters, &mut event).instrument(span.clone()).await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
@@ -104,6 +109,7 @@ type UpstreamResponse = Response<http_body_util::combinators::UnsyncBoxBody<Byte
 
 async fn forward(
     shared: &Shared,
+    client: &UpstreamClient,
     peer: &Peer,
     request: Request<Incoming>,
     request_id: &str,
@@ -186,7 +192,7 @@ async fn forward(
     let upstream_request =
         Request::from_parts(head, LimitedBody::new(body, settings.max_body_bytes, Arc::clone(counters)));
 
-    let sent = tokio::time::timeout(settings.upstream_timeout, shared.client.request(upstream_request)).await;
+    let sent = tokio::time::timeout(settings.upstream_timeout, client.request(upstream_request)).await;
     let response = match sent {
         Err(_) => {
             return Err(GatewayError::UpstreamTimeout {

@@ -1,5 +1,15 @@
 //! The listener: TLS handshakes, HTTP/1.1 and HTTP/2 connections, reload
 //! and graceful shutdown.
+//!
+//! The gateway runs one worker thread per core, each with a single-threaded
+//! tokio runtime, its own listening socket on the same address
+//! (`SO_REUSEPORT`, so the kernel spreads new connections over them) and
+//! its own pool of upstream connections. A request is then served from
+//! accept to upstream response on one thread, with no hand-over between
+//! threads. With one shared work-stealing runtime, much of the time went to
+//! waking threads to pass each request to the one task that owned the
+//! upstream HTTP/2 connection. Routes, limits, rate state, tokens and
+//! decisions are shared by all workers.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::GatewayError;
 use crate::events::EventSinks;
 use crate::limits::{Rate, RateLimits};
-use crate::proxy::{Peer, Shared, handle};
+use crate::proxy::{Peer, Shared, UpstreamClient, handle};
 use crate::routes::RouteTable;
 
 /// ALPN protocols offered to apps and upstreams, HTTP/2 first.
@@ -52,10 +62,15 @@ pub struct GatewayTls {
     pub platform_root: CertificateDer<'static>,
 }
 
+/// Connects to upstreams: TCP, then mutual TLS (or plain HTTP).
+type UpstreamConnector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
 /// A gateway ready to listen.
 pub struct Gateway {
     shared: Arc<Shared>,
     acceptor: PlatformAcceptor,
+    connector: UpstreamConnector,
+    workers: usize,
 }
 
 impl Gateway {
@@ -87,11 +102,7 @@ impl Gateway {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(UPSTREAM_IDLE)
-            .build(connector);
+        let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
 
         let shared = Shared {
             routes: ArcSwap::from_pointee(routes),
@@ -101,22 +112,122 @@ impl Gateway {
             trust,
             decisions,
             sinks,
-            client,
         };
-        Ok(Self { shared: Arc::new(shared), acceptor })
+        Ok(Self { shared: Arc::new(shared), acceptor, connector, workers })
     }
 
-    /// Binds `address` (use port 0 for an ephemeral port) and starts
-    /// accepting connections.
+    /// Sets the number of worker threads (default: one per core, as
+    /// `std::thread::available_parallelism` reports). At least 1.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// Binds `address` (use port 0 for an ephemeral port) once per worker
+    /// and starts the workers. Must be called inside a tokio runtime, which
+    /// runs the housekeeping task.
     pub async fn start(self, address: SocketAddr) -> Result<RunningGateway, GatewayError> {
-        let listener = TcpListener::bind(address).await.map_err(|source| GatewayError::Bind { address, source })?;
-        let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind { address, source })?;
+        // The first socket fixes the port, so that a port 0 request gives
+        // every worker the same ephemeral port.
+        let first = reuse_port_listener(address)?;
+        let local_addr = first.local_addr().map_err(|source| GatewayError::Bind { address, source })?;
+        let mut listeners = vec![first];
+        for _ in 1..self.workers {
+            listeners.push(reuse_port_listener(local_addr)?);
+        }
+
         let (stop, stopped) = watch::channel(false);
-        let (alive, drained) = mpsc::channel::<()>(1);
-        let task = tokio::spawn(accept_loop(listener, self.acceptor, Arc::clone(&self.shared), stopped, alive));
+        let (force, forced) = watch::channel(false);
+        let (finished, all_finished) = mpsc::channel::<()>(1);
+        let mut threads = Vec::new();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let worker = Worker {
+                listener,
+                acceptor: self.acceptor.clone(),
+                shared: Arc::clone(&self.shared),
+                connector: self.connector.clone(),
+                stopped: stopped.clone(),
+                forced: forced.clone(),
+                _finished: finished.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("gateway-{index}"))
+                .spawn(move || worker.run())
+                .map_err(|source| GatewayError::Bind { address: local_addr, source })?;
+            threads.push(thread);
+        }
         let housekeeping = tokio::spawn(housekeeping(Arc::clone(&self.shared)));
-        tracing::info!(address = %local_addr, routes = self.shared.routes.load().len(), "gateway listening");
-        Ok(RunningGateway { shared: self.shared, local_addr, stop, drained, task, housekeeping })
+        tracing::info!(
+            address = %local_addr,
+            workers = threads.len(),
+            routes = self.shared.routes.load().len(),
+            "gateway listening"
+        );
+        Ok(RunningGateway { shared: self.shared, local_addr, stop, force, all_finished, housekeeping })
+    }
+}
+
+/// A listening socket on `address` with `SO_REUSEPORT`, so that each worker
+/// has its own. Linux hands the connections of one port only to sockets
+/// of the same user.
+fn reuse_port_listener(address: SocketAddr) -> Result<std::net::TcpListener, GatewayError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+
+    let bind_error = |source| GatewayError::Bind { address, source };
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP)).map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.set_reuse_port(true).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    socket.bind(&address.into()).map_err(bind_error)?;
+    socket.listen(1024).map_err(bind_error)?;
+    Ok(socket.into())
+}
+
+/// One worker thread's share of the gateway.
+struct Worker {
+    listener: std::net::TcpListener,
+    acceptor: PlatformAcceptor,
+    shared: Arc<Shared>,
+    connector: UpstreamConnector,
+    stopped: watch::Receiver<bool>,
+    forced: watch::Receiver<bool>,
+    /// Dropped when the thread ends; the shutdown waits for every worker's.
+    _finished: mpsc::Sender<()>,
+}
+
+impl Worker {
+    /// Runs the worker's runtime: accepts until stopped, then waits until
+    /// its connections have finished or the shutdown's deadline forces the
+    /// end, and drops whatever is still open.
+    fn run(self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start a gateway worker's runtime");
+                return;
+            }
+        };
+        let Worker { listener, acceptor, shared, connector, stopped, mut forced, _finished } = self;
+        runtime.block_on(async move {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::error!(%error, "cannot register a gateway worker's listener");
+                    return;
+                }
+            };
+            let client: UpstreamClient = Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(UPSTREAM_IDLE)
+                .build(connector);
+            let (alive, mut drained) = mpsc::channel::<()>(1);
+            accept_loop(listener, acceptor, shared, client, stopped, alive).await;
+            tokio::select! {
+                _ = drained.recv() => {}
+                _ = forced.wait_for(|forced| *forced) => {}
+            }
+        });
     }
 }
 
@@ -131,8 +242,8 @@ pub struct RunningGateway {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    drained: mpsc::Receiver<()>,
-    task: tokio::task::JoinHandle<()>,
+    force: watch::Sender<bool>,
+    all_finished: mpsc::Receiver<()>,
     housekeeping: tokio::task::JoinHandle<()>,
 }
 
@@ -183,11 +294,14 @@ impl RunningGateway {
     pub async fn shutdown(mut self, deadline: Duration) -> ShutdownOutcome {
         tracing::info!(deadline = ?deadline, "gateway shutting down");
         let _ = self.stop.send(true);
-        let _ = (&mut self.task).await;
         self.housekeeping.abort();
-        let outcome = match tokio::time::timeout(deadline, self.drained.recv()).await {
+        let outcome = match tokio::time::timeout(deadline, self.all_finished.recv()).await {
             Ok(_) => ShutdownOutcome::Drained,
-            Err(_) => ShutdownOutcome::DeadlinePassed,
+            Err(_) => {
+                let _ = self.force.send(true);
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.all_finished.recv()).await;
+                ShutdownOutcome::DeadlinePassed
+            }
         };
         tracing::info!(?outcome, "gateway stopped");
         outcome
@@ -196,7 +310,9 @@ impl RunningGateway {
 
 impl Drop for RunningGateway {
     fn drop(&mut self) {
-        self.task.abort();
+        // The workers stop accepting, ask their connections to finish and
+        // end when they have.
+        let _ = self.stop.send(true);
         self.housekeeping.abort();
     }
 }
@@ -218,6 +334,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: PlatformAcceptor,
     shared: Arc<Shared>,
+    client: UpstreamClient,
     mut stopped: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
@@ -237,8 +354,15 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let connection =
-            serve_connection(tcp, remote, acceptor.clone(), Arc::clone(&shared), stopped.clone(), alive.clone());
+        let connection = serve_connection(
+            tcp,
+            remote,
+            acceptor.clone(),
+            Arc::clone(&shared),
+            client.clone(),
+            stopped.clone(),
+            alive.clone(),
+        );
         tokio::spawn(connection);
     }
 }
@@ -250,6 +374,7 @@ async fn serve_connection(
     remote: SocketAddr,
     acceptor: PlatformAcceptor,
     shared: Arc<Shared>,
+    client: UpstreamClient,
     mut stopped: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
@@ -294,8 +419,9 @@ async fn serve_connection(
     let service_shared = Arc::clone(&shared);
     let service = service_fn(move |request| {
         let shared = Arc::clone(&service_shared);
+        let client = client.clone();
         let peer = Arc::clone(&peer);
-        async move { Ok::<_, std::convert::Infallible>(handle(shared, peer, request).await) }
+        async move { Ok::<_, std::convert::Infallible>(handle(shared, client, peer, request).await) }
     });
     let connection = builder.serve_connection(TokioIo::new(io.clone()), service);
     tokio::pin!(connection);
