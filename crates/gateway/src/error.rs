@@ -234,9 +234,34 @@ impl GatewayError {
         }
     }
 
+    /// Returns a fixed sentence saying which check failed, for the
+    /// `error_description` member of the body. Like [`Self::code`], it never
+    /// contains request or upstream data.
+    pub fn description(&self) -> &'static str {
+        match self {
+            Self::Path { .. } => "the path is not in canonical form or contains a forbidden spelling",
+            Self::Framing { .. } => "the request's framing or headers are malformed",
+            Self::HeadersTooLarge { .. } => "the request headers exceed the gateway's limit",
+            Self::BodyTooLarge { .. } => "the request body exceeds the gateway's limit",
+            Self::NoRoute { .. } => "no route matches this method and path",
+            Self::MissingToken { .. } => "exactly one Authorization: Bearer header is required",
+            Self::Token { reason, .. } => reason.description(),
+            Self::AppMismatch { .. } => "the token was issued to another app than the client certificate's",
+            Self::Revoked { .. } => "the client certificate was revoked",
+            Self::Banned { .. } => "the app is banned by the platform",
+            Self::RateLimited { .. } => {
+                "the app's rate limit for this service is exhausted; retry after Retry-After seconds"
+            }
+            Self::UpstreamUnreachable { .. } => "the service is unreachable",
+            Self::UpstreamTimeout { .. } => "the service did not answer in time",
+            _ => "the gateway failed; the request id identifies the failure in the platform's logs",
+        }
+    }
+
     /// Logs the failure with its detail at the level of its source and
     /// builds the response: the status, the fixed JSON body
-    /// `{"error": code, "request_id": id}` and, where RFC 6750 section 3
+    /// `{"error": code, "error_description": text, "request_id": id}` and,
+    /// where RFC 6750 section 3
     /// or RFC 9110 section 10.2.3 asks for them, `WWW-Authenticate` or
     /// `Retry-After`.
     pub fn to_response(&self, request_id: &str) -> Response<Full<Bytes>> {
@@ -253,7 +278,12 @@ impl GatewayError {
             }
         }
 
-        let body = serde_json::json!({ "error": self.code(), "request_id": request_id }).to_string();
+        let body = serde_json::json!({
+            "error": self.code(),
+            "error_description": self.description(),
+            "request_id": request_id,
+        })
+        .to_string();
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -263,7 +293,7 @@ impl GatewayError {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Self::Token { .. } | Self::AppMismatch { .. } => {
-                let value = format!("Bearer error=\"{}\"", self.code());
+                let value = format!("Bearer error=\"{}\", error_description=\"{}\"", self.code(), self.description());
                 if let Ok(value) = HeaderValue::from_str(&value) {
                     headers.insert(header::WWW_AUTHENTICATE, value);
                 }

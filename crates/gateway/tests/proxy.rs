@@ -67,16 +67,43 @@ async fn token_failures_are_refused_with_reason() {
     let other = h.platform.issue(CertificateKind::App, "app-b", &[]).await;
     h.cache.refresh(&h.platform.store).await.unwrap();
 
-    let cases: Vec<(&str, String, u16, &str)> = vec![
-        ("missing", String::new(), 401, "missing_token"),
-        ("expired", h.token_for(&h.app, APP, "weather", &["weather:read"], now() - 3600), 401, "invalid_token"),
-        ("wrong audience", h.token("records", &["weather:read"]), 401, "invalid_token"),
-        ("other certificate", h.token_for(&other, APP, "weather", &["weather:read"], now()), 401, "invalid_token"),
-        ("other app", h.token_for(&h.app, "app-b", "weather", &["weather:read"], now()), 401, "invalid_token"),
-        ("garbage", "not.a.token".to_owned(), 401, "invalid_token"),
-        ("missing scope", h.token("weather", &[]), 403, "insufficient_scope"),
+    let expired = h.token_for(&h.app, APP, "weather", &["weather:read"], now() - 3600);
+    let other_certificate = h.token_for(&other, APP, "weather", &["weather:read"], now());
+    let other_app = h.token_for(&h.app, "app-b", "weather", &["weather:read"], now());
+    let cases: Vec<(&str, String, u16, &str, &str)> = vec![
+        ("missing", String::new(), 401, "missing_token", "exactly one Authorization: Bearer header is required"),
+        ("expired", expired, 401, "invalid_token", "the token has expired"),
+        (
+            "wrong audience",
+            h.token("records", &["weather:read"]),
+            401,
+            "invalid_token",
+            "the token was issued for another service",
+        ),
+        (
+            "other certificate",
+            other_certificate,
+            401,
+            "invalid_token",
+            "the token is bound to another client certificate",
+        ),
+        (
+            "other app",
+            other_app,
+            401,
+            "invalid_token",
+            "the token was issued to another app than the client certificate's",
+        ),
+        ("garbage", "not.a.token".to_owned(), 401, "invalid_token", "the token is not a well-formed signed JWT"),
+        (
+            "missing scope",
+            h.token("weather", &[]),
+            403,
+            "insufficient_scope",
+            "the token lacks the scope this route requires",
+        ),
     ];
-    for (name, token, status, error) in &cases {
+    for (name, token, status, error, description) in &cases {
         let bytes = if token.is_empty() {
             b"GET /weather/v1/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_vec()
         } else {
@@ -86,6 +113,7 @@ async fn token_failures_are_refused_with_reason() {
         assert_eq!(status_of(&received), *status, "{name}: {received}");
         let body: serde_json::Value = serde_json::from_str(body_of(&received)).unwrap();
         assert_eq!(body["error"], *error, "{name}");
+        assert_eq!(body["error_description"], *description, "{name}");
         assert_eq!(body["request_id"].as_str().unwrap().len(), 32, "{name}");
     }
 
@@ -207,7 +235,8 @@ async fn unreachable_upstream_is_502_without_detail() {
     assert_eq!(status_of(&received), 502, "{received}");
     let body: serde_json::Value = serde_json::from_str(body_of(&received)).unwrap();
     assert_eq!(body["error"], "upstream_unreachable");
-    assert_eq!(body.as_object().unwrap().len(), 2);
+    assert_eq!(body["error_description"], "the service is unreachable");
+    assert_eq!(body.as_object().unwrap().len(), 3);
 }
 
 #[tokio::test]

@@ -92,6 +92,28 @@ impl RejectReason {
             _ => "invalid_token",
         }
     }
+
+    /// A fixed sentence for the client, for RFC 6750's `error_description`:
+    /// which check failed, without any value from the token or the
+    /// platform, so it is safe to show to the caller.
+    pub fn description(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "the token is not a well-formed signed JWT",
+            Self::Algorithm(_) => "the token is not signed with ES256",
+            Self::TokenType(_) => "the token is not an access token (typ at+jwt)",
+            Self::UnknownKey(_) => "the token's signing key is not published by this platform",
+            Self::RetiredKey(_) => "the token's signing key was retired",
+            Self::Signature => "the token's signature is invalid",
+            Self::Issuer(_) => "the token was issued by another token service",
+            Self::Audience { .. } => "the token was issued for another service",
+            Self::Expired(_) => "the token has expired",
+            Self::NotYetValid(_) => "the token is not valid yet",
+            Self::CertificateMismatch => "the token is bound to another client certificate",
+            Self::Revoked => "the token was revoked",
+            Self::Invalidated(_) => "the app's tokens were invalidated; request a new one",
+            Self::MissingScope(_) => "the token lacks the scope this route requires",
+        }
+    }
 }
 
 /// A token that passed every check of [`Verifier::verify`]. Only the
