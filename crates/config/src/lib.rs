@@ -110,6 +110,35 @@ impl Location {
     }
 }
 
+/// The parser's message with the text it points at: a duplicate key
+/// names the key or table header and says how to fix it.
+fn syntax_message(text: &str, message: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else { return message.to_owned() };
+    let line_start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or_default().trim();
+    if line.is_empty() {
+        return message.to_owned();
+    }
+    let snippet: String = line.chars().take(80).collect();
+    if message.starts_with("duplicate key") {
+        return format!("{message} `{snippet}`: it is defined earlier in the file; merge the two into one");
+    }
+    format!("{message} in `{snippet}`")
+}
+
+/// The deserializer's message, with an integer too large for any setting
+/// said plainly instead of as a type mismatch between `i128` and `i64`.
+fn shape_message(message: &str) -> String {
+    let too_large = message
+        .strip_prefix("invalid type: integer `")
+        .and_then(|rest| rest.split_once("` as i128"))
+        .map(|(number, _)| number);
+    match too_large {
+        Some(number) => format!("integer {number} is out of range: no setting accepts more than {}", i64::MAX),
+        None => message.to_owned(),
+    }
+}
+
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<PlatformConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
@@ -123,7 +152,7 @@ pub fn parse(path: &Path, text: &str) -> Result<PlatformConfig, ConfigError> {
     let deserializer = toml::Deserializer::parse(text).map_err(|error| ConfigError::Syntax {
         file: path.to_owned(),
         location: Location::from_span(text, error.span()),
-        message: error.message().trim().to_owned(),
+        message: syntax_message(text, error.message().trim(), error.span()),
     })?;
 
     let raw: raw::RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|error| {
@@ -133,7 +162,7 @@ pub fn parse(path: &Path, text: &str) -> Result<PlatformConfig, ConfigError> {
             file: path.to_owned(),
             location: Location::from_span(text, inner.span()),
             key: if key == "." { "(top level)".into() } else { key },
-            message: inner.message().trim().to_owned(),
+            message: shape_message(inner.message().trim()),
         }
     })?;
 

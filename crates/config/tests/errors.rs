@@ -299,6 +299,24 @@ fn syntax_error_names_line() {
 }
 
 #[test]
+fn duplicate_table_names_header() {
+    let message = error_of(&format!("{EXAMPLE}\n[gateway]\nmax_header_bytes = 1\n")).to_string();
+    let line = EXAMPLE.lines().count() + 2;
+    assert!(message.starts_with(&format!("platform.toml:{line}:")), "{message}");
+    assert!(message.contains("duplicate key `[gateway]`"), "{message}");
+    assert!(message.contains("merge the two"), "{message}");
+}
+
+#[test]
+fn huge_integer_is_out_of_range() {
+    let error = error_of(&edited("max_body_bytes = 1048576", "max_body_bytes = 99999999999999999999999"));
+    assert_eq!(error.key(), Some("gateway.max_body_bytes"));
+    let message = error.to_string();
+    assert!(message.contains("integer 99999999999999999999999 is out of range"), "{message}");
+    assert!(!message.contains("i128"), "{message}");
+}
+
+#[test]
 fn wrong_type_names_line() {
     let message = error_of(&edited("threshold = 20\n", "threshold = \"twenty\"\n")).to_string();
     let line = EXAMPLE.lines().position(|l| l == "threshold = 20").unwrap() + 1;
