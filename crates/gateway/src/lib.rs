@@ -32,7 +32,7 @@ mod routes;
 mod server;
 
 pub use error::{ErrorSource, GatewayError};
-pub use events::{AccessEvent, EventSinks, FileSink, FileWriter};
+pub use events::{AccessEvent, EventSinks, FLUSH_INTERVAL, FileSink, FileWriter};
 pub use limits::{Exceeded, Rate, RateLimits};
 pub use routes::{Route, RouteTable, Upstream};
 pub use server::{Gateway, GatewayTls, RunningGateway, ShutdownOutcome};

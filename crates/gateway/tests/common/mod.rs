@@ -290,6 +290,8 @@ impl Harness {
 
     /// Drains the guard events queued so far.
     pub fn guard_events(&mut self) -> Vec<GuardEvent> {
+        // The gateway hands events over every FLUSH_INTERVAL; wait for two.
+        std::thread::sleep(portcullis_gateway::FLUSH_INTERVAL * 3);
         let mut events = Vec::new();
         while let Ok(event) = self.guard_events.try_recv() {
             events.push(event);
