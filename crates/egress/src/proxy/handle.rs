@@ -19,7 +19,7 @@ use super::body::{Meter, ProxyBody, empty};
 use super::error::ProxyError;
 use super::forward::forward;
 use super::reply::error_response;
-use super::tunnel::{TunnelBytes, TunnelPolicy, copy_tunnel, splice_tunnel};
+use super::tunnel::{TunnelBytes, TunnelPolicy, copy_tunnel};
 use super::{Context, Proxy};
 use crate::connect::connect;
 use crate::decision::{BYTE_LIMIT_RULE, Decision, ReasonCode, Verdict};
@@ -130,24 +130,7 @@ async fn open_tunnel(
 
         let opened = Instant::now();
         let bytes = TunnelBytes::default();
-        let end = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            // The client's connection is a plain TCP socket: splice. Bytes
-            // the client sent after the CONNECT head are already read and go
-            // first.
-            Ok(parts) => {
-                let mut stream = stream;
-                if !parts.read_buf.is_empty() {
-                    if let Err(error) = tokio::io::AsyncWriteExt::write_all(&mut stream, &parts.read_buf).await {
-                        tracing::debug!(%host, port, %error, "cannot forward the bytes sent with the CONNECT head");
-                        return;
-                    }
-                    policy.sent.record(parts.read_buf.len());
-                    bytes.sent.fetch_add(parts.read_buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-                splice_tunnel(parts.io.into_inner(), stream, policy, &bytes).await
-            }
-            Err(upgraded) => copy_tunnel(TokioIo::new(upgraded), stream, policy, &bytes).await,
-        };
+        let end = copy_tunnel(TokioIo::new(upgraded), stream, policy, &bytes).await;
         drop(slot);
         tracing::debug!(
             %host,

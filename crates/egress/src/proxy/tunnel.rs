@@ -1,19 +1,12 @@
 //! Copying bytes both ways through a CONNECT tunnel, with the idle timeout,
 //! the lifetime limit and per-app byte accounting.
-//!
-//! Between two TCP sockets the bytes move with splice(2) through a kernel
-//! pipe per direction ([`splice_tunnel`]), so the payload never enters the
-//! proxy's memory. Without it, a relay spends most of its time copying each
-//! byte into user space and back out. Other streams go through a buffer
-//! ([`copy_tunnel`]).
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -22,11 +15,6 @@ use crate::limits::CapWatch;
 
 /// Size of each direction's copy buffer, in bytes.
 const BUFFER_BYTES: usize = 64 * 1024;
-
-/// Requested size of each direction's splice pipe, in bytes. Linux caps it
-/// at `/proc/sys/fs/pipe-max-size` (1 MiB by default); if the request
-/// fails, the pipe keeps its default of 64 KiB.
-const PIPE_BYTES: usize = 256 * 1024;
 
 /// The reason a tunnel closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,117 +103,34 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let activity = Activity::new();
+    let deadline = activity.opened + policy.lifetime;
     let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
-    let cap = policy.cap.take();
-    let policy = &policy;
-    let both_ways = async {
-        tokio::try_join!(
-            pump(client_read, upstream_write, &policy.sent, &bytes.sent, &activity),
-            pump(upstream_read, client_write, &policy.received, &bytes.received, &activity),
-        )
-        .map(|_| ())
-    };
-    supervise(both_ways, &activity, policy, cap).await
-}
 
-/// Runs `both_ways` until it ends or a limit of `policy` (idle time,
-/// lifetime, shutdown, the byte cap `cap`) ends the tunnel first.
-async fn supervise(
-    both_ways: impl Future<Output = io::Result<()>>,
-    activity: &Activity,
-    policy: &TunnelPolicy,
-    cap: Option<CapWatch>,
-) -> TunnelEnd {
-    let deadline = activity.opened + policy.lifetime;
+    let cap = policy.cap.take();
     let cap_reached = async move {
         match cap {
             Some(cap) => cap.reached().await,
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        result = both_ways => match result {
-            Ok(()) => TunnelEnd::Closed,
-            Err(_) => TunnelEnd::Failed,
-        },
-        () = idle_watchdog(activity, policy.idle) => TunnelEnd::Idle,
-        () = sleep_until(deadline) => TunnelEnd::Lifetime,
-        () = policy.stop.cancelled() => TunnelEnd::Shutdown,
-        () = cap_reached => TunnelEnd::ByteLimit,
-    }
-}
-
-/// Moves bytes between two TCP sockets with splice(2) under the same limits
-/// and accounting as [`copy_tunnel`]. Both pumps borrow both sockets,
-/// because readiness and `splice` need only shared references.
-pub(crate) async fn splice_tunnel(
-    client: TcpStream,
-    upstream: TcpStream,
-    mut policy: TunnelPolicy,
-    bytes: &TunnelBytes,
-) -> TunnelEnd {
-    let activity = Activity::new();
-    let cap = policy.cap.take();
     let policy = &policy;
     let both_ways = async {
         tokio::try_join!(
-            splice_pump(&client, &upstream, &policy.sent, &bytes.sent, &activity),
-            splice_pump(&upstream, &client, &policy.received, &bytes.received, &activity),
+            pump(client_read, upstream_write, &policy.sent, &bytes.sent, &activity),
+            pump(upstream_read, client_write, &policy.received, &bytes.received, &activity),
         )
-        .map(|_| ())
     };
-    supervise(both_ways, &activity, policy, cap).await
-}
 
-/// Splices from `from` into a pipe and from the pipe into `to`, until end
-/// of data, then shuts down `to`'s sending half. The pipe is emptied into
-/// `to` before the next read, so a read never waits on a full pipe and the
-/// bytes counted are the bytes delivered.
-async fn splice_pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    meter: &Meter,
-    total: &AtomicU64,
-    activity: &Activity,
-) -> io::Result<()> {
-    use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
-
-    let (pipe_out, pipe_in) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
-    let capacity = fcntl_setpipe_size(&pipe_in, PIPE_BYTES).unwrap_or(BUFFER_BYTES).max(BUFFER_BYTES);
-    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
-    loop {
-        let read = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || Ok(splice(from, None, &pipe_in, None, capacity, flags)?)) {
-                Ok(read) => break read,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Err(error),
-            }
-        };
-        if read == 0 {
-            rustix::net::shutdown(to, rustix::net::Shutdown::Write)?;
-            return Ok(());
-        }
-        activity.touch();
-
-        let mut left = read;
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || Ok(splice(&pipe_out, None, to, None, left, flags)?)) {
-                Ok(written) => left -= written,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Err(error),
-            }
-        }
-        activity.touch();
-        meter.record(read);
-        total.fetch_add(read as u64, Ordering::Relaxed);
-
-        // While data keeps arriving, no splice waits, so without a yield the
-        // tunnel's other branches (byte cap, shutdown, lifetime) would not
-        // be polled until tokio's cooperative budget runs out.
-        tokio::task::yield_now().await;
+    tokio::select! {
+        result = both_ways => match result {
+            Ok(_) => TunnelEnd::Closed,
+            Err(_) => TunnelEnd::Failed,
+        },
+        () = idle_watchdog(&activity, policy.idle) => TunnelEnd::Idle,
+        () = sleep_until(deadline) => TunnelEnd::Lifetime,
+        () = policy.stop.cancelled() => TunnelEnd::Shutdown,
+        () = cap_reached => TunnelEnd::ByteLimit,
     }
 }
 
