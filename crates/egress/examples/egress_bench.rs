@@ -144,12 +144,25 @@ async fn run_proxy(target_port: u16, events_file: String) {
     apps.insert(AppRules::new(&rules, app_id, SpaceName::Live, &space, None).unwrap());
 
     let (sender, mut events) = tokio::sync::mpsc::channel::<EgressEvent>(65_536);
-    let mut file = tokio::fs::File::create(&events_file).await.unwrap();
+    let mut file = Some(std::io::BufWriter::new(std::fs::File::create(&events_file).unwrap()));
     tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            let mut line = serde_json::to_vec(&event).unwrap();
-            line.push(b'\n');
-            file.write_all(&line).await.unwrap();
+        use portcullis_egress::proxy::{EVENT_BATCH_INTERVAL, next_batch};
+        while let Some(batch) = next_batch(&mut events, EVENT_BATCH_INTERVAL).await {
+            let mut lines = Vec::new();
+            for event in &batch {
+                serde_json::to_writer(&mut lines, event).unwrap();
+                lines.push(b'\n');
+            }
+            let mut writer = file.take().unwrap();
+            file = Some(
+                tokio::task::spawn_blocking(move || {
+                    std::io::Write::write_all(&mut writer, &lines).unwrap();
+                    std::io::Write::flush(&mut writer).unwrap();
+                    writer
+                })
+                .await
+                .unwrap(),
+            );
         }
     });
 

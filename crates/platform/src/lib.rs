@@ -593,38 +593,60 @@ async fn forward_egress_events(
     guard: ViolationSink,
     path: PathBuf,
 ) {
-    use tokio::io::AsyncWriteExt;
+    use portcullis_egress::proxy::{EVENT_BATCH_INTERVAL, next_batch};
+    use std::os::unix::fs::OpenOptionsExt;
 
-    let mut file = match tokio::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).await {
-        Ok(file) => Some(file),
+    let mut file = match std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path) {
+        Ok(file) => Some(std::io::BufWriter::new(file)),
         Err(error) => {
             tracing::error!(path = %path.display(), %error, "cannot open the egress event log; events go to the guard only");
             None
         }
     };
-    while let Some(event) = events.recv().await {
-        if event.verdict == portcullis_egress::Verdict::Deny && event.rule != portcullis_egress::BYTE_LIMIT_RULE {
-            let violation = portcullis_guard::GuardEvent::EgressViolation {
-                app_id: event.app_id.clone(),
-                host: event.requested_host.clone(),
-                rule: event.rule.clone(),
-                at_ms: portcullis_store::now_ms(),
-            };
-            match &guard {
-                ViolationSink::Local(sender) => {
-                    sender.send(violation);
-                }
-                ViolationSink::Remote(reporter) => reporter.send(&violation),
+    while let Some(batch) = next_batch(&mut events, EVENT_BATCH_INTERVAL).await {
+        let mut lines = Vec::new();
+        for event in &batch {
+            forward_violation(event, &guard);
+            if serde_json::to_writer(&mut lines, event).is_ok() {
+                lines.push(b'\n');
             }
         }
-        if let Some(writer) = file.as_mut() {
-            let mut line = serde_json::to_vec(&event).unwrap_or_default();
-            line.push(b'\n');
-            if let Err(error) = writer.write_all(&line).await {
+        let Some(mut writer) = file.take().filter(|_| !lines.is_empty()) else { continue };
+        let written = tokio::task::spawn_blocking(move || {
+            std::io::Write::write_all(&mut writer, &lines)
+                .and_then(|()| std::io::Write::flush(&mut writer))
+                .map(|()| writer)
+        })
+        .await;
+        match written {
+            Ok(Ok(writer)) => file = Some(writer),
+            Ok(Err(error)) => {
                 tracing::error!(path = %path.display(), %error, "writing the egress event log failed; events go to the guard only");
-                file = None;
+            }
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "the egress event log writer failed; events go to the guard only");
             }
         }
+    }
+}
+
+/// Sends an enforced refusal to the guard as an egress violation, except a
+/// refusal by the byte cap.
+fn forward_violation(event: &portcullis_egress::EgressEvent, guard: &ViolationSink) {
+    if event.verdict != portcullis_egress::Verdict::Deny || event.rule == portcullis_egress::BYTE_LIMIT_RULE {
+        return;
+    }
+    let violation = portcullis_guard::GuardEvent::EgressViolation {
+        app_id: event.app_id.clone(),
+        host: event.requested_host.clone(),
+        rule: event.rule.clone(),
+        at_ms: portcullis_store::now_ms(),
+    };
+    match guard {
+        ViolationSink::Local(sender) => {
+            sender.send(violation);
+        }
+        ViolationSink::Remote(reporter) => reporter.send(&violation),
     }
 }
 

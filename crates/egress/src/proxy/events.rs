@@ -40,3 +40,32 @@ impl EventSink {
         self.dropped.load(Ordering::Relaxed)
     }
 }
+
+/// How often a consumer of the event queue should take the queued events
+/// with [`next_batch`].
+pub const EVENT_BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Waits `interval`, then takes every event queued so far. Returns `None`
+/// once the queue is closed and empty.
+///
+/// A consumer that takes events this way never registers to be woken, so a
+/// request's event costs the proxy no thread wake-up. Awaiting each event
+/// instead costs one per decision, which at thousands of tunnel setups per
+/// second is a large share of the proxy's time.
+pub async fn next_batch(
+    receiver: &mut mpsc::Receiver<EgressEvent>,
+    interval: std::time::Duration,
+) -> Option<Vec<EgressEvent>> {
+    use tokio::sync::mpsc::error::TryRecvError;
+
+    tokio::time::sleep(interval).await;
+    let mut batch = Vec::new();
+    loop {
+        match receiver.try_recv() {
+            Ok(event) => batch.push(event),
+            Err(TryRecvError::Empty) => return Some(batch),
+            Err(TryRecvError::Disconnected) if batch.is_empty() => return None,
+            Err(TryRecvError::Disconnected) => return Some(batch),
+        }
+    }
+}

@@ -57,6 +57,7 @@ use crate::metrics::EgressMetrics;
 use crate::rules::AppRules;
 
 pub use error::ProxyError;
+pub use events::{EVENT_BATCH_INTERVAL, next_batch};
 pub use secrets::{ProxySecret, ProxySecrets, SECRET_BYTES};
 pub use serve::serve;
 
