@@ -58,7 +58,7 @@ use crate::rules::AppRules;
 
 pub use error::ProxyError;
 pub use events::{EVENT_BATCH_INTERVAL, next_batch};
-pub use secrets::{ProxySecret, ProxySecrets, SECRET_BYTES};
+pub use secrets::{ProxySecret, ProxySecrets, SECRET_BYTES, SECRET_CACHE_TTL};
 pub use serve::serve;
 
 use events::EventSink;

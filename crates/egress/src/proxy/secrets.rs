@@ -41,17 +41,57 @@ impl fmt::Debug for ProxySecret {
     }
 }
 
+/// How long a stored secret hash read by [`ProxySecrets::verify`] is
+/// reused. Reading it from the store on every CONNECT, a hand-off to the
+/// store's worker thread, was the largest cost of a tunnel setup.
+pub const SECRET_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Issues, rotates, revokes and verifies the apps' proxy secrets in the
-/// store. Cheap to clone.
+/// store. Cheap to clone; clones share the cache of stored hashes.
+///
+/// NOTE: a secret issued or revoked through this value takes effect at
+/// once; one issued or revoked by another process (another `ProxySecrets`)
+/// takes effect within [`SECRET_CACHE_TTL`].
 #[derive(Debug, Clone)]
 pub struct ProxySecrets {
     store: Store,
+    /// Stored hashes by app id, with the time they were read. Only apps
+    /// that have a secret are cached, so the map is bounded by the
+    /// registered apps, whatever ids callers present.
+    cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>>,
 }
 
 impl ProxySecrets {
     /// Uses `store` for the secrets' hashes.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self { store, cache: Default::default() }
+    }
+
+    fn forget(&self, app_id: &AppId) {
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(app_id.as_str());
+    }
+
+    /// The stored hash of `app_id`, from the cache while it is fresh.
+    async fn stored_hash(&self, app_id: &AppId) -> Result<Option<String>, ProxyError> {
+        {
+            let cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some((hash, read_at)) = cache.get(app_id.as_str())
+                && read_at.elapsed() < SECRET_CACHE_TTL
+            {
+                return Ok(Some(hash.clone()));
+            }
+        }
+        let stored = self.store.proxy_secret(app_id.as_str()).await.map_err(store_error(app_id))?;
+        let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &stored {
+            Some(record) => {
+                cache.insert(app_id.as_str().to_owned(), (record.secret_hash.clone(), std::time::Instant::now()));
+            }
+            None => {
+                cache.remove(app_id.as_str());
+            }
+        }
+        Ok(stored.map(|record| record.secret_hash))
     }
 
     /// Issues a new secret for `app_id` and returns it. This is the only
@@ -71,6 +111,7 @@ impl ProxySecrets {
             .set_proxy_secret(app_id.as_str(), &hash_secret(&secret), now_ms())
             .await
             .map_err(store_error(app_id))?;
+        self.forget(app_id);
         tracing::info!(app_id = %app_id, "egress proxy secret issued");
         Ok(ProxySecret(secret))
     }
@@ -78,6 +119,7 @@ impl ProxySecrets {
     /// Revokes the secret of `app_id`. Returns false if it had none.
     pub async fn revoke(&self, app_id: &AppId) -> Result<bool, ProxyError> {
         let removed = self.store.remove_proxy_secret(app_id.as_str()).await.map_err(store_error(app_id))?;
+        self.forget(app_id);
         if removed {
             tracing::info!(app_id = %app_id, "egress proxy secret revoked");
         }
@@ -89,11 +131,11 @@ impl ProxySecrets {
     /// comparison runs against a fixed hash, so it takes about as long as a
     /// wrong secret.
     pub async fn verify(&self, app_id: &AppId, presented: &str) -> Result<bool, ProxyError> {
-        let stored = self.store.proxy_secret(app_id.as_str()).await.map_err(store_error(app_id))?;
+        let stored = self.stored_hash(app_id).await?;
         let presented_hash = hash_secret(presented);
 
         let (expected, exists) = match &stored {
-            Some(record) => (record.secret_hash.as_str(), true),
+            Some(hash) => (hash.as_str(), true),
             None => (NO_SECRET_HASH, false),
         };
         let equal =
