@@ -611,7 +611,10 @@ async fn forward_egress_events(
                 lines.push(b'\n');
             }
         }
-        let Some(mut writer) = file.take().filter(|_| !lines.is_empty()) else { continue };
+        if lines.is_empty() {
+            continue;
+        }
+        let Some(mut writer) = file.take() else { continue };
         let written = tokio::task::spawn_blocking(move || {
             std::io::Write::write_all(&mut writer, &lines)
                 .and_then(|()| std::io::Write::flush(&mut writer))

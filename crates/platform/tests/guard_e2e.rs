@@ -311,6 +311,16 @@ async fn egress_violation_bans_through_the_guard() {
     assert!(banned, "the egress violation led to a ban at the gateway");
     let decisions = harness.store.decisions(Some("prober")).await.unwrap();
     assert_eq!(decisions[0].decision.policy.as_deref(), Some("egress-violation"));
+
+    // The refusal is in the egress event log, written after many batches
+    // without events.
+    let logged = eventually(Duration::from_secs(2), async || {
+        let log = std::fs::read_to_string(harness.dir.path().join("egress.jsonl")).unwrap_or_default();
+        log.lines().any(|line| line.contains("\"requested_host\":\"forbidden.example.test\""))
+    })
+    .await;
+    let log = std::fs::read_to_string(harness.dir.path().join("egress.jsonl")).unwrap_or_default();
+    assert!(logged, "egress.jsonl does not hold the refusal: {log:?}");
     platform.shutdown().await;
 }
 
