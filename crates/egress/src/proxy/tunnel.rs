@@ -22,6 +22,10 @@ const BUFFER_BYTES: usize = 64 * 1024;
 /// share of the cost of a tunnel setup.
 const START_BUFFER_BYTES: usize = 4 * 1024;
 
+/// Bytes one direction of a tunnel moves between two yields to the
+/// scheduler; bounds how far a tunnel can run past the byte cap.
+const YIELD_BYTES: usize = 256 * 1024;
+
 /// The reason a tunnel closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TunnelEnd {
@@ -148,6 +152,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buffer = vec![0u8; START_BUFFER_BYTES];
+    let mut since_yield = 0;
     loop {
         let read = from.read(&mut buffer).await?;
         if read == 0 {
@@ -163,6 +168,18 @@ where
         activity.touch();
         meter.record(read);
         total.fetch_add(read as u64, Ordering::Relaxed);
+
+        // While both sockets stay ready, no read or write waits, so without
+        // a yield the tunnel's other branches (byte cap, shutdown, lifetime)
+        // would wait for tokio's cooperative budget, 128 socket operations,
+        // and a tunnel could run megabytes past the byte cap. A yield per
+        // chunk cost a tenth of the throughput, so it comes every
+        // YIELD_BYTES.
+        since_yield += read;
+        if since_yield >= YIELD_BYTES {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
     }
 }
 
