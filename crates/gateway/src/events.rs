@@ -53,7 +53,7 @@ pub struct AccessEvent {
 /// How often the background threads take the queued events. Requests only
 /// append to a queue under a short lock and never wake a thread, which at
 /// tens of thousands of requests per second would cost a context switch
-/// each. A guard decision therefore sees an event at most this much later.
+/// each. The guard therefore receives an event at most this much later.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The destinations of access events.

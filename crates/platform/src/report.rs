@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 /// The operator API route that takes egress refusals.
 pub const EGRESS_VIOLATIONS_PATH: &str = "/v1/guard/egress-violations";
 
-/// Most refusals in one request; the route refuses larger batches.
+/// Maximum number of refusals in one request; the route rejects larger batches.
 pub const MAX_BATCH: usize = 1000;
 
 /// Attempts per batch before it is dropped (and counted).

@@ -42,13 +42,13 @@ use super::{Example, Progress};
 /// Time a platform container, service or host has to accept connections.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where the derived configuration is mounted in the platform containers.
+/// Mount point of the derived configuration in the platform containers.
 const CONFIG_MOUNT: &str = "/run/portcullis/platform.toml";
 
-/// Where a service's certificate directory is mounted in its container.
+/// Mount point of a service's certificate directory in its container.
 const SERVICE_CREDENTIALS_MOUNT: &str = "/run/portcullis/service";
 
-/// First host number of fixed addresses for services and test hosts; the
+/// First host number of fixed addresses for services and test hosts. The
 /// gateway and egress proxy use .2 and .3, and the Engine hands out the
 /// upper half of the services network.
 const FIRST_FIXED_HOST: u32 = 10;
