@@ -206,8 +206,8 @@ fn up_bans_rogue_and_serves_forecast() {
     assert!(unexpected.is_empty(), "forecast-app outcomes not as expected: {unexpected:?}");
     assert!(forecast.iter().any(|o| o["step"] == "record-read" && o["status"] == 200));
 
-    // The egress proxy refused the forbidden host before connecting, and
-    // the access log holds the gateway requests.
+    // The egress proxy rejected the forbidden host before connecting, and
+    // the access log contains the gateway requests.
     let rogue = outcomes(&data.join("up/apps/rogue-app.log"));
     common::assert_example_events(&data, &forecast, &rogue);
     let flood_429 = rogue.iter().filter(|o| o["step"] == "flood" && o["status"] == 429).count();

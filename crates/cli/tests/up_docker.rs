@@ -33,7 +33,7 @@ fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
-/// The ids of every object of `kind` (container, network, volume, image)
+/// Lists the ids of every object of `kind` (container, network, volume, image)
 /// labelled with `instance`.
 fn labelled(kind: &str, instance: &str) -> Vec<String> {
     let filter = format!("label={INSTANCE_LABEL}={instance}");
@@ -127,7 +127,7 @@ fn stop_up(up: &mut Up, log: &dyn Fn() -> String) {
     assert_eq!(exit.code(), Some(0), "{}", log());
 }
 
-/// The directory of the static binaries.
+/// Returns the directory of the static binaries.
 fn static_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PORTCULLIS_STATIC_BIN_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
@@ -139,7 +139,7 @@ fn static_bin_dir() -> PathBuf {
     root.join(last)
 }
 
-/// The networks a container is connected to.
+/// Lists the networks a container is connected to.
 fn networks_of(container: &str) -> Vec<String> {
     let output = docker(&["inspect", "--format", "{{json .NetworkSettings.Networks}}", container]);
     assert!(output.status.success(), "docker inspect {container}: {}", text(&output));
@@ -251,8 +251,8 @@ fn up_on_docker_bans_rogue_and_serves_forecast() {
     assert!(rogue_status["stats"]["egress_violations"].as_u64() >= Some(1), "{rogue_status}");
     assert!(!rogue_status["decision"]["reason"].as_str().unwrap_or_default().is_empty(), "{rogue_status}");
 
-    // The egress proxy refused the forbidden host and allowed the feed;
-    // the access log holds the gateway requests.
+    // The egress proxy rejected the forbidden host and allowed the feed,
+    // and the access log contains the gateway requests.
     let rogue_logs = portcullis_in(&instance, &data, &["app", "logs", "rogue-app"]);
     let rogue = outcomes(&String::from_utf8_lossy(&rogue_logs.stdout));
     common::assert_example_events(&data, &forecast, &rogue);
@@ -261,7 +261,8 @@ fn up_on_docker_bans_rogue_and_serves_forecast() {
     let list = portcullis_in(&instance, &data, &["app", "list", "--format", "json"]);
     assert_eq!(list.status.code(), Some(0), "{}", text(&list));
     let listed = String::from_utf8_lossy(&list.stdout);
-    assert!(listed.contains("forecast-app") && listed.contains("rogue-app"), "{listed}");
+    assert!(listed.contains("forecast-app"), "{listed}");
+    assert!(listed.contains("rogue-app"), "{listed}");
     let stats = portcullis_in(&instance, &data, &["app", "stats", "forecast-app", "--format", "json"]);
     assert_eq!(stats.status.code(), Some(0), "{}", text(&stats));
     let stats: serde_json::Value = serde_json::from_slice::<serde_json::Value>(&stats.stdout).unwrap()["stats"].clone();

@@ -110,8 +110,8 @@ impl Location {
     }
 }
 
-/// The parser's message with the text it points at: a duplicate key
-/// names the key or table header and says how to fix it.
+/// Adds the text the parser's error points at to its message. For a
+/// duplicate key, the message names the key or table header and the fix.
 fn syntax_message(text: &str, message: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else { return message.to_owned() };
     let line_start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
@@ -126,8 +126,8 @@ fn syntax_message(text: &str, message: &str, span: Option<std::ops::Range<usize>
     format!("{message} in `{snippet}`")
 }
 
-/// The deserializer's message, with an integer too large for any setting
-/// said plainly instead of as a type mismatch between `i128` and `i64`.
+/// Rewrites the deserializer's type mismatch between `i128` and `i64` as an
+/// integer out of range; other messages pass unchanged.
 fn shape_message(message: &str) -> String {
     let too_large = message
         .strip_prefix("invalid type: integer `")

@@ -70,7 +70,7 @@ impl EventSinks {
     }
 
     /// Queues the event for the guard (as a [`GuardEvent::Access`]) and
-    /// for the file. Never blocks.
+    /// for the file. It only takes a short lock, so it never waits on I/O.
     pub fn emit(&self, event: AccessEvent) {
         if let Some(guard) = &self.guard {
             match AppId::parse(&event.app_id) {

@@ -167,8 +167,8 @@ impl Gateway {
     }
 }
 
-/// A listening socket on `address` with `SO_REUSEPORT`, so that each worker
-/// has its own. Linux hands the connections of one port only to sockets
+/// Opens a listening socket on `address` with `SO_REUSEPORT`, so that each
+/// worker has its own. Linux hands the connections of one port only to sockets
 /// of the same user.
 fn reuse_port_listener(address: SocketAddr) -> Result<std::net::TcpListener, GatewayError> {
     use socket2::{Domain, Protocol, Socket, Type};

@@ -122,7 +122,7 @@ pub enum PlatformError {
     },
 }
 
-/// Where the egress proxy's refusals go.
+/// The destination of the egress proxy's refusals.
 enum ViolationSink {
     /// The guard in this process.
     Local(portcullis_guard::EventSender),
@@ -149,7 +149,7 @@ pub struct Addresses {
 ///
 /// With the Docker driver the gateway and the egress proxy run in separate
 /// containers, one process each. Each process runs its own guard on the
-/// events its part produces (access events, or egress refusals); both
+/// events its part produces (access events, or egress refusals). Both
 /// guards store their decisions and reload the other's from the store every
 /// [`portcullis_guard::POLL_INTERVAL`], so a ban decided by either is
 /// enforced by both.
@@ -393,8 +393,8 @@ impl Platform {
 
         // Ban enforcement on containers: a banned app's container is cut off
         // from its networks and reconnected when the ban ends. When the parts
-        // run in separate containers, whoever started them (`portcullis up`)
-        // holds the Docker socket and does this instead.
+        // run in separate containers, the process that started them
+        // (`portcullis up`) has the Docker socket and does this instead.
         if parts == Parts::All && config.runtime.driver == portcullis_config::Driver::Docker {
             match portcullis_runtime::docker::DockerDriver::connect(portcullis_runtime::docker::DockerOptions::default()).await {
                 Ok(driver) => background.push(tokio::spawn(portcullis_runtime::enforce::follow_decisions(
@@ -468,7 +468,7 @@ impl Platform {
         &self.guard
     }
 
-    /// The token service, unless this process runs only the egress proxy.
+    /// Returns the token service, unless this process runs only the egress proxy.
     pub fn token(&self) -> Option<&TokenService> {
         self.token.as_ref()
     }

@@ -87,7 +87,7 @@ const WRITERS: [&str; 2] = ["cli", "operator"];
 /// The platform component that may report egress refusals.
 const REPORTER: &str = "egress";
 
-/// Longest host or rule text accepted in a reported refusal, in bytes.
+/// Maximum length of the host or rule text in a reported refusal, in bytes.
 const MAX_REPORTED_TEXT: usize = 512;
 
 /// Most tolerated clock difference of a reported refusal's time, in

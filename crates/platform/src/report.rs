@@ -52,7 +52,8 @@ pub struct Violations {
     pub violations: Vec<Violation>,
 }
 
-/// The sending end: a bounded queue that never blocks the proxy.
+/// The sending end: a bounded queue. Sending only tries to queue, so it
+/// never waits.
 #[derive(Debug, Clone)]
 pub struct Reporter {
     queue: mpsc::Sender<Violation>,
@@ -100,6 +101,7 @@ async fn run(
     let connector = tokio_rustls::TlsConnector::from(tls);
     let mut batch = Vec::new();
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let count = batch.len();
         let body = match serde_json::to_vec(&Violations { violations: std::mem::take(&mut batch) }) {
             Ok(body) => Bytes::from(body),
             Err(error) => {
@@ -115,7 +117,6 @@ async fn run(
             match outcome {
                 Ok(()) => break,
                 Err(error) if attempt == ATTEMPTS => {
-                    let count = serde_json::from_slice::<Violations>(&body).map_or(0, |v| v.violations.len());
                     dropped.fetch_add(count as u64, Ordering::Relaxed);
                     tracing::error!(%target, %error, count, "egress refusals dropped: the guard is unreachable");
                 }

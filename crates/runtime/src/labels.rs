@@ -112,7 +112,7 @@ pub fn out_network_name(instance: &str) -> String {
     format!("pc-{instance}-out")
 }
 
-/// The name of the control network: `pc-<instance>-ctl`.
+/// Returns the name of the control network: `pc-<instance>-ctl`.
 pub fn control_network_name(instance: &str) -> String {
     format!("pc-{instance}-ctl")
 }

@@ -32,7 +32,7 @@ async fn finished_log(driver: &ProcessDriver, app_id: &str) -> Vec<String> {
     driver.logs(app_id, None).await.unwrap()
 }
 
-/// The value after `name=` in the probe's output.
+/// Returns the value after `name=` in the probe's output.
 fn value<'a>(log: &'a [String], name: &str) -> &'a str {
     let prefix = format!("{name}=");
     log.iter()

@@ -93,8 +93,8 @@ impl RejectReason {
         }
     }
 
-    /// A fixed sentence for the client, for RFC 6750's `error_description`:
-    /// which check failed, without any value from the token or the
+    /// Returns a fixed sentence for RFC 6750's `error_description` that
+    /// names the failed check. It contains no value from the token or the
     /// platform, so it is safe to show to the caller.
     pub fn description(&self) -> &'static str {
         match self {

@@ -272,7 +272,7 @@ fn check_redirect_uri(uri: &str) -> anyhow::Result<()> {
 /// Bytes in a MiB, for display.
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// The platform instance the app commands work on: `PORTCULLIS_INSTANCE`,
+/// Returns the platform instance the app commands work on: `PORTCULLIS_INSTANCE`,
 /// or `default` (which is also what `portcullis up` uses by default).
 fn instance() -> String {
     std::env::var("PORTCULLIS_INSTANCE").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "default".into())

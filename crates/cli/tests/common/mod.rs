@@ -56,7 +56,7 @@ pub fn replaced(text: &str, pairs: &[(&str, String)]) -> String {
     text
 }
 
-/// The JSON lines of `text` that are objects with `"kind": "outcome"`, as
+/// Returns the JSON lines of `text` that are objects with `"kind": "outcome"`, as
 /// the example apps print them.
 pub fn outcomes_in(text: &str) -> Vec<serde_json::Value> {
     text.lines()
@@ -65,7 +65,7 @@ pub fn outcomes_in(text: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The JSON lines of a file; lines that do not parse are skipped.
+/// Reads the JSON lines of a file, skipping lines that do not parse.
 pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
@@ -105,8 +105,8 @@ pub fn assert_example_events(data: &Path, forecast: &[serde_json::Value], rogue:
         "no allowed feed request in {egress:?}"
     );
 
-    // Events are written per answered request, so per app there are at
-    // least as many events as answered requests.
+    // An event is written for every request that got a response, so per
+    // app there are at least as many events as such requests.
     let access = json_lines(&data.join("access.jsonl"));
     for (app_id, lines) in [("forecast-app", forecast), ("rogue-app", rogue)] {
         let answered = lines.iter().filter(|o| o["via"] == "gateway" && o["status"].is_u64()).count();

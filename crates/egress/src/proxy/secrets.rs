@@ -47,10 +47,10 @@ impl fmt::Debug for ProxySecret {
 pub const SECRET_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Issues, rotates, revokes and verifies the apps' proxy secrets in the
-/// store. Cheap to clone; clones share the cache of stored hashes.
+/// store. Cheap to clone, and clones share the cache of stored hashes.
 ///
 /// NOTE: a secret issued or revoked through this value takes effect at
-/// once; one issued or revoked by another process (another `ProxySecrets`)
+/// once. One issued or revoked by another process (another `ProxySecrets`)
 /// takes effect within [`SECRET_CACHE_TTL`].
 #[derive(Debug, Clone)]
 pub struct ProxySecrets {
@@ -71,7 +71,7 @@ impl ProxySecrets {
         self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(app_id.as_str());
     }
 
-    /// The stored hash of `app_id`, from the cache while it is fresh.
+    /// Returns the stored hash of `app_id`, from the cache while it is fresh.
     async fn stored_hash(&self, app_id: &AppId) -> Result<Option<String>, ProxyError> {
         {
             let cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

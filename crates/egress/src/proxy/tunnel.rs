@@ -169,11 +169,11 @@ where
         meter.record(read);
         total.fetch_add(read as u64, Ordering::Relaxed);
 
-        // While both sockets stay ready, no read or write waits, so without
-        // a yield the tunnel's other branches (byte cap, shutdown, lifetime)
-        // would wait for tokio's cooperative budget, 128 socket operations,
+        // While both sockets stay ready, no read or write waits. Without a
+        // yield, the tunnel's other branches (byte cap, shutdown, lifetime)
+        // would wait for tokio's cooperative budget of 128 socket operations,
         // and a tunnel could run megabytes past the byte cap. A yield per
-        // chunk cost a tenth of the throughput, so it comes every
+        // chunk cost about a tenth of the throughput, so it comes every
         // YIELD_BYTES.
         since_yield += read;
         if since_yield >= YIELD_BYTES {

@@ -224,7 +224,7 @@ impl DockerDriver {
         env
     }
 
-    /// The names the gateway container carries on app networks.
+    /// Returns the names the gateway container carries on app networks.
     fn gateway_aliases(&self) -> Vec<String> {
         self.options.platform_names.iter().flat_map(|names| [names.gateway.clone(), names.token.clone()]).collect()
     }

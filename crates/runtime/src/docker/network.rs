@@ -57,18 +57,18 @@ impl DockerDriver {
         nth_subnet(self.options.subnet_pool, 24, 1)
     }
 
-    /// The control network's subnet: the pool's third /24.
+    /// Returns the control network's subnet: the pool's third /24.
     pub fn control_subnet(&self) -> Ipv4Net {
         nth_subnet(self.options.subnet_pool, 24, 2)
     }
 
-    /// The gateway container's address on the control network: subnet + 2.
+    /// Returns the gateway container's address on the control network: subnet + 2.
     /// The host reaches it there; apps never do.
     pub fn gateway_control_address(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.control_subnet().network()) + 2)
     }
 
-    /// The egress proxy container's address on the control network: subnet
+    /// Returns the egress proxy container's address on the control network: subnet
     /// + 3. From there it reports refusals to the gateway container's guard.
     pub fn egress_control_address(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.control_subnet().network()) + 3)
@@ -255,7 +255,7 @@ impl DockerDriver {
     }
 }
 
-/// How a network is cut off.
+/// The isolation of a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isolation {
     /// No route out and no address on the host.

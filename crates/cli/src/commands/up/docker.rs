@@ -141,7 +141,7 @@ fn require_static(paths: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `index`-th fixed address in `subnet`.
+/// Returns the `index`-th fixed address in `subnet`.
 fn fixed_address(subnet: ipnet::Ipv4Net, index: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + FIRST_FIXED_HOST + index as u32)
 }
@@ -159,8 +159,7 @@ pub async fn run(run: Run<'_>, state: &mut UpState) -> anyhow::Result<()> {
         )
         .into());
     }
-    let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).context("reading /proc/self")?;
-    if own_uid != 0 {
+    if !super::running_as_root() {
         return Err(super::UsageError(
             "the Docker driver gives every app its own UID and must hand it its key file, which needs root; \
              run `portcullis up` as root or use --driver process"
@@ -339,7 +338,11 @@ pub async fn run(run: Run<'_>, state: &mut UpState) -> anyhow::Result<()> {
     wait_for_listen(&driver, "gateway container", (gateway_control, config.listeners.operator.port()).into()).await?;
     wait_for_listen(&driver, "egress proxy container", (egress_out, config.listeners.egress.port()).into()).await?;
     for (name, listen) in &upstreams {
-        wait_for_listen(&driver, &format!("service {name}"), *listen).await.ok();
+        // An app's first requests fail with 502 until its service listens,
+        // so a slow service is reported but does not stop the example.
+        if let Err(error) = wait_for_listen(&driver, &format!("service {name}"), *listen).await {
+            progress.alert(&format!("{error:#}"));
+        }
     }
     progress.step(&format!("gateway and egress proxy containers started from {platform_image}"));
 
@@ -392,11 +395,12 @@ fn nobody_only(path: &Path, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot change the mode of {}", path.display()))
 }
 
-/// Writes the configuration the platform containers run with: the
-/// operator's file with the listeners on every address of the container,
-/// the services' upstreams at their containers, and the outbound test hosts
-/// at theirs (each also opened in `egress.allow_cidrs`, in place of any
-/// loopback range, which inside a container means the container itself).
+/// Writes the configuration the platform containers run with. It is the
+/// operator's file with the listeners on every address of the container
+/// and the services' upstreams at their containers. Each outbound test host
+/// is pinned to its container's address and opened in `egress.allow_cidrs`
+/// in place of any loopback range, which inside a container means the
+/// container itself.
 fn write_container_config(
     source: &Path,
     target: &Path,
@@ -486,7 +490,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Forwards every TCP connection to `listen` to `target`, byte for byte.
-/// TLS passes through untouched, so the operator API still sees the
+/// TLS passes through untouched, so the operator API still receives the
 /// client's certificate.
 async fn relay(listen: SocketAddr, target: SocketAddr) {
     let listener = match tokio::net::TcpListener::bind(listen).await {

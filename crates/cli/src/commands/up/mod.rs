@@ -56,7 +56,7 @@ pub struct Args {
     bin_dir: Option<PathBuf>,
 
     /// Driver for the apps. Default: runtime.driver from the configuration,
-    /// falling back to the process driver when no Docker Engine answers.
+    /// falling back to the process driver when no Docker Engine responds.
     #[arg(long, value_enum, value_name = "DRIVER")]
     driver: Option<DriverArg>,
 
@@ -235,7 +235,7 @@ fn running_as_root() -> bool {
 }
 
 /// Removes every container, network and image of the Docker `instance`
-/// and forgets it; returns the line to print.
+/// and its record, and returns the line to print.
 async fn remove_docker_instance(
     config: &portcullis_config::PlatformConfig,
     data_dir: &std::path::Path,

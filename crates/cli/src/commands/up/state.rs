@@ -113,7 +113,7 @@ pub fn record_docker_instance(data_dir: &Path, instance: &str) -> anyhow::Result
     std::fs::write(&path, instance).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// The Docker instance recorded by [`record_docker_instance`], if any.
+/// Reads the Docker instance recorded by [`record_docker_instance`], if any.
 pub fn docker_instance(data_dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(docker_instance_path(data_dir)).ok()?;
     Some(text.trim().to_owned()).filter(|instance| !instance.is_empty())
