@@ -4,21 +4,16 @@
 //! hyper 1 (through httparse) already rejects, with 400 and before any of
 //! this runs: header names with spaces, control characters or other
 //! non-token bytes, whitespace between a name and its colon, obsolete line
-//! folding, bare CR, a Transfer-Encoding whose last coding is not
-//! `chunked`, differing Content-Length values and Transfer-Encoding in
-//! HTTP/1.0. This module rejects what hyper passes on: comma-listed or
+//! folding and bare CR. This module rejects what hyper passes on: comma-listed or
 //! signed Content-Length values, Transfer-Encoding with any coding besides
 //! `chunked` (such as `gzip, chunked` or `chunked` twice), a missing or
 //! repeated Host, absolute-form targets naming another authority or
 //! scheme, CONNECT, and control characters in header values.
 //!
-//! NOTE: two cases are settled by hyper before the gateway sees them and
-//! cannot be answered with 400 here. With Content-Length and a valid
-//! chunked Transfer-Encoding, hyper drops Content-Length, reads the body
-//! as chunked and closes the connection after the response (RFC 9112
-//! section 6.1 allows this). Of two equal Content-Length lines hyper keeps
-//! one (RFC 9110 section 8.6 allows this). Neither leaves the length
-//! ambiguous; tests/smuggling.rs pins both behaviours.
+//! Two cases never reach this module over HTTP/1.1: Content-Length next to
+//! Transfer-Encoding, and repeated Content-Length lines with equal values,
+//! which hyper would accept. [`crate::head`] refuses them on the raw bytes
+//! before hyper parses the head. The same checks here cover HTTP/2.
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Version};

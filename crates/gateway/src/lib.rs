@@ -25,6 +25,7 @@ mod body;
 mod error;
 pub mod events;
 pub mod framing;
+mod head;
 mod limits;
 pub mod path;
 mod proxy;

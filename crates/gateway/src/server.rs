@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -33,7 +34,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::GatewayError;
-use crate::events::EventSinks;
+use crate::events::{AccessEvent, EventSinks};
+use crate::framing::REQUEST_ID_HEADER;
+use crate::head::{HeadCheckedIo, Rejection, RejectionSlot};
 use crate::limits::{Rate, RateLimits};
 use crate::proxy::{Peer, Shared, UpstreamClient, handle};
 use crate::routes::RouteTable;
@@ -42,7 +45,7 @@ use crate::routes::RouteTable;
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// hyper's smallest allowed HTTP/1 read buffer; heads between
-/// `gateway.max_header_bytes` and this size are refused by the handler.
+/// `gateway.max_header_bytes` and this size are rejected by the handler.
 const MIN_READ_BUFFER: usize = 8192;
 
 /// How long an idle pooled upstream connection is kept.
@@ -391,7 +394,7 @@ async fn serve_connection(
         }
     };
     let Some(app_id) = verified.app_id().map(str::to_owned) else {
-        tracing::warn!(%remote, identity = %verified.identity(), "connection refused: not an app");
+        tracing::warn!(%remote, identity = %verified.identity(), "connection rejected: not an app");
         return;
     };
     let certificate_thumbprint = match tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
@@ -402,12 +405,13 @@ async fn serve_connection(
     let peer = Arc::new(Peer { app_id, serial: verified.serial().to_owned(), certificate_thumbprint });
     tracing::debug!(%remote, app_id = %peer.app_id, h2, "connection accepted");
 
+    let max_buf_size = (settings.max_header_bytes as usize).max(MIN_READ_BUFFER);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size((settings.max_header_bytes as usize).max(MIN_READ_BUFFER))
+        .max_buf_size(max_buf_size)
         .keep_alive(true);
     builder
         .http2()
@@ -416,14 +420,17 @@ async fn serve_connection(
     let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
 
     let io = SharedIo::new(tls);
+    let rejections = Arc::new(RejectionSlot::default());
+    let checked = HeadCheckedIo::new(io.clone(), !h2, max_buf_size, Arc::clone(&rejections));
     let service_shared = Arc::clone(&shared);
+    let service_peer = Arc::clone(&peer);
     let service = service_fn(move |request| {
         let shared = Arc::clone(&service_shared);
         let client = client.clone();
-        let peer = Arc::clone(&peer);
+        let peer = Arc::clone(&service_peer);
         async move { Ok::<_, std::convert::Infallible>(handle(shared, client, peer, request).await) }
     });
-    let connection = builder.serve_connection(TokioIo::new(io.clone()), service);
+    let connection = builder.serve_connection(TokioIo::new(checked), service);
     tokio::pin!(connection);
 
     let result = tokio::select! {
@@ -432,15 +439,25 @@ async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             connection.as_mut().await
         }
+        _ = rejections.notify.notified() => {
+            // hyper answers the requests before the rejected head, then
+            // ends the connection.
+            connection.as_mut().graceful_shutdown();
+            connection.as_mut().await
+        }
     };
 
+    let mut io = io;
+    if let Some(rejection) = rejections.take() {
+        answer_rejected_head(&mut io, &shared, &peer, rejection).await;
+        return;
+    }
     if let Err(error) = result {
         let timed_out = error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
         if timed_out {
             // hyper closes a connection whose head did not arrive in time
             // without a response; send 408 (RFC 9110 section 15.5.9) first.
             tracing::info!(%remote, "request head not received in time");
-            let mut io = io;
             let body =
                 serde_json::json!({ "error": "request_timeout", "request_id": crate::framing::new_request_id() })
                     .to_string();
@@ -448,15 +465,59 @@ async fn serve_connection(
                 "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                let _ = io.write_all(response.as_bytes()).await;
-                let _ = io.shutdown().await;
-            })
-            .await;
+            write_and_close(&mut io, response.as_bytes()).await;
         } else {
             tracing::debug!(%remote, %error, "connection ended with an error");
         }
     }
+}
+
+/// Answers a request head that [`crate::head`] held back with 400, after
+/// hyper has answered the requests before it, and records its access event.
+async fn answer_rejected_head(io: &mut SharedIo, shared: &Shared, peer: &Peer, rejection: Rejection) {
+    let request_id = crate::framing::new_request_id();
+    let span = tracing::info_span!("request", app_id = %peer.app_id, request_id = %request_id);
+    let error = GatewayError::Framing { reason: rejection.reason };
+    let response = span.in_scope(|| error.to_response(&request_id));
+    let body = response.body().clone().collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
+
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        response.status().as_u16(),
+        response.status().canonical_reason().unwrap_or_default()
+    );
+    for (name, value) in response.headers() {
+        head.push_str(&format!("{name}: {}\r\n", String::from_utf8_lossy(value.as_bytes())));
+    }
+    head.push_str(&format!("{REQUEST_ID_HEADER}: {request_id}\r\ncontent-length: {}\r\n\r\n", body.len()));
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(&body);
+    write_and_close(io, &bytes).await;
+
+    shared.sinks.emit(AccessEvent {
+        at_ms: crate::events::now_ms(),
+        request_id,
+        app_id: peer.app_id.clone(),
+        service: String::new(),
+        route: String::new(),
+        method: rejection.method,
+        path: rejection.path,
+        status: response.status().as_u16(),
+        bytes_in: 0,
+        bytes_out: body.len() as u64,
+        latency_us: 0,
+        reason: Some(error.code().to_owned()),
+    });
+}
+
+/// Writes a whole response that the gateway built itself and closes the
+/// connection, giving up after a second on an app that does not read.
+async fn write_and_close(io: &mut SharedIo, bytes: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = io.write_all(bytes).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
 }
 
 /// The TLS stream shared between hyper and the connection task, so the

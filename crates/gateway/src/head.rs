@@ -1,0 +1,516 @@
+//! A check of every HTTP/1.1 request head before hyper reads it.
+//!
+//! hyper settles two framing cases on its own, before the gateway's
+//! handler receives the request: with Content-Length next to a chunked
+//! Transfer-Encoding it drops Content-Length, and of two equal
+//! Content-Length lines it keeps one. A careful proxy rejects both with
+//! 400 (RFC 9112 section 6.3 allows a server to, and RFC 9110 section 8.6
+//! to reject a repeated length), because another hop may have framed the
+//! same bytes differently. hyper offers no hook on the raw head, so
+//! [`HeadCheckedIo`] sits between the TLS stream and hyper. It parses each
+//! request head with httparse (the parser hyper itself uses), follows the
+//! body's framing to find where the next head starts, and holds back a head
+//! whose framing is ambiguous: hyper never receives it, finishes the
+//! requests before it and closes, and the gateway then answers the held
+//! head with 400.
+//!
+//! Invariants: bytes reach hyper in the order they arrived and unchanged;
+//! a head is passed on only whole and only after the check; a rejected head
+//! and everything after it are never passed on. When the scanner cannot
+//! follow the stream (a head httparse rejects or one longer than hyper's
+//! buffer, or a chunked body hyper would reject), it stops checking and
+//! passes bytes through, because hyper then rejects the same bytes and
+//! closes the connection.
+
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// hyper's limit on header lines in a request head. httparse gets the same
+/// limit, so hyper rejects a head with more lines (431).
+const MAX_HEADERS: usize = 100;
+
+/// The longest Content-Length value accepted: 19 digits always fit a u64.
+const MAX_LENGTH_DIGITS: usize = 19;
+
+/// A request head the scanner rejected, with what the access event needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    pub method: String,
+    /// The request target up to `?`, lossily decoded.
+    pub path: String,
+    /// Why, naming the header (for the log, not the app).
+    pub reason: String,
+}
+
+/// The place where the scanner leaves a rejection for the connection task,
+/// which sends the 400 once hyper has finished the requests before it.
+#[derive(Debug, Default)]
+pub(crate) struct RejectionSlot {
+    rejection: Mutex<Option<Rejection>>,
+    pub notify: tokio::sync::Notify,
+}
+
+impl RejectionSlot {
+    fn set(&self, rejection: Rejection) {
+        *self.rejection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(rejection);
+        self.notify.notify_one();
+    }
+
+    /// Takes the rejection, if the scanner left one.
+    pub fn take(&self) -> Option<Rejection> {
+        self.rejection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
+}
+
+/// The scanner's position in the request stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a request head.
+    Head,
+    /// In a Content-Length body with this many bytes left.
+    Length(u64),
+    /// In a chunked body (RFC 9112 section 7.1).
+    Chunked(Chunk),
+    /// Not checking any more; hyper rejects what follows.
+    Passthrough,
+    /// A head was rejected; nothing more is passed on.
+    Rejected,
+}
+
+/// The position inside a chunked body, as hyper's decoder tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size { size: u64, digits: u32 },
+    SizeSpace { size: u64 },
+    Extension { size: u64 },
+    SizeLf { size: u64 },
+    Data(u64),
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+}
+
+/// The result of [`Scanner::scan`] over a run of not yet approved bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Scanned {
+    /// How many bytes from the start may go to hyper.
+    pub approved: usize,
+    /// Set when the head right after the approved bytes was rejected.
+    pub rejection: Option<Rejection>,
+}
+
+/// Follows the requests of one HTTP/1.1 connection.
+#[derive(Debug)]
+pub(crate) struct Scanner {
+    state: State,
+}
+
+impl Scanner {
+    /// Creates a scanner at the start of a connection. With `enabled =
+    /// false` it passes everything through (HTTP/2 connections).
+    pub fn new(enabled: bool) -> Self {
+        Self { state: if enabled { State::Head } else { State::Passthrough } }
+    }
+
+    fn passthrough(&self) -> bool {
+        self.state == State::Passthrough
+    }
+
+    fn rejected(&self) -> bool {
+        self.state == State::Rejected
+    }
+
+    /// Gives up checking: used when a head does not complete within
+    /// hyper's buffer, which hyper then rejects.
+    fn give_up(&mut self) {
+        if self.state != State::Rejected {
+            self.state = State::Passthrough;
+        }
+    }
+
+    /// Scans `bytes`, which start where the last approved byte ended, as
+    /// far as it can. Bytes of an incomplete head are not approved; the
+    /// caller scans them again with more bytes behind them.
+    pub fn scan(&mut self, bytes: &[u8]) -> Scanned {
+        let mut at = 0;
+        while at < bytes.len() {
+            match self.state {
+                State::Rejected => break,
+                State::Passthrough => at = bytes.len(),
+                State::Head => match check_head(&bytes[at..]) {
+                    HeadCheck::Partial => break,
+                    HeadCheck::Unparsable => self.state = State::Passthrough,
+                    HeadCheck::Rejected(rejection) => {
+                        self.state = State::Rejected;
+                        return Scanned { approved: at, rejection: Some(rejection) };
+                    }
+                    HeadCheck::Complete { length, body } => {
+                        at += length;
+                        self.state = body;
+                    }
+                },
+                State::Length(left) => {
+                    let take = left.min((bytes.len() - at) as u64);
+                    at += take as usize;
+                    self.state = if take == left { State::Head } else { State::Length(left - take) };
+                }
+                State::Chunked(Chunk::Data(left)) => {
+                    let take = left.min((bytes.len() - at) as u64);
+                    at += take as usize;
+                    self.state = State::Chunked(if take == left { Chunk::DataCr } else { Chunk::Data(left - take) });
+                }
+                State::Chunked(chunk) => {
+                    self.state = step_chunked(chunk, bytes[at]);
+                    at += 1;
+                }
+            }
+        }
+        Scanned { approved: at, rejection: None }
+    }
+}
+
+/// Moves the chunked-body position over one byte. Whatever hyper's decoder
+/// would reject ends the check ([`State::Passthrough`]).
+fn step_chunked(chunk: Chunk, byte: u8) -> State {
+    let next = match (chunk, byte) {
+        (Chunk::Size { size, digits }, _) if byte.is_ascii_hexdigit() => {
+            let digit = u64::from(char::from(byte).to_digit(16).unwrap_or(0));
+            match size.checked_mul(16).and_then(|s| s.checked_add(digit)) {
+                Some(size) => Chunk::Size { size, digits: digits + 1 },
+                None => return State::Passthrough,
+            }
+        }
+        (Chunk::Size { digits: 0, .. }, _) => return State::Passthrough,
+        (Chunk::Size { size, .. } | Chunk::SizeSpace { size }, b' ' | b'\t') => Chunk::SizeSpace { size },
+        (Chunk::Size { size, .. } | Chunk::SizeSpace { size } | Chunk::Extension { size }, b';') => {
+            Chunk::Extension { size }
+        }
+        (Chunk::Size { size, .. } | Chunk::SizeSpace { size } | Chunk::Extension { size }, b'\r') => {
+            Chunk::SizeLf { size }
+        }
+        (Chunk::Extension { .. }, b'\n') => return State::Passthrough,
+        (Chunk::Extension { size }, _) => Chunk::Extension { size },
+        (Chunk::SizeLf { size: 0 }, b'\n') => Chunk::TrailerStart,
+        (Chunk::SizeLf { size }, b'\n') => Chunk::Data(size),
+        (Chunk::DataCr, b'\r') => Chunk::DataLf,
+        (Chunk::DataLf, b'\n') => Chunk::Size { size: 0, digits: 0 },
+        (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
+        (Chunk::TrailerStart | Chunk::TrailerLine, b'\n') => return State::Passthrough,
+        (Chunk::TrailerLine, b'\r') => Chunk::TrailerLf,
+        (Chunk::TrailerStart | Chunk::TrailerLine, _) => Chunk::TrailerLine,
+        (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
+        (Chunk::EndLf, b'\n') => return State::Head,
+        _ => return State::Passthrough,
+    };
+    State::Chunked(next)
+}
+
+/// The outcome of checking the bytes at the start of a head.
+#[derive(Debug)]
+enum HeadCheck {
+    /// More bytes are needed.
+    Partial,
+    /// httparse rejects the head, so hyper rejects it too.
+    Unparsable,
+    Rejected(Rejection),
+    /// A head of `length` bytes followed by a body framed as `body`.
+    Complete {
+        length: usize,
+        body: State,
+    },
+}
+
+/// Parses one request head and decides its body framing (RFC 9112
+/// section 6.3). It rejects every head whose framing another parser could
+/// read differently: Content-Length next to Transfer-Encoding, more than
+/// one Content-Length line (equal or not), a Content-Length that is not
+/// plain digits, Transfer-Encoding outside HTTP/1.1, and any
+/// Transfer-Encoding other than exactly `chunked`.
+fn check_head(bytes: &[u8]) -> HeadCheck {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let length = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return HeadCheck::Partial,
+        Err(_) => return HeadCheck::Unparsable,
+    };
+
+    let mut lengths = Vec::new();
+    let mut codings = Vec::new();
+    for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            lengths.push(header.value);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            codings.extend(header.value.split(|&b| b == b',').map(|coding| coding.trim_ascii()));
+        }
+    }
+    let reject = |reason: String| {
+        let target = request.path.unwrap_or_default();
+        HeadCheck::Rejected(Rejection {
+            method: request.method.unwrap_or_default().to_owned(),
+            path: target.split('?').next().unwrap_or_default().to_owned(),
+            reason,
+        })
+    };
+
+    if !codings.is_empty() {
+        if !lengths.is_empty() {
+            return reject("both Content-Length and Transfer-Encoding".to_owned());
+        }
+        if request.version != Some(1) {
+            return reject("Transfer-Encoding outside HTTP/1.1".to_owned());
+        }
+        if codings.len() != 1 || !codings[0].eq_ignore_ascii_case(b"chunked") {
+            let shown: Vec<String> = codings.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+            return reject(format!("Transfer-Encoding {shown:?} is not exactly chunked"));
+        }
+        return HeadCheck::Complete { length, body: State::Chunked(Chunk::Size { size: 0, digits: 0 }) };
+    }
+
+    match lengths.as_slice() {
+        [] => HeadCheck::Complete { length, body: State::Head },
+        [value] => {
+            let value = value.trim_ascii();
+            let parsed =
+                (!value.is_empty() && value.len() <= MAX_LENGTH_DIGITS && value.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(value).ok()?.parse::<u64>().ok())
+                    .flatten();
+            match parsed {
+                Some(0) => HeadCheck::Complete { length, body: State::Head },
+                Some(size) => HeadCheck::Complete { length, body: State::Length(size) },
+                None => reject(format!("invalid Content-Length {:?}", String::from_utf8_lossy(value))),
+            }
+        }
+        several => reject(format!("{} Content-Length headers", several.len())),
+    }
+}
+
+/// The connection stream given to hyper. Reads pass through [`Scanner`],
+/// and writes go straight to `inner`.
+pub(crate) struct HeadCheckedIo<S> {
+    inner: S,
+    scanner: Scanner,
+    /// Bytes read from `inner`: `buf[start..approved]` may go to hyper,
+    /// `buf[approved..end]` wait for the rest of their head.
+    buf: Box<[u8]>,
+    start: usize,
+    approved: usize,
+    end: usize,
+    slot: std::sync::Arc<RejectionSlot>,
+}
+
+impl<S> HeadCheckedIo<S> {
+    /// Wraps `inner`. `max_head` must be hyper's `max_buf_size`: a head
+    /// that does not complete within it is left for hyper to reject.
+    pub fn new(inner: S, enabled: bool, max_head: usize, slot: std::sync::Arc<RejectionSlot>) -> Self {
+        let buf = if enabled { vec![0; max_head].into_boxed_slice() } else { Box::default() };
+        Self { inner, scanner: Scanner::new(enabled), buf, start: 0, approved: 0, end: 0, slot }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for HeadCheckedIo<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.approved > this.start {
+                let n = (this.approved - this.start).min(out.remaining());
+                out.put_slice(&this.buf[this.start..this.start + n]);
+                this.start += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.scanner.rejected() {
+                // hyper finishes the earlier requests and is then shut
+                // down by the connection task, which polls it again.
+                return Poll::Pending;
+            }
+            if this.scanner.passthrough() && this.start == this.end {
+                return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+
+            // Move the waiting head to the front, then read behind it.
+            this.buf.copy_within(this.start..this.end, 0);
+            this.end -= this.start;
+            this.approved = 0;
+            this.start = 0;
+            if this.end == this.buf.len() {
+                this.scanner.give_up();
+                this.approved = this.end;
+                continue;
+            }
+            let mut read = ReadBuf::new(&mut this.buf[this.end..]);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            let filled = read.filled().len();
+            if filled == 0 {
+                // End of stream: hand over any partial head, which hyper
+                // reports as an incomplete message.
+                this.scanner.give_up();
+                if this.end == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                this.approved = this.end;
+                continue;
+            }
+            this.end += filled;
+
+            let scanned = this.scanner.scan(&this.buf[this.approved..this.end]);
+            this.approved += scanned.approved;
+            if let Some(rejection) = scanned.rejection {
+                tracing::info!(reason = %rejection.reason, method = %rejection.method, "request head rejected");
+                this.slot.set(rejection);
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeadCheckedIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    /// After a rejection the connection task still writes the 400, so
+    /// hyper's shutdown only flushes.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.scanner.rejected() {
+            return Pin::new(&mut self.inner).poll_flush(cx);
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scans `stream` whole, then again fed one byte at a time (rescanning
+    /// unapproved bytes as the IO wrapper does); both must agree.
+    fn scan_all(stream: &[u8]) -> Scanned {
+        let whole = Scanner::new(true).scan(stream);
+
+        let mut scanner = Scanner::new(true);
+        let mut approved = 0;
+        let mut rejection = None;
+        for end in 1..=stream.len() {
+            let scanned = scanner.scan(&stream[approved..end]);
+            approved += scanned.approved;
+            if scanned.rejection.is_some() {
+                rejection = scanned.rejection;
+                break;
+            }
+        }
+        assert_eq!(whole, Scanned { approved, rejection: rejection.clone() }, "byte-wise scan differs");
+        whole
+    }
+
+    const GET: &str = "GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+
+    #[test]
+    fn scanner_follows_heads_and_bodies() {
+        let cases: &[(&str, String)] = &[
+            ("no body", format!("{GET}{GET}")),
+            ("length body", format!("POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello{GET}")),
+            ("zero length", format!("POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n{GET}")),
+            (
+                "chunked",
+                format!(
+                    "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{GET}"
+                ),
+            ),
+            (
+                "chunked with extension, spaces and trailer",
+                format!(
+                    "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\nA ;x=y\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n{GET}"
+                ),
+            ),
+            ("leading empty line", format!("\r\n{GET}{GET}")),
+        ];
+        for (name, stream) in cases {
+            let scanned = scan_all(stream.as_bytes());
+            assert_eq!(scanned, Scanned { approved: stream.len(), rejection: None }, "{name}");
+        }
+    }
+
+    #[test]
+    fn scanner_rejects_ambiguous_framing() {
+        let first = "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok";
+        let cases: &[(&str, &str, &str)] = &[
+            ("CL.TE", "Content-Length: 3\r\nTransfer-Encoding: chunked", "both Content-Length and Transfer-Encoding"),
+            ("TE.CL", "Transfer-Encoding: chunked\r\nContent-Length: 3", "both Content-Length and Transfer-Encoding"),
+            ("equal lengths", "Content-Length: 3\r\nContent-Length: 3", "2 Content-Length headers"),
+            ("differing lengths", "Content-Length: 3\r\nContent-Length: 4", "2 Content-Length headers"),
+            ("length list", "Content-Length: 3, 3", "invalid Content-Length \"3, 3\""),
+            ("signed length", "Content-Length: +3", "invalid Content-Length \"+3\""),
+            ("20 digits", "Content-Length: 00000000000000000003", "invalid Content-Length \"00000000000000000003\""),
+            ("gzip", "Transfer-Encoding: gzip", "Transfer-Encoding [\"gzip\"] is not exactly chunked"),
+            (
+                "chunked twice",
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+                "Transfer-Encoding [\"chunked\", \"chunked\"] is not exactly chunked",
+            ),
+            ("substring", "Transfer-Encoding: xchunked", "Transfer-Encoding [\"xchunked\"] is not exactly chunked"),
+        ];
+        for (name, lines, reason) in cases {
+            let stream = format!("{first}POST /y?q=1 HTTP/1.1\r\nHost: h\r\n{lines}\r\n\r\nabc{GET}");
+            let scanned = scan_all(stream.as_bytes());
+            let rejection = Rejection { method: "POST".into(), path: "/y".into(), reason: (*reason).into() };
+            assert_eq!(scanned, Scanned { approved: first.len(), rejection: Some(rejection) }, "{name}");
+        }
+    }
+
+    #[test]
+    fn scanner_rejects_te_in_http_1_0() {
+        let stream = "POST /z HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let scanned = scan_all(stream.as_bytes());
+        assert_eq!(scanned.approved, 0);
+        assert_eq!(scanned.rejection.unwrap().reason, "Transfer-Encoding outside HTTP/1.1");
+    }
+
+    #[test]
+    fn scanner_passes_hyper_errors_through() {
+        let cases: &[(&str, String)] = &[
+            ("space in name", format!("GET / HTTP/1.1\r\nX A: b\r\n\r\n{GET}")),
+            ("obs-fold", format!("GET / HTTP/1.1\r\nX-A: b\r\n c\r\n\r\n{GET}")),
+            (
+                "bad chunk size",
+                format!(
+                    "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"
+                ),
+            ),
+            (
+                "chunk without CRLF",
+                format!("POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nxy0\r\n\r\n{GET}"),
+            ),
+        ];
+        for (name, stream) in cases {
+            let scanned = scan_all(stream.as_bytes());
+            assert_eq!(scanned, Scanned { approved: stream.len(), rejection: None }, "{name}");
+        }
+    }
+
+    #[test]
+    fn scanner_incomplete_head_waits() {
+        let scanned = scan_all(b"GET / HTTP/1.1\r\nHost: h\r\n");
+        assert_eq!(scanned, Scanned { approved: 0, rejection: None });
+    }
+}
