@@ -143,6 +143,10 @@ pub struct Service {
     pub name: String,
     /// Base URL the gateway forwards to (`http` or `https`).
     pub upstream: String,
+    /// Whether the gateway offers HTTP/2 to an `https` upstream (ALPN
+    /// decides). When false it speaks HTTP/1.1 over a pool of kept-alive
+    /// connections, as a reverse proxy usually does.
+    pub upstream_http2: bool,
     /// Scopes this service defines, each `<name>:<action>`.
     pub scopes: Vec<String>,
     /// Routes; each route's scope is one of `scopes`.

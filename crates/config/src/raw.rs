@@ -72,6 +72,7 @@ pub(crate) struct RawToken {
 pub(crate) struct RawService {
     pub name: String,
     pub upstream: String,
+    pub upstream_http2: Option<bool>,
     pub scopes: Vec<String>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,

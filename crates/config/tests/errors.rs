@@ -101,6 +101,22 @@ fn broken_configurations_name_key_path() {
             "weather:<action>",
         ),
         (
+            "HTTP/2 to a plain HTTP upstream",
+            edited(
+                "upstream = \"https://127.0.0.1:9101\"\n# The gateway",
+                "upstream = \"http://127.0.0.1:9101\"\n# The gateway",
+            )
+            .replacen("upstream_http2 = false", "upstream_http2 = true", 1),
+            "services[0].upstream_http2",
+            "h2c is not supported",
+        ),
+        (
+            "upstream_http2 not a boolean",
+            edited("upstream_http2 = false", "upstream_http2 = \"yes\""),
+            "services[0].upstream_http2",
+            "invalid type",
+        ),
+        (
             "upstream without scheme",
             edited("upstream = \"https://127.0.0.1:9101\"", "upstream = \"127.0.0.1:9101\""),
             "services[0].upstream",

@@ -47,7 +47,7 @@ pub fn check_head<B>(request: &Request<B>, max_header_bytes: u64) -> Result<(), 
     let headers = request.headers();
 
     let size = request.method().as_str().len() as u64
-        + request.uri().to_string().len() as u64
+        + target_len(request.uri()) as u64
         + headers.iter().map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64).sum::<u64>();
     if size > max_header_bytes {
         return Err(GatewayError::HeadersTooLarge { size, max: max_header_bytes });
@@ -94,6 +94,15 @@ pub fn check_head<B>(request: &Request<B>, max_header_bytes: u64) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// Returns the length of `uri` as written in a request line, without
+/// formatting it into a new string.
+fn target_len(uri: &http::Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |scheme| scheme.len() + 3);
+    let authority = uri.authority().map_or(0, |authority| authority.as_str().len());
+    let path = uri.path_and_query().map_or(0, |path| path.as_str().len());
+    scheme + authority + path
 }
 
 /// Checks Host and the request target (RFC 9112 section 3.2): exactly one
@@ -205,6 +214,14 @@ mod tests {
         assert_eq!(id.len(), 32);
         assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
         assert_ne!(id, new_request_id());
+    }
+
+    #[test]
+    fn target_len_matches_formatted_uri() {
+        for target in ["/x", "/a/b?c=d", "https://gw.example/a?b", "https://gw.example:8443", "*"] {
+            let uri: http::Uri = target.parse().unwrap();
+            assert_eq!(target_len(&uri), uri.to_string().len(), "{target}");
+        }
     }
 
     #[test]

@@ -38,6 +38,14 @@ use crate::routes::RouteTable;
 /// (or plain HTTP for `http://` upstreams).
 pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, LimitedBody>;
 
+/// One worker's upstream clients; each route's service picks one.
+pub(crate) struct UpstreamClients {
+    /// HTTP/1.1 only.
+    pub http1: UpstreamClient,
+    /// HTTP/2 when the upstream accepts `h2` by ALPN, else HTTP/1.1.
+    pub http2: UpstreamClient,
+}
+
 /// State shared by every connection; the swappable parts change on reload.
 pub(crate) struct Shared {
     pub routes: ArcSwap<RouteTable>,
@@ -63,7 +71,7 @@ pub(crate) struct Peer {
 /// response here.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    client: UpstreamClient,
+    clients: Arc<UpstreamClients>,
     peer: Arc<Peer>,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
@@ -87,7 +95,7 @@ pub(crate) async fn handle(
     };
 
     let result =
-        forward(&shared, &client, &peer, request, &request_id, &counters, &mut event).instrument(span.clone()).await;
+        forward(&shared, &clients, &peer, request, &request_id, &counters, &mut event).instrument(span.clone()).await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
@@ -109,7 +117,7 @@ type UpstreamResponse = Response<http_body_util::combinators::UnsyncBoxBody<Byte
 
 async fn forward(
     shared: &Shared,
-    client: &UpstreamClient,
+    clients: &UpstreamClients,
     peer: &Peer,
     request: Request<Incoming>,
     request_id: &str,
@@ -192,6 +200,7 @@ async fn forward(
     let upstream_request =
         Request::from_parts(head, LimitedBody::new(body, settings.max_body_bytes, Arc::clone(counters)));
 
+    let client = if upstream.http2 { &clients.http2 } else { &clients.http1 };
     let sent = tokio::time::timeout(settings.upstream_timeout, client.request(upstream_request)).await;
     let response = match sent {
         Err(_) => {

@@ -21,6 +21,8 @@ pub struct Upstream {
     /// A base path from the upstream URL prepended to the canonical path,
     /// without a trailing `/`; empty when the URL has none.
     pub base_path: String,
+    /// Whether HTTP/2 is offered to the upstream; otherwise HTTP/1.1.
+    pub http2: bool,
 }
 
 /// One route: a prefix and method filter leading to a service and scope.
@@ -64,7 +66,9 @@ impl RouteTable {
     pub fn from_config(config: &PlatformConfig) -> Result<Self, GatewayError> {
         let mut routes = Vec::new();
         for service in &config.services {
-            let upstream = Arc::new(upstream_of(&config.trust_domain, &service.name, &service.upstream)?);
+            let mut upstream = upstream_of(&config.trust_domain, &service.name, &service.upstream)?;
+            upstream.http2 = service.upstream_http2;
+            let upstream = Arc::new(upstream);
             for route in &service.routes {
                 routes.push(Route {
                     prefix: route.prefix.clone(),
@@ -126,5 +130,6 @@ fn upstream_of(trust_domain: &str, service: &str, url: &str) -> Result<Upstream,
         audience: format!("spiffe://{trust_domain}/service/{service}"),
         origin,
         base_path,
+        http2: false,
     })
 }

@@ -38,7 +38,7 @@ use crate::events::{AccessEvent, EventSinks};
 use crate::framing::REQUEST_ID_HEADER;
 use crate::head::{HeadCheckedIo, Rejection, RejectionSlot};
 use crate::limits::{Rate, RateLimits};
-use crate::proxy::{Peer, Shared, UpstreamClient, handle};
+use crate::proxy::{Peer, Shared, UpstreamClients, handle};
 use crate::routes::RouteTable;
 
 /// ALPN protocols offered to apps and upstreams, HTTP/2 first.
@@ -72,8 +72,16 @@ type UpstreamConnector = hyper_rustls::HttpsConnector<hyper_util::client::legacy
 pub struct Gateway {
     shared: Arc<Shared>,
     acceptor: PlatformAcceptor,
-    connector: UpstreamConnector,
+    connectors: UpstreamConnectors,
     workers: usize,
+}
+
+/// The connectors of the two upstream clients: HTTP/1.1 only, and HTTP/2
+/// or HTTP/1.1 as ALPN decides.
+#[derive(Clone)]
+struct UpstreamConnectors {
+    http1: UpstreamConnector,
+    http2: UpstreamConnector,
 }
 
 impl Gateway {
@@ -99,12 +107,19 @@ impl Gateway {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.gateway.upstream_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(client_config)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let connectors = UpstreamConnectors {
+            http1: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(client_config.clone())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http.clone()),
+            http2: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(client_config)
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http),
+        };
         let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
 
         let shared = Shared {
@@ -116,7 +131,7 @@ impl Gateway {
             decisions,
             sinks,
         };
-        Ok(Self { shared: Arc::new(shared), acceptor, connector, workers })
+        Ok(Self { shared: Arc::new(shared), acceptor, connectors, workers })
     }
 
     /// Sets the number of worker threads (default: one per core, as
@@ -148,7 +163,7 @@ impl Gateway {
                 listener,
                 acceptor: self.acceptor.clone(),
                 shared: Arc::clone(&self.shared),
-                connector: self.connector.clone(),
+                connectors: self.connectors.clone(),
                 stopped: stopped.clone(),
                 forced: forced.clone(),
                 _finished: finished.clone(),
@@ -191,7 +206,7 @@ struct Worker {
     listener: std::net::TcpListener,
     acceptor: PlatformAcceptor,
     shared: Arc<Shared>,
-    connector: UpstreamConnector,
+    connectors: UpstreamConnectors,
     stopped: watch::Receiver<bool>,
     forced: watch::Receiver<bool>,
     /// Dropped when the thread ends; the shutdown waits for every worker's.
@@ -210,7 +225,7 @@ impl Worker {
                 return;
             }
         };
-        let Worker { listener, acceptor, shared, connector, stopped, mut forced, _finished } = self;
+        let Worker { listener, acceptor, shared, connectors, stopped, mut forced, _finished } = self;
         runtime.block_on(async move {
             let listener = match TcpListener::from_std(listener) {
                 Ok(listener) => listener,
@@ -219,11 +234,14 @@ impl Worker {
                     return;
                 }
             };
-            let client: UpstreamClient = Client::builder(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(UPSTREAM_IDLE)
-                .build(connector);
+            let build = |connector| {
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(UPSTREAM_IDLE)
+                    .build(connector)
+            };
+            let client = Arc::new(UpstreamClients { http1: build(connectors.http1), http2: build(connectors.http2) });
             let (alive, mut drained) = mpsc::channel::<()>(1);
             accept_loop(listener, acceptor, shared, client, stopped, alive).await;
             tokio::select! {
@@ -337,7 +355,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: PlatformAcceptor,
     shared: Arc<Shared>,
-    client: UpstreamClient,
+    client: Arc<UpstreamClients>,
     mut stopped: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
@@ -362,7 +380,7 @@ async fn accept_loop(
             remote,
             acceptor.clone(),
             Arc::clone(&shared),
-            client.clone(),
+            Arc::clone(&client),
             stopped.clone(),
             alive.clone(),
         );
@@ -377,7 +395,7 @@ async fn serve_connection(
     remote: SocketAddr,
     acceptor: PlatformAcceptor,
     shared: Arc<Shared>,
-    client: UpstreamClient,
+    client: Arc<UpstreamClients>,
     mut stopped: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
@@ -426,7 +444,7 @@ async fn serve_connection(
     let service_peer = Arc::clone(&peer);
     let service = service_fn(move |request| {
         let shared = Arc::clone(&service_shared);
-        let client = client.clone();
+        let client = Arc::clone(&client);
         let peer = Arc::clone(&service_peer);
         async move { Ok::<_, std::convert::Infallible>(handle(shared, client, peer, request).await) }
     });

@@ -38,6 +38,7 @@ async fn allowed_call_reaches_upstream_rewritten() {
     assert_eq!(seen.len(), 1);
     let seen = &seen[0];
     assert_eq!(seen.target, "/weather/v1/today?city=oslo&x=%2e");
+    assert_eq!(seen.version, http::Version::HTTP_11);
     assert_eq!(seen.headers["x-portcullis-app-id"], "app-a");
     assert_eq!(seen.headers["x-portcullis-scopes"], "weather:read");
     assert_eq!(seen.headers.get_all("x-portcullis-app-id").iter().count(), 1);
@@ -59,6 +60,32 @@ async fn allowed_call_reaches_upstream_rewritten() {
     assert_eq!(log[0]["status"], 200);
     assert_eq!(log[0]["bytes_out"], body_of(&received).len());
     assert!(log[0]["reason"].is_null());
+}
+
+/// A service with `upstream_http2 = true` is reached over HTTP/2, the
+/// others over HTTP/1.1, from the same gateway.
+#[tokio::test]
+async fn upstream_protocol_follows_service_setting() {
+    let h = Harness::start(|config| {
+        let records = config.services.iter_mut().find(|service| service.name == "records").unwrap();
+        records.upstream_http2 = true;
+    })
+    .await;
+
+    let weather = h.token("weather", &["weather:read"]);
+    let records = h.token("records", &["records:read"]);
+    assert_eq!(h.get("/weather/v1/today", &weather).await, 200);
+    assert_eq!(h.get("/records/v1/list", &records).await, 200);
+
+    let versions: Vec<(String, http::Version)> =
+        h.upstream.seen().into_iter().map(|seen| (seen.target, seen.version)).collect();
+    assert_eq!(
+        versions,
+        [
+            ("/weather/v1/today".to_owned(), http::Version::HTTP_11),
+            ("/records/v1/list".to_owned(), http::Version::HTTP_2)
+        ]
+    );
 }
 
 #[tokio::test]

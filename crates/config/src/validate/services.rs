@@ -24,6 +24,14 @@ pub(super) fn services(check: &Checker, raw: &[RawService]) -> Result<Vec<Servic
         }
 
         let upstream = upstream(check, &format!("{key}.upstream"), &service.upstream)?;
+        let upstream_http2 = service.upstream_http2.unwrap_or(false);
+        if upstream_http2 && !upstream.starts_with("https://") {
+            return Err(check.invalid(
+                format!("{key}.upstream_http2"),
+                "true",
+                "false for an http:// upstream, because HTTP/2 needs TLS here (h2c is not supported)",
+            ));
+        }
         let scopes = scopes(check, &key, &service.name, &service.scopes)?;
 
         let mut routes = Vec::new();
@@ -45,7 +53,7 @@ pub(super) fn services(check: &Checker, raw: &[RawService]) -> Result<Vec<Servic
             routes.push(route);
         }
 
-        services.push(Service { name: service.name.clone(), upstream, scopes, routes });
+        services.push(Service { name: service.name.clone(), upstream, upstream_http2, scopes, routes });
     }
 
     // A route for every method overlaps every method-specific route of the
