@@ -299,6 +299,27 @@ async fn token_endpoint_errors_follow_rfc_6749() {
     assert_eq!(status, 0);
 }
 
+/// A form body over the limit gets 413 with a JSON error over HTTP/1.1 and
+/// over HTTP/2, not a reset stream or a closed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_token_request_is_413_on_both_versions() {
+    let platform = Platform::start().await;
+    let url = platform.token_url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let form = dir.path().join("form");
+    let filler = "a".repeat(3 * 1024 * 1024);
+    std::fs::write(&form, format!("grant_type=client_credentials&scope=weather:read&x={filler}")).unwrap();
+    let data = format!("@{}", form.display());
+
+    for version in ["--http1.1", "--http2"] {
+        let (status, body) = curl_as(&platform.client_dir("weather-app"), &[version, "--data-binary", &data, &url]);
+        assert_eq!(status, 413, "{version}: {body}");
+        let json: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{version}: not JSON: {body}"));
+        assert_eq!(json["error"], "invalid_request", "{version}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_endpoint_is_rate_limited_per_client() {
     let platform = Platform::start().await;

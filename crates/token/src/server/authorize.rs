@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -263,7 +262,11 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Handles `POST /oauth2/authorize`: the customer's decision.
-pub(super) async fn decide(State(service): State<TokenService>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn decide(
+    State(service): State<TokenService>,
+    headers: HeaderMap,
+    super::FormBody(body): super::FormBody,
+) -> Response {
     let params = match super::parse_form(&body) {
         Ok(params) => params,
         Err(error) => return error_page(StatusCode::BAD_REQUEST, &error.description),

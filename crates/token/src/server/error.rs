@@ -59,6 +59,15 @@ impl OAuthError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_scope", description)
     }
 
+    /// Creates an error for a request body longer than `max` bytes (HTTP 413).
+    pub fn body_too_large(max: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            format!("the request body exceeds {max} bytes; send only the form parameters"),
+        )
+    }
+
     /// Too many requests from one client.
     pub fn rate_limited(retry_after: u64) -> Self {
         let mut error = Self::new(

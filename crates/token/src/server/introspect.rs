@@ -5,7 +5,6 @@
 //! components, which see all. Revocation is for the app a token was issued
 //! to, and for platform components.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -16,7 +15,7 @@ use super::{Caller, OAuthError, TlsClient, TokenService, secret_hash};
 pub(super) async fn introspect(
     State(service): State<TokenService>,
     client: Option<Extension<TlsClient>>,
-    body: Bytes,
+    super::FormBody(body): super::FormBody,
 ) -> Response {
     let caller = match service.caller(client.as_ref().map(|c| &c.0)) {
         Some(caller @ (Caller::Service(_) | Caller::Platform(_))) => caller,
@@ -66,7 +65,7 @@ pub(super) async fn introspect(
 pub(super) async fn revoke(
     State(service): State<TokenService>,
     client: Option<Extension<TlsClient>>,
-    body: Bytes,
+    super::FormBody(body): super::FormBody,
 ) -> Response {
     match handle_revoke(&service, client.as_ref().map(|c| &c.0), &body).await {
         Ok(()) => axum::http::StatusCode::OK.into_response(),

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +19,7 @@ pub(super) async fn token(
     State(service): State<TokenService>,
     client: Option<Extension<TlsClient>>,
     headers: axum::http::HeaderMap,
-    body: Bytes,
+    super::FormBody(body): super::FormBody,
 ) -> Response {
     // RFC 6749 section 3.2: parameters come form-encoded.
     let form = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
