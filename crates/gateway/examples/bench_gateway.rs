@@ -8,13 +8,21 @@
 //! resident memory can be read alone) and nginx, then runs the load client
 //! at 1, 16 and 64 connections against each and prints a Markdown table.
 //!
-//! wrk cannot present a client certificate, so the load client is written
-//! here: hyper's HTTP/1.1 client over rustls with the app's certificate,
-//! one keep-alive connection per worker, one request in flight per
-//! connection. Each run first opens its connections and sends warm-up
-//! requests for [`WARM_UP`] (at most [`WARM_UP_REQUESTS`] per connection),
-//! which are not counted. The measured part starts when every connection
-//! is warm and is bounded by both DURATION_SECS and MAX_REQUESTS.
+//! The load client is oha (`cargo install oha`), which presents the app's
+//! client certificate (`--cert`, `--key`); wrk cannot. oha keeps one
+//! connection per `-c` with one request in flight each. A 1 s oha run
+//! before each measured run warms the connections up and is not counted.
+//! oha bounds a run by time only (its `-n` and `-z` exclude each other),
+//! so MAX_REQUESTS does not apply to it.
+//!
+//! Without oha on the PATH, or with `BENCH_CLIENT=builtin`, the client
+//! written here runs instead: hyper's HTTP/1.1 client over rustls with
+//! the app's certificate, one keep-alive connection per worker, one
+//! request in flight per connection. Each of its runs first opens its
+//! connections and sends warm-up requests for [`WARM_UP`] (at most
+//! [`WARM_UP_REQUESTS`] per connection), which are not counted. The
+//! measured part starts when every connection is warm and is bounded by
+//! both DURATION_SECS and MAX_REQUESTS.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -312,6 +320,62 @@ async fn load(
     Outcome { rate: latencies.len() as f64 / elapsed, p50_ms: ms(at(0.5)), p99_ms: ms(at(0.99)), failures, tls }
 }
 
+/// The app's certificate files and token, as oha reads them.
+struct OhaClient {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+impl OhaClient {
+    /// Runs oha against `port` for `duration` at `connections`, after a
+    /// 1 s warm-up run, and reads its JSON report.
+    fn load(&self, port: u16, path: &str, token: Option<&str>, connections: usize, duration: Duration) -> Outcome {
+        let run = |seconds: u64| {
+            let mut command = std::process::Command::new("oha");
+            command
+                .args(["--no-tui", "--output-format", "json", "--ipv4", "-c", &connections.to_string()])
+                .args(["-z", &format!("{seconds}s")])
+                .arg("--cacert")
+                .arg(&self.ca)
+                .arg("--cert")
+                .arg(&self.cert)
+                .arg("--key")
+                .arg(&self.key);
+            if let Some(token) = token {
+                command.args(["-H", &format!("Authorization: Bearer {token}")]);
+            }
+            let output = command.arg(format!("https://localhost:{port}{path}")).output().expect("oha runs");
+            assert!(output.status.success(), "oha failed: {}", String::from_utf8_lossy(&output.stderr));
+            serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("oha prints JSON")
+        };
+        run(1);
+        let report = run(duration.as_secs().max(1));
+
+        let seconds = |value: &serde_json::Value| value.as_f64().unwrap_or(f64::NAN) * 1000.0;
+        let statuses = report["statusCodeDistribution"].as_object().cloned().unwrap_or_default();
+        let not_ok: u64 = statuses.iter().filter(|(status, _)| *status != "200").filter_map(|(_, n)| n.as_u64()).sum();
+        // Requests cut off by the end of the run are not failures.
+        let errors: u64 = report["errorDistribution"]
+            .as_object()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .filter(|(error, _)| !error.contains("aborted due to deadline"))
+                    .filter_map(|(_, n)| n.as_u64())
+                    .sum()
+            })
+            .unwrap_or(0);
+        Outcome {
+            rate: report["summary"]["requestsPerSec"].as_f64().unwrap_or(f64::NAN),
+            p50_ms: seconds(&report["latencyPercentiles"]["p50"]),
+            p99_ms: seconds(&report["latencyPercentiles"]["p99"]),
+            failures: (not_ok + errors) as usize,
+            tls: "oha".to_owned(),
+        }
+    }
+}
+
 /// The nginx master process, stopped with SIGTERM when dropped (also when
 /// the benchmark panics). SIGKILL would leave its worker processes behind.
 struct Nginx(std::process::Child);
@@ -392,6 +456,11 @@ async fn main() {
         portcullis_identity::policy::client_config(ca.root(), RenewingCertificate::new(&app).unwrap(), &[b"http/1.1"])
             .unwrap(),
     );
+    let oha_found = std::process::Command::new("oha").arg("--version").output().is_ok_and(|o| o.status.success());
+    let oha = (oha_found && std::env::var("BENCH_CLIENT").as_deref() != Ok("builtin")).then(|| {
+        let [cert, key, ca] = app.write_files(&dir.path().join("app-leaf")).unwrap();
+        OhaClient { cert, key, ca }
+    });
     let rss_idle = resident_kib(gateway_pid);
     let targets = [
         ("upstream direct (mTLS)", upstream_port, None),
@@ -399,8 +468,9 @@ async fn main() {
         ("nginx (TLS proxy)", nginx_port, None),
     ];
 
+    let client_name = if oha.is_some() { "oha" } else { "the built-in client" };
     println!(
-        "duration {} s per run after a {} s warm-up, at most {max_requests} requests per run; {workers} gateway worker threads and nginx worker processes",
+        "load client {client_name}; duration {} s per run after a {} s warm-up, at most {max_requests} requests per run (built-in client only); {workers} gateway worker threads and nginx worker processes",
         duration.as_secs(),
         WARM_UP.as_secs(),
     );
@@ -410,9 +480,11 @@ async fn main() {
     let mut rss_peak = rss_idle;
     for connections in [1, 16, 64] {
         for (name, port, token) in &targets {
-            let outcome =
-                load(*port, Arc::clone(&client), "/weather/v1/today", *token, connections, duration, max_requests)
-                    .await;
+            let path = "/weather/v1/today";
+            let outcome = match &oha {
+                Some(oha) => oha.load(*port, path, *token, connections, duration),
+                None => load(*port, Arc::clone(&client), path, *token, connections, duration, max_requests).await,
+            };
             rss_peak = rss_peak.max(resident_kib(gateway_pid));
             println!(
                 "| {name} | {connections} | {:.0} | {:.2} | {:.2} | {} | {} |",
