@@ -458,7 +458,7 @@ async fn serve_connection(
             connection.as_mut().await
         }
         _ = rejections.notify.notified() => {
-            // hyper answers the requests before the rejected head, then
+            // hyper responds to the requests before the rejected head, then
             // ends the connection.
             connection.as_mut().graceful_shutdown();
             connection.as_mut().await
@@ -490,8 +490,9 @@ async fn serve_connection(
     }
 }
 
-/// Answers a request head that [`crate::head`] held back with 400, after
-/// hyper has answered the requests before it, and records its access event.
+/// Sends 400 for a request head that [`crate::head`] held back, after
+/// hyper has responded to the requests before it, and records the access
+/// event.
 async fn answer_rejected_head(io: &mut SharedIo, shared: &Shared, peer: &Peer, rejection: Rejection) {
     let request_id = crate::framing::new_request_id();
     let span = tracing::info_span!("request", app_id = %peer.app_id, request_id = %request_id);

@@ -3,7 +3,7 @@
 //! request on the connection is not desynchronised.
 //!
 //! A refused request is never forwarded, and neither is anything behind it
-//! on the connection: the gateway answers 400 and closes.
+//! on the connection: the gateway responds with 400 and closes.
 
 mod common;
 
@@ -287,11 +287,11 @@ async fn framing_cases_are_refused_or_handled() {
 }
 
 /// A valid request, then a head with two equal Content-Length lines, then
-/// a third request, all written at once: the first is forwarded and
-/// answered, the second refused with 400, the third never read; the access
-/// log holds one event for each answered request.
+/// a third request, all written at once. The first gets its upstream's
+/// response, the second 400 and the third nothing. The access log contains
+/// one event for each of the first two.
 #[tokio::test]
-async fn refused_head_after_a_valid_request_on_one_connection() {
+async fn pipelined_ambiguous_head_is_rejected() {
     let mut h = Harness::start(|_| {}).await;
     let token = h.token("records", &["records:read", "records:write"]);
     let auth = format!("Authorization: Bearer {token}\r\n");
