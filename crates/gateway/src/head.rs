@@ -10,13 +10,15 @@
 //! [`HeadCheckedIo`] sits between the TLS stream and hyper. It parses each
 //! request head with httparse (the parser hyper itself uses), follows the
 //! body's framing to find where the next head starts, and holds back a head
-//! whose framing is ambiguous: hyper never receives it, finishes the
-//! requests before it and closes, and the gateway then answers the held
-//! head with 400.
+//! whose framing is ambiguous. hyper never receives it: it reads the
+//! requests before it, then end of stream, responds to those requests and
+//! ends the connection, and the gateway then sends 400 for the held head.
+//! hyper must run with `half_close(true)`, or it would treat that end of
+//! stream as the app leaving and drop the responses still in progress.
 //!
-//! Invariants: bytes reach hyper in the order they arrived and unchanged;
-//! a head is passed on only whole and only after the check; a rejected head
-//! and everything after it are never passed on. When the scanner cannot
+//! Invariants: bytes reach hyper unchanged and in the order they arrived.
+//! A head is passed on only whole and only after the check. A rejected
+//! head and everything after it are never passed on. When the scanner cannot
 //! follow the stream (a head httparse rejects or one longer than hyper's
 //! buffer, or a chunked body hyper would reject), it stops checking and
 //! passes bytes through, because hyper then rejects the same bytes and
@@ -31,6 +33,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// hyper's limit on header lines in a request head. httparse gets the same
 /// limit, so hyper rejects a head with more lines (431).
 const MAX_HEADERS: usize = 100;
+
+/// The initial size of a connection's head buffer, in bytes. The buffer
+/// doubles whenever a longer head needs it.
+const INITIAL_BUFFER: usize = 4096;
 
 /// The longest Content-Length value accepted: 19 digits always fit a u64.
 const MAX_LENGTH_DIGITS: usize = 19;
@@ -50,18 +56,30 @@ pub(crate) struct Rejection {
 #[derive(Debug, Default)]
 pub(crate) struct RejectionSlot {
     rejection: Mutex<Option<Rejection>>,
-    pub notify: tokio::sync::Notify,
+    /// Set when hyper has read every byte before the rejected head and
+    /// asked for more, so the head is the next request it would have read.
+    reached: std::sync::atomic::AtomicBool,
 }
 
 impl RejectionSlot {
     fn set(&self, rejection: Rejection) {
         *self.rejection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(rejection);
-        self.notify.notify_one();
     }
 
-    /// Takes the rejection, if the scanner left one.
-    pub fn take(&self) -> Option<Rejection> {
-        self.rejection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    fn mark_reached(&self) {
+        self.reached.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes the rejection if hyper reached the rejected head. A head
+    /// behind a request that ended the connection (`Connection: close`, or
+    /// an error hyper answered) is never read, so it gets no response.
+    pub fn take_reached(&self) -> Option<Rejection> {
+        let rejection = self.rejection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()?;
+        if self.reached.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some(rejection);
+        }
+        tracing::debug!(reason = %rejection.reason, "rejected request head not reached before the connection ended");
+        None
     }
 }
 
@@ -83,10 +101,20 @@ enum State {
 /// The position inside a chunked body, as hyper's decoder tracks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
-    Size { size: u64, digits: u32 },
-    SizeSpace { size: u64 },
-    Extension { size: u64 },
-    SizeLf { size: u64 },
+    /// `digit` records whether the size has at least one hex digit.
+    Size {
+        size: u64,
+        digit: bool,
+    },
+    SizeSpace {
+        size: u64,
+    },
+    Extension {
+        size: u64,
+    },
+    SizeLf {
+        size: u64,
+    },
     Data(u64),
     DataCr,
     DataLf,
@@ -109,13 +137,16 @@ pub(crate) struct Scanned {
 #[derive(Debug)]
 pub(crate) struct Scanner {
     state: State,
+    /// How many bytes of the waiting head are known to hold no end of
+    /// head, so that each read parses again only when new bytes may end it.
+    head_checked: usize,
 }
 
 impl Scanner {
     /// Creates a scanner at the start of a connection. With `enabled =
     /// false` it passes everything through (HTTP/2 connections).
     pub fn new(enabled: bool) -> Self {
-        Self { state: if enabled { State::Head } else { State::Passthrough } }
+        Self { state: if enabled { State::Head } else { State::Passthrough }, head_checked: 0 }
     }
 
     fn passthrough(&self) -> bool {
@@ -143,8 +174,15 @@ impl Scanner {
             match self.state {
                 State::Rejected => break,
                 State::Passthrough => at = bytes.len(),
+                State::Head if !may_end_head(&bytes[at..], self.head_checked) => {
+                    self.head_checked = bytes.len() - at;
+                    break;
+                }
                 State::Head => match check_head(&bytes[at..]) {
-                    HeadCheck::Partial => break,
+                    HeadCheck::Partial => {
+                        self.head_checked = bytes.len() - at;
+                        break;
+                    }
                     HeadCheck::Unparsable => self.state = State::Passthrough,
                     HeadCheck::Rejected(rejection) => {
                         self.state = State::Rejected;
@@ -153,6 +191,7 @@ impl Scanner {
                     HeadCheck::Complete { length, body } => {
                         at += length;
                         self.state = body;
+                        self.head_checked = 0;
                     }
                 },
                 State::Length(left) => {
@@ -175,18 +214,28 @@ impl Scanner {
     }
 }
 
+/// Returns whether `head` may contain the end of a request head (an empty
+/// line, `\n\n` or `\n\r\n`) after its first `checked` bytes, which are
+/// known to hold none. hyper guards its own parser the same way.
+fn may_end_head(head: &[u8], checked: usize) -> bool {
+    let from = checked.saturating_sub(2);
+    head.get(from..).is_some_and(|tail| {
+        tail.windows(2).any(|pair| pair == b"\n\n") || tail.windows(3).any(|triple| triple == b"\n\r\n")
+    })
+}
+
 /// Moves the chunked-body position over one byte. Whatever hyper's decoder
 /// would reject ends the check ([`State::Passthrough`]).
 fn step_chunked(chunk: Chunk, byte: u8) -> State {
     let next = match (chunk, byte) {
-        (Chunk::Size { size, digits }, _) if byte.is_ascii_hexdigit() => {
-            let digit = u64::from(char::from(byte).to_digit(16).unwrap_or(0));
-            match size.checked_mul(16).and_then(|s| s.checked_add(digit)) {
-                Some(size) => Chunk::Size { size, digits: digits + 1 },
+        (Chunk::Size { size, .. }, _) if byte.is_ascii_hexdigit() => {
+            let value = u64::from(char::from(byte).to_digit(16).unwrap_or(0));
+            match size.checked_mul(16).and_then(|s| s.checked_add(value)) {
+                Some(size) => Chunk::Size { size, digit: true },
                 None => return State::Passthrough,
             }
         }
-        (Chunk::Size { digits: 0, .. }, _) => return State::Passthrough,
+        (Chunk::Size { digit: false, .. }, _) => return State::Passthrough,
         (Chunk::Size { size, .. } | Chunk::SizeSpace { size }, b' ' | b'\t') => Chunk::SizeSpace { size },
         (Chunk::Size { size, .. } | Chunk::SizeSpace { size } | Chunk::Extension { size }, b';') => {
             Chunk::Extension { size }
@@ -199,7 +248,7 @@ fn step_chunked(chunk: Chunk, byte: u8) -> State {
         (Chunk::SizeLf { size: 0 }, b'\n') => Chunk::TrailerStart,
         (Chunk::SizeLf { size }, b'\n') => Chunk::Data(size),
         (Chunk::DataCr, b'\r') => Chunk::DataLf,
-        (Chunk::DataLf, b'\n') => Chunk::Size { size: 0, digits: 0 },
+        (Chunk::DataLf, b'\n') => Chunk::Size { size: 0, digit: false },
         (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
         (Chunk::TrailerStart | Chunk::TrailerLine, b'\n') => return State::Passthrough,
         (Chunk::TrailerLine, b'\r') => Chunk::TrailerLf,
@@ -270,7 +319,7 @@ fn check_head(bytes: &[u8]) -> HeadCheck {
             let shown: Vec<String> = codings.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
             return reject(format!("Transfer-Encoding {shown:?} is not exactly chunked"));
         }
-        return HeadCheck::Complete { length, body: State::Chunked(Chunk::Size { size: 0, digits: 0 }) };
+        return HeadCheck::Complete { length, body: State::Chunked(Chunk::Size { size: 0, digit: false }) };
     }
 
     match lengths.as_slice() {
@@ -297,8 +346,10 @@ pub(crate) struct HeadCheckedIo<S> {
     inner: S,
     scanner: Scanner,
     /// Bytes read from `inner`: `buf[start..approved]` may go to hyper,
-    /// `buf[approved..end]` wait for the rest of their head.
-    buf: Box<[u8]>,
+    /// `buf[approved..end]` wait for the rest of their head. It grows up
+    /// to `max_head` bytes as heads need it.
+    buf: Vec<u8>,
+    max_head: usize,
     start: usize,
     approved: usize,
     end: usize,
@@ -309,8 +360,8 @@ impl<S> HeadCheckedIo<S> {
     /// Wraps `inner`. `max_head` must be hyper's `max_buf_size`: a head
     /// that does not complete within it is left for hyper to reject.
     pub fn new(inner: S, enabled: bool, max_head: usize, slot: std::sync::Arc<RejectionSlot>) -> Self {
-        let buf = if enabled { vec![0; max_head].into_boxed_slice() } else { Box::default() };
-        Self { inner, scanner: Scanner::new(enabled), buf, start: 0, approved: 0, end: 0, slot }
+        let buf = if enabled { vec![0; INITIAL_BUFFER.min(max_head)] } else { Vec::new() };
+        Self { inner, scanner: Scanner::new(enabled), buf, max_head, start: 0, approved: 0, end: 0, slot }
     }
 }
 
@@ -325,9 +376,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadCheckedIo<S> {
                 return Poll::Ready(Ok(()));
             }
             if this.scanner.rejected() {
-                // hyper finishes the earlier requests and is then shut
-                // down by the connection task, which polls it again.
-                return Poll::Pending;
+                // End of stream: hyper responds to the requests it has read
+                // and ends the connection, then the task sends the 400.
+                this.slot.mark_reached();
+                return Poll::Ready(Ok(()));
             }
             if this.scanner.passthrough() && this.start == this.end {
                 return Pin::new(&mut this.inner).poll_read(cx, out);
@@ -338,6 +390,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadCheckedIo<S> {
             this.end -= this.start;
             this.approved = 0;
             this.start = 0;
+            if this.end == this.buf.len() && this.buf.len() < this.max_head {
+                let grown = (this.buf.len() * 2).min(this.max_head);
+                this.buf.resize(grown, 0);
+            }
             if this.end == this.buf.len() {
                 this.scanner.give_up();
                 this.approved = this.end;
@@ -444,6 +500,14 @@ mod tests {
                 ),
             ),
             ("leading empty line", format!("\r\n{GET}{GET}")),
+            ("bare LF line ends", format!("GET /a HTTP/1.1\nHost: h\n\n{GET}")),
+            (
+                "long chunk size with leading zeros",
+                format!(
+                    "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{}5\r\nhello\r\n0\r\n\r\n{GET}",
+                    "0".repeat(40)
+                ),
+            ),
         ];
         for (name, stream) in cases {
             let scanned = scan_all(stream.as_bytes());
@@ -506,6 +570,16 @@ mod tests {
             let scanned = scan_all(stream.as_bytes());
             assert_eq!(scanned, Scanned { approved: stream.len(), rejection: None }, "{name}");
         }
+    }
+
+    #[test]
+    fn head_end_search_skips_checked_bytes() {
+        let head = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        assert!(may_end_head(head, 0));
+        assert!(may_end_head(head, head.len() - 3), "marker spanning the checked boundary");
+        assert!(!may_end_head(head, head.len() + 2));
+        assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: h\r\n", 0));
+        assert!(may_end_head(b"GET / HTTP/1.1\nHost: h\n\n", 0));
     }
 
     #[test]

@@ -429,6 +429,9 @@ async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
+        // The request-head check ends the stream before a rejected head;
+        // hyper must then still finish the responses in progress.
+        .half_close(true)
         .max_buf_size(max_buf_size)
         .keep_alive(true);
     builder
@@ -457,16 +460,10 @@ async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             connection.as_mut().await
         }
-        _ = rejections.notify.notified() => {
-            // hyper responds to the requests before the rejected head, then
-            // ends the connection.
-            connection.as_mut().graceful_shutdown();
-            connection.as_mut().await
-        }
     };
 
     let mut io = io;
-    if let Some(rejection) = rejections.take() {
+    if let Some(rejection) = rejections.take_reached() {
         answer_rejected_head(&mut io, &shared, &peer, rejection).await;
         return;
     }

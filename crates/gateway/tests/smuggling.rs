@@ -328,3 +328,45 @@ async fn pipelined_ambiguous_head_is_rejected() {
     let refused_id = log[1]["request_id"].as_str().unwrap();
     assert!(received.contains(&format!("x-portcullis-request-id: {refused_id}")), "{received}");
 }
+
+/// Three pipelined GETs and then an ambiguous head, written at once: each
+/// GET gets its own 200 in order, then the 400.
+#[tokio::test]
+async fn pipelined_requests_before_rejected_head_are_answered() {
+    let h = Harness::start(|_| {}).await;
+    let token = h.token("records", &["records:read", "records:write"]);
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let mut stream = String::new();
+    for name in ["g1", "g2", "g3"] {
+        stream.push_str(&format!("GET /records/v1/{name} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n"));
+    }
+    stream.push_str(&format!(
+        "POST /records/v1/smuggled HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 6\r\nContent-Length: 6\r\n\r\n{BODY}"
+    ));
+
+    let received = h.raw(stream.as_bytes(), WAIT).await;
+
+    assert_eq!(statuses(&received), [200, 200, 200, 400], "{received}");
+    let targets: Vec<String> = h.upstream.seen().into_iter().map(|seen| seen.target).collect();
+    assert_eq!(targets, ["/records/v1/g1", "/records/v1/g2", "/records/v1/g3"]);
+}
+
+/// An ambiguous head behind a request with `Connection: close` is never
+/// read by hyper, so it gets no 400 and no access event.
+#[tokio::test]
+async fn rejected_head_after_close_gets_no_response() {
+    let mut h = Harness::start(|_| {}).await;
+    let token = h.token("records", &["records:read", "records:write"]);
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let stream = format!(
+        "POST /records/v1/first HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\nContent-Length: 6\r\n\r\n{BODY}\
+         POST /records/v1/smuggled HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 6\r\nContent-Length: 6\r\n\r\n{BODY}"
+    );
+
+    let received = h.raw(stream.as_bytes(), WAIT).await;
+
+    assert_eq!(statuses(&received), [200], "{received}");
+    let log = h.access_log().await;
+    let paths: Vec<&str> = log.iter().map(|event| event["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/records/v1/first"]);
+}

@@ -359,6 +359,9 @@ pub async fn run(run: Run<'_>, state: &mut UpState) -> anyhow::Result<()> {
             launch.profile.uid,
             &container.container_id[..12.min(container.container_id.len())]
         ));
+        // A ban stored by an earlier run applies at once, not at the first
+        // tick of the loop below.
+        enforce_decisions(&driver, store, &progress).await;
     }
 
     println!();
@@ -529,35 +532,42 @@ async fn follow(driver: &DockerDriver, store: &Store, progress: &Progress) -> an
             }
             _ = ticker.tick() => {}
         }
-        let now_ms = portcullis_store::now_ms();
-        let records = match store.decisions_in_force(now_ms).await {
-            Ok(records) => records,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the decisions; retrying");
-                continue;
-            }
-        };
-        let decisions = portcullis_guard::DecisionSet::from_records(records, now_ms);
-        match portcullis_runtime::enforce::apply_decisions(driver, &decisions, now_ms).await {
-            Ok(enforcement) => {
-                for app_id in enforcement.isolated {
-                    let reason = match decisions.verdict(&app_id, now_ms) {
-                        portcullis_guard::Verdict::Ban { reason, .. } => reason,
-                        _ => String::new(),
-                    };
-                    progress.alert(&format!(
-                        "{app_id} banned by the guard ({reason}); its container was disconnected from its network"
-                    ));
-                }
-                for app_id in enforcement.reconnected {
-                    progress.step(&format!("{app_id}'s ban ended; its container was reconnected"));
-                }
-            }
-            Err(error) => tracing::warn!(%error, "cannot apply the decisions; retrying"),
-        }
+        enforce_decisions(driver, store, progress).await;
     }
     tracing::info!("stop signal received");
     Ok(())
+}
+
+/// Reads the decisions in force and applies them to the app containers
+/// once: a banned app is disconnected from its network, an app whose ban
+/// ended is reconnected. Failures are logged and retried by the caller.
+async fn enforce_decisions(driver: &DockerDriver, store: &Store, progress: &Progress) {
+    let now_ms = portcullis_store::now_ms();
+    let records = match store.decisions_in_force(now_ms).await {
+        Ok(records) => records,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the decisions; retrying");
+            return;
+        }
+    };
+    let decisions = portcullis_guard::DecisionSet::from_records(records, now_ms);
+    match portcullis_runtime::enforce::apply_decisions(driver, &decisions, now_ms).await {
+        Ok(enforcement) => {
+            for app_id in enforcement.isolated {
+                let reason = match decisions.verdict(&app_id, now_ms) {
+                    portcullis_guard::Verdict::Ban { reason, .. } => reason,
+                    _ => String::new(),
+                };
+                progress.alert(&format!(
+                    "{app_id} banned by the guard ({reason}); its container was disconnected from its network"
+                ));
+            }
+            for app_id in enforcement.reconnected {
+                progress.step(&format!("{app_id}'s ban ended; its container was reconnected"));
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot apply the decisions; retrying"),
+    }
 }
 
 #[cfg(test)]
