@@ -557,9 +557,8 @@ mod tests {
             ("obs-fold", format!("GET / HTTP/1.1\r\nX-A: b\r\n c\r\n\r\n{GET}")),
             (
                 "bad chunk size",
-                format!(
-                    "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"
-                ),
+                "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"
+                    .to_owned(),
             ),
             (
                 "chunk without CRLF",
