@@ -9,7 +9,7 @@
 //! at 1, 16 and 64 connections against each and prints a Markdown table.
 //!
 //! The load client is oha (`cargo install oha`), which presents the app's
-//! client certificate (`--cert`, `--key`); wrk cannot. oha keeps one
+//! client certificate (`--cert`, `--key`), which wrk cannot. oha keeps one
 //! connection per `-c` with one request in flight each. A 1 s oha run
 //! before each measured run warms the connections up and is not counted.
 //! oha bounds a run by time only (its `-n` and `-z` exclude each other),
@@ -320,7 +320,7 @@ async fn load(
     Outcome { rate: latencies.len() as f64 / elapsed, p50_ms: ms(at(0.5)), p99_ms: ms(at(0.99)), failures, tls }
 }
 
-/// The app's certificate files and token, as oha reads them.
+/// The app's certificate files, as oha reads them.
 struct OhaClient {
     cert: PathBuf,
     key: PathBuf,

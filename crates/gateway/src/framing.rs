@@ -12,7 +12,7 @@
 //!
 //! Two cases never reach this module over HTTP/1.1: Content-Length next to
 //! Transfer-Encoding, and repeated Content-Length lines with equal values,
-//! which hyper would accept. [`crate::head`] refuses them on the raw bytes
+//! which hyper would accept. [`crate::head`] rejects them on the raw bytes
 //! before hyper parses the head. The same checks here cover HTTP/2.
 
 use http::header::{self, HeaderMap, HeaderName};

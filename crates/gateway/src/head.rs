@@ -18,11 +18,12 @@
 //!
 //! Invariants: bytes reach hyper unchanged and in the order they arrived.
 //! A head is passed on only whole and only after the check. A rejected
-//! head and everything after it are never passed on. When the scanner cannot
-//! follow the stream (a head httparse rejects or one longer than hyper's
-//! buffer, or a chunked body hyper would reject), it stops checking and
-//! passes bytes through, because hyper then rejects the same bytes and
-//! closes the connection.
+//! head and everything after it are never passed on.
+//!
+//! The scanner stops checking and passes bytes through when it cannot
+//! follow the stream: a head that httparse rejects or that is longer than
+//! hyper's buffer, or a chunked body that hyper would reject. hyper then
+//! rejects the same bytes and closes the connection.
 
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -72,7 +73,7 @@ impl RejectionSlot {
 
     /// Takes the rejection if hyper reached the rejected head. A head
     /// behind a request that ended the connection (`Connection: close`, or
-    /// an error hyper answered) is never read, so it gets no response.
+    /// an error hyper responded to) is never read, so it gets no response.
     pub fn take_reached(&self) -> Option<Rejection> {
         let rejection = self.rejection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()?;
         if self.reached.load(std::sync::atomic::Ordering::Relaxed) {
@@ -92,9 +93,9 @@ enum State {
     Length(u64),
     /// In a chunked body (RFC 9112 section 7.1).
     Chunked(Chunk),
-    /// Not checking any more; hyper rejects what follows.
+    /// Not checking any more, because hyper rejects what follows.
     Passthrough,
-    /// A head was rejected; nothing more is passed on.
+    /// A head was rejected, so nothing more is passed on.
     Rejected,
 }
 
@@ -157,8 +158,8 @@ impl Scanner {
         self.state == State::Rejected
     }
 
-    /// Gives up checking: used when a head does not complete within
-    /// hyper's buffer, which hyper then rejects.
+    /// Stops checking, for a head that does not complete within hyper's
+    /// buffer and that hyper therefore rejects.
     fn give_up(&mut self) {
         if self.state != State::Rejected {
             self.state = State::Passthrough;
@@ -166,8 +167,8 @@ impl Scanner {
     }
 
     /// Scans `bytes`, which start where the last approved byte ended, as
-    /// far as it can. Bytes of an incomplete head are not approved; the
-    /// caller scans them again with more bytes behind them.
+    /// far as it can. Bytes of an incomplete head are not approved, so the
+    /// caller passes them again with more bytes behind them.
     pub fn scan(&mut self, bytes: &[u8]) -> Scanned {
         let mut at = 0;
         while at < bytes.len() {
@@ -316,8 +317,8 @@ fn check_head(bytes: &[u8]) -> HeadCheck {
             return reject("Transfer-Encoding outside HTTP/1.1".to_owned());
         }
         if codings.len() != 1 || !codings[0].eq_ignore_ascii_case(b"chunked") {
-            let shown: Vec<String> = codings.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
-            return reject(format!("Transfer-Encoding {shown:?} is not exactly chunked"));
+            let named: Vec<String> = codings.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+            return reject(format!("Transfer-Encoding {named:?} is not exactly chunked"));
         }
         return HeadCheck::Complete { length, body: State::Chunked(Chunk::Size { size: 0, digit: false }) };
     }

@@ -66,9 +66,7 @@ impl RouteTable {
     pub fn from_config(config: &PlatformConfig) -> Result<Self, GatewayError> {
         let mut routes = Vec::new();
         for service in &config.services {
-            let mut upstream = upstream_of(&config.trust_domain, &service.name, &service.upstream)?;
-            upstream.http2 = service.upstream_http2;
-            let upstream = Arc::new(upstream);
+            let upstream = Arc::new(upstream_of(&config.trust_domain, service)?);
             for route in &service.routes {
                 routes.push(Route {
                     prefix: route.prefix.clone(),
@@ -103,7 +101,8 @@ impl RouteTable {
 }
 
 /// Parses a service's upstream URL.
-fn upstream_of(trust_domain: &str, service: &str, url: &str) -> Result<Upstream, GatewayError> {
+fn upstream_of(trust_domain: &str, config: &portcullis_config::Service) -> Result<Upstream, GatewayError> {
+    let (service, url) = (config.name.as_str(), config.upstream.as_str());
     let invalid = |reason: &str| GatewayError::UpstreamUrl {
         service: service.to_owned(),
         url: url.to_owned(),
@@ -130,6 +129,6 @@ fn upstream_of(trust_domain: &str, service: &str, url: &str) -> Result<Upstream,
         audience: format!("spiffe://{trust_domain}/service/{service}"),
         origin,
         base_path,
-        http2: false,
+        http2: config.upstream_http2,
     })
 }

@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -429,7 +430,7 @@ async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        // The request-head check ends the stream before a rejected head;
+        // The request-head check ends the stream before a rejected head, and
         // hyper must then still finish the responses in progress.
         .half_close(true)
         .max_buf_size(max_buf_size)
@@ -476,11 +477,9 @@ async fn serve_connection(
             let body =
                 serde_json::json!({ "error": "request_timeout", "request_id": crate::framing::new_request_id() })
                     .to_string();
-            let response = format!(
-                "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            write_and_close(&mut io, response.as_bytes()).await;
+            let headers = [("content-type", "application/json"), ("connection", "close")];
+            let response = encode_response(StatusCode::REQUEST_TIMEOUT, headers, body.as_bytes());
+            write_and_close(&mut io, &response).await;
         } else {
             tracing::debug!(%remote, %error, "connection ended with an error");
         }
@@ -497,17 +496,12 @@ async fn answer_rejected_head(io: &mut SharedIo, shared: &Shared, peer: &Peer, r
     let response = span.in_scope(|| error.to_response(&request_id));
     let body = response.body().clone().collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
 
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\n",
-        response.status().as_u16(),
-        response.status().canonical_reason().unwrap_or_default()
-    );
-    for (name, value) in response.headers() {
-        head.push_str(&format!("{name}: {}\r\n", String::from_utf8_lossy(value.as_bytes())));
-    }
-    head.push_str(&format!("{REQUEST_ID_HEADER}: {request_id}\r\ncontent-length: {}\r\n\r\n", body.len()));
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(&body);
+    let headers = response
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+        .chain([(REQUEST_ID_HEADER, request_id.as_str())]);
+    let bytes = encode_response(response.status(), headers, &body);
     write_and_close(io, &bytes).await;
 
     shared.sinks.emit(AccessEvent {
@@ -526,6 +520,24 @@ async fn answer_rejected_head(io: &mut SharedIo, shared: &Shared, peer: &Peer, r
     });
 }
 
+/// Encodes an HTTP/1.1 response that the gateway writes itself, after hyper
+/// has let go of the connection, with a Content-Length for `body`.
+fn encode_response<'a>(
+    status: StatusCode,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut head = format!("HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or_default());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
 /// Writes a whole response that the gateway built itself and closes the
 /// connection, giving up after a second on an app that does not read.
 async fn write_and_close(io: &mut SharedIo, bytes: &[u8]) {
@@ -537,7 +549,8 @@ async fn write_and_close(io: &mut SharedIo, bytes: &[u8]) {
 }
 
 /// The TLS stream shared between hyper and the connection task, so the
-/// task can still write a 408 after hyper gave up on the connection.
+/// task can still write a 408 or 400 after hyper has let go of the
+/// connection.
 /// Each poll locks the mutex briefly; only one task uses it at a time.
 #[derive(Clone)]
 struct SharedIo {

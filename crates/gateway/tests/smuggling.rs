@@ -2,7 +2,7 @@
 //! connection: each is refused with 400, or handled so that the next
 //! request on the connection is not desynchronised.
 //!
-//! A refused request is never forwarded, and neither is anything behind it
+//! A rejected request is never forwarded, and neither is anything behind it
 //! on the connection: the gateway responds with 400 and closes.
 
 mod common;
@@ -116,9 +116,9 @@ async fn transfer_encoding_mutations_from_smuggler() {
 
         // A header that is not Transfer-Encoding leaves Content-Length in
         // charge. Every other row either is malformed or, when valid,
-        // puts Transfer-Encoding next to Content-Length; both are refused.
+        // puts Transfer-Encoding next to Content-Length, and both are rejected.
         // (httparse ends a header line at a bare LF, so `x-nout` carries a
-        // valid Transfer-Encoding line and is refused for that.)
+        // valid Transfer-Encoding line and is rejected for that.)
         let wanted = if expected.starts_with("other header") || expected.starts_with("not framing") {
             Outcome::LengthFramed
         } else {
@@ -325,14 +325,14 @@ async fn pipelined_ambiguous_head_is_rejected() {
             ("POST".to_owned(), "/records/v1/smuggled".to_owned(), 400, Some("invalid_request".to_owned())),
         ]
     );
-    let refused_id = log[1]["request_id"].as_str().unwrap();
-    assert!(received.contains(&format!("x-portcullis-request-id: {refused_id}")), "{received}");
+    let rejected_id = log[1]["request_id"].as_str().unwrap();
+    assert!(received.contains(&format!("x-portcullis-request-id: {rejected_id}")), "{received}");
 }
 
 /// Three pipelined GETs and then an ambiguous head, written at once: each
 /// GET gets its own 200 in order, then the 400.
 #[tokio::test]
-async fn pipelined_requests_before_rejected_head_are_answered() {
+async fn pipelined_gets_precede_the_400() {
     let h = Harness::start(|_| {}).await;
     let token = h.token("records", &["records:read", "records:write"]);
     let auth = format!("Authorization: Bearer {token}\r\n");

@@ -423,8 +423,8 @@ impl<S: Send + Sync> FromRequest<S> for FormBody {
         let mut bytes = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|error| {
-                tracing::info!(%error, "request body could not be read");
-                OAuthError::invalid_request("the request body could not be read")
+                tracing::info!(%error, "reading the request body failed");
+                OAuthError::invalid_request("reading the request body failed; send the whole form again")
             })?;
             if let Ok(data) = frame.into_data() {
                 if bytes.len() + data.len() > MAX_FORM_BYTES {
