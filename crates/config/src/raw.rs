@@ -147,6 +147,7 @@ pub(crate) struct RawEgress {
     pub idle_timeout: Option<String>,
     pub max_tunnel_lifetime: Option<String>,
     pub max_tunnels_per_app: Option<i64>,
+    pub tunnel_buffer_bytes: Option<i64>,
     pub max_bytes_per_app: Option<i64>,
     pub countries: Option<RawCountries>,
 }

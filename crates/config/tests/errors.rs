@@ -24,6 +24,7 @@ fn example_is_valid() {
     assert_eq!(config.guard.policies.len(), 4);
     assert_eq!(config.identity.app_cert_lifetime.as_secs(), 86_400);
     assert_eq!(config.egress.max_bytes_per_app, Some(10 * 1024 * 1024 * 1024));
+    assert_eq!(config.egress.tunnel_buffer_bytes, 1024 * 1024);
     assert_eq!(config.egress.static_hosts["feed.weather.test"], std::net::IpAddr::from([127, 0, 0, 1]));
 }
 
@@ -193,6 +194,18 @@ fn broken_configurations_name_key_path() {
             edited("max_bytes_per_app = 10737418240", "max_bytes_per_app = -1"),
             "egress.max_bytes_per_app",
             "from 1048576",
+        ),
+        (
+            "tunnel buffer too small",
+            edited("tunnel_buffer_bytes = 1048576", "tunnel_buffer_bytes = 4096"),
+            "egress.tunnel_buffer_bytes",
+            "from 16384 to 16777216 (bytes per direction of a tunnel)",
+        ),
+        (
+            "tunnel buffer too large",
+            edited("tunnel_buffer_bytes = 1048576", "tunnel_buffer_bytes = 1073741824"),
+            "egress.tunnel_buffer_bytes",
+            "invalid value 1073741824",
         ),
         (
             "static host outside allow_cidrs",

@@ -126,6 +126,7 @@ async fn run_proxy(target_port: u16, events_file: String) {
         idle_timeout: Duration::from_secs(60),
         max_tunnel_lifetime: Duration::from_secs(3600),
         max_tunnels_per_app: 10_000,
+        tunnel_buffer_bytes: 1 << 20,
         max_bytes_per_app: None,
         static_hosts: Default::default(),
         countries: None,

@@ -172,8 +172,10 @@ pub const BYTE_CAP_PERIOD: Duration = Duration::from_secs(3600);
 ///
 /// NOTE: the periods are fixed, not sliding, so an app can move up to twice
 /// the cap within one hour that spans the end of a period. A tunnel also
-/// copies the chunk it is writing (at most 64 KiB) before it closes, so the
-/// count can pass the cap by that much per open tunnel.
+/// copies the chunk it is writing before it closes. Each tunnel read takes
+/// at most what is left under the cap, or 4 KiB when less is left, so
+/// with several tunnels reading at once the count can pass the cap by up
+/// to that much per open tunnel.
 #[derive(Debug)]
 pub struct ByteCap {
     limit: u64,
@@ -279,6 +281,12 @@ impl AppUsage {
             });
         }
         Ok(CapWatch { receiver: self.reached.subscribe() })
+    }
+
+    /// Returns the bytes left under the cap in the current period (0 once
+    /// the cap is reached).
+    pub fn remaining(&self) -> u64 {
+        self.limit.saturating_sub(self.bytes())
     }
 
     /// Returns the bytes counted in the current period.

@@ -15,6 +15,10 @@
 //! oha bounds a run by time only (its `-n` and `-z` exclude each other),
 //! so MAX_REQUESTS does not apply to it.
 //!
+//! `bench_gateway hold` sets up the same processes, prints their ports,
+//! the app's certificate files and an oha command line, and waits for
+//! Ctrl-C, so that a profiler can watch one target under load.
+//!
 //! Without oha on the PATH, or with `BENCH_CLIENT=builtin`, the client
 //! written here runs instead: hyper's HTTP/1.1 client over rustls with
 //! the app's certificate, one keep-alive connection per worker, one
@@ -320,6 +324,26 @@ async fn load(
     Outcome { rate: latencies.len() as f64 / elapsed, p50_ms: ms(at(0.5)), p99_ms: ms(at(0.99)), failures, tls }
 }
 
+/// Prints what a profiler needs to drive the three targets by hand, then
+/// waits for Ctrl-C and stops every process it started.
+async fn hold(dir: &tempfile::TempDir, app: &IssuedLeaf, token: &str, ports: [u16; 3], gateway_pid: u32) {
+    let [cert, key, ca] = app.write_files(&dir.path().join("app-leaf")).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let [upstream, gateway, nginx] = ports;
+    println!("upstream port {upstream}, gateway port {gateway} (pid {gateway_pid}), nginx port {nginx}");
+    println!("cert {} key {} ca {} token {}", cert.display(), key.display(), ca.display(), token_file.display());
+    println!(
+        "oha --no-tui --ipv4 -c 16 -z 10s --cacert {} --cert {} --key {} -H \"Authorization: Bearer $(cat {})\" https://localhost:{gateway}/weather/v1/today",
+        ca.display(),
+        cert.display(),
+        key.display(),
+        token_file.display()
+    );
+    println!("holding; Ctrl-C stops everything");
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// The app's certificate files, as oha reads them.
 struct OhaClient {
     cert: PathBuf,
@@ -462,6 +486,9 @@ async fn main() {
         OhaClient { cert, key, ca }
     });
     let rss_idle = resident_kib(gateway_pid);
+    if args.get(1).map(String::as_str) == Some("hold") {
+        return hold(&dir, &app, &token, [upstream_port, gateway_port, nginx_port], gateway_pid).await;
+    }
     let targets = [
         ("upstream direct (mTLS)", upstream_port, None),
         ("Portcullis gateway", gateway_port, Some(token.as_str())),

@@ -112,6 +112,7 @@ async fn open_tunnel(
     let policy = TunnelPolicy {
         idle: settings.idle_timeout,
         lifetime: settings.max_tunnel_lifetime,
+        buffer_bytes: settings.tunnel_buffer_bytes,
         sent: upstream.meter(context, &caller.app_id, Direction::Sent),
         received: upstream.meter(context, &caller.app_id, Direction::Received),
         stop: context.abort.clone(),

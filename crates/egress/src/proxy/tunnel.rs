@@ -13,13 +13,10 @@ use tokio_util::sync::CancellationToken;
 use super::body::Meter;
 use crate::limits::CapWatch;
 
-/// Size of each direction's copy buffer, in bytes, once a read has filled
-/// the smaller starting buffer.
-const BUFFER_BYTES: usize = 64 * 1024;
-
 /// Starting size of each direction's copy buffer, in bytes. Most tunnels
 /// carry little, and zeroing two 64 KiB buffers per tunnel was a visible
-/// share of the cost of a tunnel setup.
+/// share of the cost of a tunnel setup. A buffer doubles each time one
+/// read fills it, up to `egress.tunnel_buffer_bytes`.
 const START_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Bytes one direction of a tunnel moves between two yields to the
@@ -60,6 +57,8 @@ impl TunnelEnd {
 pub(crate) struct TunnelPolicy {
     pub idle: Duration,
     pub lifetime: Duration,
+    /// Largest copy buffer per direction, `egress.tunnel_buffer_bytes`.
+    pub buffer_bytes: usize,
     pub sent: Meter,
     pub received: Meter,
     pub stop: CancellationToken,
@@ -127,8 +126,8 @@ where
     let policy = &policy;
     let both_ways = async {
         tokio::try_join!(
-            pump(client_read, upstream_write, &policy.sent, &bytes.sent, &activity),
-            pump(upstream_read, client_write, &policy.received, &bytes.received, &activity),
+            pump(client_read, upstream_write, policy.buffer_bytes, &policy.sent, &bytes.sent, &activity),
+            pump(upstream_read, client_write, policy.buffer_bytes, &policy.received, &bytes.received, &activity),
         )
     };
 
@@ -145,23 +144,38 @@ where
 }
 
 /// Copies from `from` to `to` until end of data, then shuts down `to`'s
-/// sending half.
-async fn pump<R, W>(mut from: R, mut to: W, meter: &Meter, total: &AtomicU64, activity: &Activity) -> io::Result<()>
+/// sending half. The buffer starts at [`START_BUFFER_BYTES`] and doubles,
+/// up to `max_buffer` bytes, each time a read fills it. With a byte cap,
+/// one read takes at most what is left under the cap (but at least
+/// [`START_BUFFER_BYTES`]), so a large buffer does not let a tunnel run
+/// far past the cap.
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    max_buffer: usize,
+    meter: &Meter,
+    total: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = vec![0u8; START_BUFFER_BYTES];
+    let mut buffer = vec![0u8; START_BUFFER_BYTES.min(max_buffer)];
     let mut since_yield = 0;
     loop {
-        let read = from.read(&mut buffer).await?;
+        let want = match &meter.usage {
+            Some(usage) => buffer.len().min(usage.remaining().max(START_BUFFER_BYTES as u64) as usize),
+            None => buffer.len(),
+        };
+        let read = from.read(&mut buffer[..want]).await?;
         if read == 0 {
             to.shutdown().await?;
             return Ok(());
         }
         activity.touch();
-        if read == buffer.len() && buffer.len() < BUFFER_BYTES {
-            buffer.resize(BUFFER_BYTES, 0);
+        if read == buffer.len() && buffer.len() < max_buffer {
+            buffer.resize((buffer.len() * 2).min(max_buffer), 0);
         }
 
         to.write_all(&buffer[..read]).await?;

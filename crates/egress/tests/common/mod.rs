@@ -44,6 +44,7 @@ pub fn settings() -> EgressSettings {
         idle_timeout: Duration::from_secs(60),
         max_tunnel_lifetime: Duration::from_secs(3600),
         max_tunnels_per_app: 4,
+        tunnel_buffer_bytes: 1 << 20,
         max_bytes_per_app: None,
         countries: None,
     }

@@ -197,6 +197,7 @@ pub struct Options {
     pub allow_loopback: bool,
     pub allow_ports: Vec<u16>,
     pub max_tunnels_per_app: u32,
+    pub tunnel_buffer_bytes: usize,
     pub max_bytes_per_app: Option<u64>,
     /// The byte cap's accounting period; the proxy's default unless set.
     pub byte_cap_period: Option<Duration>,
@@ -211,6 +212,7 @@ impl Options {
             allow_loopback: true,
             allow_ports: allow_ports.to_vec(),
             max_tunnels_per_app: 8,
+            tunnel_buffer_bytes: 1 << 20,
             max_bytes_per_app: None,
             byte_cap_period: None,
             idle_timeout: Duration::from_secs(5),
@@ -255,6 +257,7 @@ impl Harness {
             idle_timeout: options.idle_timeout,
             max_tunnel_lifetime: Duration::from_secs(60),
             max_tunnels_per_app: options.max_tunnels_per_app,
+            tunnel_buffer_bytes: options.tunnel_buffer_bytes,
             max_bytes_per_app: options.max_bytes_per_app,
             countries: None,
         };
