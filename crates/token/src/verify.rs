@@ -176,9 +176,17 @@ pub struct Verifier {
     keys: Arc<RwLock<Arc<VerifierKeys>>>,
     invalidations: InvalidationsHandle,
     validation: Validation,
-    /// Tokens whose signature verified, with their claims. Every other check
-    /// still runs on each call.
-    signature_cache: moka::sync::Cache<String, Arc<AccessClaims>>,
+    /// Tokens whose header and signature verified, with their key id and
+    /// claims. Every other check still runs on each call.
+    signature_cache: moka::sync::Cache<String, Arc<CheckedToken>>,
+}
+
+/// A token's key id and claims, as the signature cache keeps them. The key
+/// id lets a cached token of a removed or retired key still be rejected.
+#[derive(Debug)]
+struct CheckedToken {
+    kid: String,
+    claims: AccessClaims,
 }
 
 /// Tokens remembered by the signature cache.
@@ -267,7 +275,13 @@ impl Verifier {
 
     /// Steps 1 to 6 of the module's list.
     fn check_token(&self, token: &str, now: i64) -> Result<AccessClaims, RejectReason> {
-        let kid = check_header(token)?;
+        // A cached token is byte for byte one whose header passed
+        // check_header, so only its key is looked up again.
+        let cached = self.signature_cache.get(token);
+        let kid = match &cached {
+            Some(checked) => checked.kid.clone(),
+            None => check_header(token)?,
+        };
 
         let keys = self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         let (key, retired_at) = keys.keys.get(&kid).ok_or_else(|| RejectReason::UnknownKey(kid.clone()))?;
@@ -275,8 +289,8 @@ impl Verifier {
             return Err(RejectReason::RetiredKey(kid));
         }
 
-        let claims = match self.signature_cache.get(token) {
-            Some(claims) => AccessClaims::clone(&claims),
+        let claims = match cached {
+            Some(checked) => checked.claims.clone(),
             None => {
                 let data =
                     jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation).map_err(|e| match e.kind() {
@@ -286,7 +300,8 @@ impl Verifier {
                         }
                         _ => RejectReason::Malformed(e.to_string()),
                     })?;
-                self.signature_cache.insert(token.to_owned(), Arc::new(data.claims.clone()));
+                let checked = CheckedToken { kid, claims: data.claims.clone() };
+                self.signature_cache.insert(token.to_owned(), Arc::new(checked));
                 data.claims
             }
         };
