@@ -215,6 +215,54 @@ struct Outcome {
     failures: usize,
     /// The negotiated TLS version and cipher suite of the first connection.
     tls: String,
+    /// CPU time (user and system) of the target's own processes per
+    /// request, in µs; NaN when not measured.
+    cpu_us: f64,
+}
+
+/// Returns the CPU time, user and system, that the processes `pids` and
+/// their threads have used so far, in µs. Reads `/proc/PID/task/*/stat`
+/// (proc(5): fields 14 and 15, in clock ticks of `getconf CLK_TCK`).
+fn cpu_time_us(pids: &[u32], ticks_per_second: u64) -> u64 {
+    let mut ticks = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // The command name may hold spaces; the fields after it do not.
+            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            let field = |index: usize| fields.get(index).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            // Field 3 of proc(5) is the first after the name: utime (14)
+            // and stime (15) are at 11 and 12 here.
+            ticks += field(11) + field(12);
+        }
+    }
+    ticks * 1_000_000 / ticks_per_second.max(1)
+}
+
+/// Returns the ids of the processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            after_name.split_whitespace().nth(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent)
+        })
+        .collect()
+}
+
+/// Returns `getconf CLK_TCK`, the unit of the times in `/proc`.
+fn clock_ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100)
 }
 
 /// Sends one GET and reads the whole response; returns its status.
@@ -321,7 +369,14 @@ async fn load(
     latencies.sort();
     let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
     let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
-    Outcome { rate: latencies.len() as f64 / elapsed, p50_ms: ms(at(0.5)), p99_ms: ms(at(0.99)), failures, tls }
+    Outcome {
+        rate: latencies.len() as f64 / elapsed,
+        p50_ms: ms(at(0.5)),
+        p99_ms: ms(at(0.99)),
+        failures,
+        tls,
+        cpu_us: f64::NAN,
+    }
 }
 
 /// Prints what a profiler needs to drive the three targets by hand, then
@@ -353,8 +408,17 @@ struct OhaClient {
 
 impl OhaClient {
     /// Runs oha against `port` for `duration` at `connections`, after a
-    /// 1 s warm-up run, and reads its JSON report.
-    fn load(&self, port: u16, path: &str, token: Option<&str>, connections: usize, duration: Duration) -> Outcome {
+    /// 1 s warm-up run, and reads its JSON report. Also measures the CPU
+    /// time that `pids` use during the measured run.
+    fn load(
+        &self,
+        port: u16,
+        path: &str,
+        token: Option<&str>,
+        connections: usize,
+        duration: Duration,
+        pids: &[u32],
+    ) -> Outcome {
         let run = |seconds: u64| {
             let mut command = std::process::Command::new("oha");
             command
@@ -374,7 +438,10 @@ impl OhaClient {
             serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("oha prints JSON")
         };
         run(1);
+        let ticks_per_second = clock_ticks_per_second();
+        let cpu_before = cpu_time_us(pids, ticks_per_second);
         let report = run(duration.as_secs().max(1));
+        let cpu_used = cpu_time_us(pids, ticks_per_second) - cpu_before;
 
         let seconds = |value: &serde_json::Value| value.as_f64().unwrap_or(f64::NAN) * 1000.0;
         let statuses = report["statusCodeDistribution"].as_object().cloned().unwrap_or_default();
@@ -390,12 +457,15 @@ impl OhaClient {
                     .sum()
             })
             .unwrap_or(0);
+        let rate = report["summary"]["requestsPerSec"].as_f64().unwrap_or(f64::NAN);
+        let requests = rate * report["summary"]["total"].as_f64().unwrap_or(f64::NAN);
         Outcome {
-            rate: report["summary"]["requestsPerSec"].as_f64().unwrap_or(f64::NAN),
+            rate,
             p50_ms: seconds(&report["latencyPercentiles"]["p50"]),
             p99_ms: seconds(&report["latencyPercentiles"]["p99"]),
             failures: (not_ok + errors) as usize,
             tls: "oha".to_owned(),
+            cpu_us: cpu_used as f64 / requests,
         }
     }
 }
@@ -444,7 +514,8 @@ async fn main() {
     let ca = PlatformCa::load(&dir.path().join("ca")).unwrap();
     let store = Store::open_in(dir.path()).await.unwrap();
     let app = issue(&ca, &store, CertificateKind::App, "bench-app").await;
-    let (_upstream, upstream_port) = spawn_child(&["upstream".as_ref(), dir.path().as_os_str()]).await;
+    let (upstream, upstream_port) = spawn_child(&["upstream".as_ref(), dir.path().as_os_str()]).await;
+    let upstream_pid = upstream.id().unwrap_or(0);
 
     let keys = Arc::new(RwLock::new(SigningKeys::generate(now() - 10, GRACE).unwrap()));
     keys.read().unwrap().save(&dir.path().join("token-keys.json")).unwrap();
@@ -466,6 +537,7 @@ async fn main() {
         .args(["-g", "daemon off;"])
         .spawn()
         .expect("nginx starts (Debian package nginx)");
+    let nginx_pid = nginx.id();
     let _nginx = Nginx(nginx);
 
     let upstream_port_text = upstream_port.to_string();
@@ -489,10 +561,13 @@ async fn main() {
     if args.get(1).map(String::as_str) == Some("hold") {
         return hold(&dir, &app, &token, [upstream_port, gateway_port, nginx_port], gateway_pid).await;
     }
+    // The CPU time per request counts each target's own processes: the
+    // upstream for the direct path, the gateway, and nginx's workers.
+    let nginx_workers = children_of(nginx_pid);
     let targets = [
-        ("upstream direct (mTLS)", upstream_port, None),
-        ("Portcullis gateway", gateway_port, Some(token.as_str())),
-        ("nginx (TLS proxy)", nginx_port, None),
+        ("upstream direct (mTLS)", upstream_port, None, vec![upstream_pid]),
+        ("Portcullis gateway", gateway_port, Some(token.as_str()), vec![gateway_pid]),
+        ("nginx (TLS proxy)", nginx_port, None, nginx_workers),
     ];
 
     let client_name = if oha.is_some() { "oha" } else { "the built-in client" };
@@ -501,21 +576,21 @@ async fn main() {
         duration.as_secs(),
         WARM_UP.as_secs(),
     );
-    println!("| target | connections | requests/s | p50 ms | p99 ms | failures | TLS |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| target | connections | requests/s | p50 ms | p99 ms | failures | TLS | CPU µs per request |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut results = std::collections::HashMap::new();
     let mut rss_peak = rss_idle;
     for connections in [1, 16, 64] {
-        for (name, port, token) in &targets {
+        for (name, port, token, pids) in &targets {
             let path = "/weather/v1/today";
             let outcome = match &oha {
-                Some(oha) => oha.load(*port, path, *token, connections, duration),
+                Some(oha) => oha.load(*port, path, *token, connections, duration, pids),
                 None => load(*port, Arc::clone(&client), path, *token, connections, duration, max_requests).await,
             };
             rss_peak = rss_peak.max(resident_kib(gateway_pid));
             println!(
-                "| {name} | {connections} | {:.0} | {:.2} | {:.2} | {} | {} |",
-                outcome.rate, outcome.p50_ms, outcome.p99_ms, outcome.failures, outcome.tls
+                "| {name} | {connections} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1} |",
+                outcome.rate, outcome.p50_ms, outcome.p99_ms, outcome.failures, outcome.tls, outcome.cpu_us
             );
             results.insert((*name, connections), outcome);
         }
@@ -526,10 +601,11 @@ async fn main() {
         let gateway = &results[&("Portcullis gateway", connections)];
         let nginx = &results[&("nginx (TLS proxy)", connections)];
         println!(
-            "{connections} connections: gateway/upstream {:.2}, gateway/nginx {:.2}, gateway p99 - upstream p99 {:.2} ms",
+            "{connections} connections: gateway/upstream {:.2}, gateway/nginx {:.2}, gateway p99 - upstream p99 {:.2} ms, gateway CPU per request / nginx's {:.2}",
             gateway.rate / upstream.rate,
             gateway.rate / nginx.rate,
             gateway.p99_ms - upstream.p99_ms,
+            gateway.cpu_us / nginx.cpu_us,
         );
     }
     println!("gateway resident memory: {rss_idle} KiB idle, {rss_peak} KiB peak after runs");
