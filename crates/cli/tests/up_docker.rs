@@ -325,7 +325,20 @@ fn up_on_docker_bans_rogue_and_serves_forecast() {
     };
     assert!(forecast_again.iter().all(|o| o["expected"] == true), "{forecast_again:?}");
     assert!(second_log().contains("reusing the platform CA"), "{}", second_log());
-    assert!(networks_of(&rogue_container).is_empty(), "rogue-app is connected in the second run");
+    // forecast-app may work before rogue-app is deployed. Once it is, the
+    // stored ban cuts it off right after its deploy, and it stays cut off.
+    // The gateway and egress proxy reject its requests in any case.
+    while !second_log().contains("deployed rogue-app") {
+        assert!(Instant::now() < deadline, "rogue-app was not deployed in the second run\n{}", second_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cut_off_by = Instant::now() + Duration::from_secs(5);
+    while !networks_of(&rogue_container).is_empty() {
+        assert!(Instant::now() < cut_off_by, "rogue-app is connected in the second run\n{}", second_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(networks_of(&rogue_container).is_empty(), "rogue-app was reconnected in the second run");
     let bans = portcullis(&data, &["ban", "list", "--app", "rogue-app", "--format", "json"]);
     let bans: serde_json::Value = serde_json::from_slice(&bans.stdout).unwrap();
     assert_eq!(bans["decisions"].as_array().map(Vec::len), Some(1), "the stored ban was not reused: {bans}");
