@@ -388,7 +388,7 @@ pub struct EgressSettings {
     pub max_tunnels_per_app: u32,
     /// Largest copy buffer of one direction of a tunnel, in bytes. A
     /// tunnel starts with 4 KiB per direction and doubles a buffer each
-    /// time one read fills it, so an open tunnel holds at most twice this.
+    /// time one read fills it, so an open tunnel uses at most twice this.
     pub tunnel_buffer_bytes: usize,
     /// Bytes an app may move through the egress proxy, both directions
     /// together, per accounting period of one hour; `None` means no cap.

@@ -62,7 +62,7 @@ async fn bulk_data_crosses_tunnel_intact() {
         let mut received = Vec::with_capacity(TOTAL_BYTES);
         tokio::time::timeout(Duration::from_secs(20), read.read_to_end(&mut received))
             .await
-            .unwrap_or_else(|_| panic!("buffer {buffer_bytes}: echo not complete after 20 s, {} bytes", received.len()))
+            .unwrap_or_else(|_| panic!("buffer {buffer_bytes}: echo timed out after 20 s, {} bytes", received.len()))
             .unwrap();
         writer.await.unwrap();
 

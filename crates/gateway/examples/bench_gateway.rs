@@ -220,38 +220,38 @@ struct Outcome {
     cpu_us: f64,
 }
 
+/// Returns numeric field `field` (numbered as in proc(5), from 3 on) of
+/// the `stat` file at `path`, or 0 if it cannot be read. Fields are counted
+/// after the command name, which may contain spaces.
+fn stat_field(path: &Path, field: usize) -> u64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name.split_whitespace().nth(field - 3).and_then(|value| value.parse().ok()).unwrap_or(0)
+}
+
 /// Returns the CPU time, user and system, that the processes `pids` and
-/// their threads have used so far, in µs. Reads `/proc/PID/task/*/stat`
-/// (proc(5): fields 14 and 15, in clock ticks of `getconf CLK_TCK`).
+/// their threads have used so far, in µs: fields 14 and 15 of each
+/// `/proc/PID/task/*/stat`, in clock ticks of `getconf CLK_TCK`.
 fn cpu_time_us(pids: &[u32], ticks_per_second: u64) -> u64 {
     let mut ticks = 0;
     for pid in pids {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
         for task in tasks.flatten() {
-            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-            // The command name may hold spaces; the fields after it do not.
-            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-            let fields: Vec<&str> = after_name.split_whitespace().collect();
-            let field = |index: usize| fields.get(index).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            // Field 3 of proc(5) is the first after the name: utime (14)
-            // and stime (15) are at 11 and 12 here.
-            ticks += field(11) + field(12);
+            let stat = task.path().join("stat");
+            ticks += stat_field(&stat, 14) + stat_field(&stat, 15);
         }
     }
     ticks * 1_000_000 / ticks_per_second.max(1)
 }
 
-/// Returns the ids of the processes whose parent is `parent`.
+/// Returns the ids of the processes whose parent (field 4 of their
+/// `stat`) is `parent`.
 fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-            after_name.split_whitespace().nth(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent)
-        })
+        .filter(|pid| stat_field(&Path::new("/proc").join(pid.to_string()).join("stat"), 4) == u64::from(parent))
         .collect()
 }
 

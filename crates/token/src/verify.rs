@@ -278,15 +278,19 @@ impl Verifier {
         // A cached token is byte for byte one whose header passed
         // check_header, so only its key is looked up again.
         let cached = self.signature_cache.get(token);
+        let header_kid;
         let kid = match &cached {
-            Some(checked) => checked.kid.clone(),
-            None => check_header(token)?,
+            Some(checked) => checked.kid.as_str(),
+            None => {
+                header_kid = check_header(token)?;
+                header_kid.as_str()
+            }
         };
 
         let keys = self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        let (key, retired_at) = keys.keys.get(&kid).ok_or_else(|| RejectReason::UnknownKey(kid.clone()))?;
+        let (key, retired_at) = keys.keys.get(kid).ok_or_else(|| RejectReason::UnknownKey(kid.to_owned()))?;
         if retired_at.is_some_and(|retired| retired + self.grace_secs <= now) {
-            return Err(RejectReason::RetiredKey(kid));
+            return Err(RejectReason::RetiredKey(kid.to_owned()));
         }
 
         let claims = match cached {
@@ -300,7 +304,7 @@ impl Verifier {
                         }
                         _ => RejectReason::Malformed(e.to_string()),
                     })?;
-                let checked = CheckedToken { kid, claims: data.claims.clone() };
+                let checked = CheckedToken { kid: kid.to_owned(), claims: data.claims.clone() };
                 self.signature_cache.insert(token.to_owned(), Arc::new(checked));
                 data.claims
             }

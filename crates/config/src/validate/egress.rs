@@ -165,12 +165,13 @@ const MIN_BYTES_PER_APP: i64 = 1 << 20;
 /// Largest `egress.max_bytes_per_app`, 1 PiB.
 const MAX_BYTES_PER_APP: i64 = 1 << 50;
 
-/// Default `egress.tunnel_buffer_bytes`, 1 MiB. With 64 KiB, one tunnel
-/// carried about half the rate of a direct loopback copy, because the
-/// proxy then makes a read and a write call per 64 KiB in each direction.
+/// Default `egress.tunnel_buffer_bytes`, 1 MiB. A larger buffer means fewer
+/// read and write calls per byte of a bulk tunnel (measured in
+/// docs/benchmarks.md).
 const DEFAULT_TUNNEL_BUFFER_BYTES: i64 = 1 << 20;
 
-/// Smallest `egress.tunnel_buffer_bytes`, 16 KiB, one TLS record.
+/// Smallest `egress.tunnel_buffer_bytes`, 16 KiB: about one TLS record,
+/// whose plaintext RFC 8446 section 5.1 caps at 16 KiB.
 const MIN_TUNNEL_BUFFER_BYTES: i64 = 16 << 10;
 
 /// Largest `egress.tunnel_buffer_bytes`, 16 MiB.

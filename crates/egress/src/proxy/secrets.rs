@@ -149,17 +149,7 @@ const NO_SECRET_HASH: &str = "##################################################
 
 /// Returns the lowercase hex SHA-256 of `secret`, the form the store keeps.
 fn hash_secret(secret: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-
-    // Every CONNECT hashes its credential, and a `format!` per byte was a
-    // fifth of the proxy's instructions per tunnel setup.
-    let hash = digest(&SHA256, secret.as_bytes());
-    let mut text = String::with_capacity(2 * hash.as_ref().len());
-    for byte in hash.as_ref() {
-        text.push(char::from(HEX[usize::from(byte >> 4)]));
-        text.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
-    text
+    hex::encode(digest(&SHA256, secret.as_bytes()))
 }
 
 fn store_error(app_id: &AppId) -> impl FnOnce(StoreError) -> ProxyError + '_ {
