@@ -201,14 +201,12 @@ fn strip_headers(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
 }
 
 /// Returns a new random request id: 16 bytes as 32 lowercase hex digits.
+/// They come from the thread's ChaCha generator (rand's `ThreadRng`, seeded
+/// and reseeded from the system), which costs a small fraction of a system
+/// random call per request. Ids must not be guessable or sequential: an
+/// app sees its own, and a counter would tell it how busy the platform is.
 pub fn new_request_id() -> String {
-    let mut bytes = [0u8; 16];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        // The system random source failing is not worth refusing a request
-        // for: fall back to the clock, which is unique enough for logs.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        bytes = nanos.to_be_bytes();
-    }
+    let bytes: [u8; 16] = rand::random();
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(32);
     for byte in bytes {

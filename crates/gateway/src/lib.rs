@@ -28,6 +28,7 @@ pub mod framing;
 mod head;
 mod limits;
 pub mod path;
+mod pool;
 mod proxy;
 mod routes;
 mod server;

@@ -11,13 +11,10 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use portcullis_config::GatewaySettings;
 use portcullis_guard::{DecisionReceiver, Verdict};
 use portcullis_identity::TrustCache;
@@ -32,19 +29,8 @@ use crate::framing::{
 };
 use crate::limits::RateLimits;
 use crate::path::canonicalise;
+use crate::pool::UpstreamPool;
 use crate::routes::RouteTable;
-
-/// The upstream client: pooled, kept-alive connections over mutual TLS
-/// (or plain HTTP for `http://` upstreams).
-pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, LimitedBody>;
-
-/// One worker's upstream clients; each route's service picks one.
-pub(crate) struct UpstreamClients {
-    /// HTTP/1.1 only.
-    pub http1: UpstreamClient,
-    /// HTTP/2 when the upstream accepts `h2` by ALPN, else HTTP/1.1.
-    pub http2: UpstreamClient,
-}
 
 /// State shared by every connection; the swappable parts change on reload.
 pub(crate) struct Shared {
@@ -71,7 +57,7 @@ pub(crate) struct Peer {
 /// response here.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    clients: Arc<UpstreamClients>,
+    pool: Arc<UpstreamPool>,
     peer: Arc<Peer>,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
@@ -95,7 +81,7 @@ pub(crate) async fn handle(
     };
 
     let result =
-        forward(&shared, &clients, &peer, request, &request_id, &counters, &mut event).instrument(span.clone()).await;
+        forward(&shared, &pool, &peer, request, &request_id, &counters, &mut event).instrument(span.clone()).await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
@@ -107,17 +93,23 @@ pub(crate) async fn handle(
 
     event.status = response.status().as_u16();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        response.headers_mut().insert(REQUEST_ID, value);
     }
     let pending = PendingEvent { event, started, counters, sinks: shared.sinks.clone() };
     response.map(|body| ResponseBody::new(body, pending))
 }
 
+/// The identity headers as ready-made names, which `insert` would otherwise
+/// parse and copy from the string on every request.
+const APP_ID: HeaderName = HeaderName::from_static(APP_ID_HEADER);
+const SCOPES: HeaderName = HeaderName::from_static(SCOPES_HEADER);
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+
 type UpstreamResponse = Response<http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>;
 
 async fn forward(
     shared: &Shared,
-    clients: &UpstreamClients,
+    pool: &UpstreamPool,
     peer: &Peer,
     request: Request<Incoming>,
     request_id: &str,
@@ -188,9 +180,7 @@ async fn forward(
     let (mut head, body) = request.into_parts();
     strip_request_headers(&mut head.headers);
     let scopes = verified.claims().scope.clone();
-    for (name, value) in
-        [(APP_ID_HEADER, peer.app_id.as_str()), (SCOPES_HEADER, scopes.as_str()), (REQUEST_ID_HEADER, request_id)]
-    {
+    for (name, value) in [(APP_ID, peer.app_id.as_str()), (SCOPES, scopes.as_str()), (REQUEST_ID, request_id)] {
         let value =
             HeaderValue::from_str(value).map_err(|_| GatewayError::Internal(format!("header value for {name}")))?;
         head.headers.insert(name, value);
@@ -200,8 +190,7 @@ async fn forward(
     let upstream_request =
         Request::from_parts(head, LimitedBody::new(body, settings.max_body_bytes, Arc::clone(counters)));
 
-    let client = if upstream.http2 { &clients.http2 } else { &clients.http1 };
-    let sent = tokio::time::timeout(settings.upstream_timeout, client.request(upstream_request)).await;
+    let sent = tokio::time::timeout(settings.upstream_timeout, pool.send(&upstream, upstream_request)).await;
     let response = match sent {
         Err(_) => {
             return Err(GatewayError::UpstreamTimeout {
@@ -213,10 +202,7 @@ async fn forward(
             return Err(GatewayError::BodyTooLarge { max: settings.max_body_bytes });
         }
         Ok(Err(error)) => {
-            return Err(GatewayError::UpstreamUnreachable {
-                service: upstream.service.clone(),
-                detail: error_chain(&error),
-            });
+            return Err(GatewayError::UpstreamUnreachable { service: upstream.service.clone(), detail: error.detail });
         }
         Ok(Ok(response)) => response,
     };
@@ -247,16 +233,4 @@ fn bearer_token(headers: &http::HeaderMap) -> Result<&str, GatewayError> {
         return Err(GatewayError::MissingToken { detail: "empty bearer token" });
     }
     Ok(token)
-}
-
-/// Joins an error and its sources with `: ` for the log.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -23,6 +23,9 @@ pub struct Upstream {
     pub base_path: String,
     /// Whether HTTP/2 is offered to the upstream; otherwise HTTP/1.1.
     pub http2: bool,
+    /// The origin and protocol choice as one string, which names the
+    /// upstream's connections in a worker's pool.
+    pub pool_key: Arc<str>,
 }
 
 /// One route: a prefix and method filter leading to a service and scope.
@@ -124,11 +127,14 @@ fn upstream_of(trust_domain: &str, config: &portcullis_config::Service) -> Resul
         .path_and_query("/")
         .build()
         .map_err(|_| invalid("not a valid URL"))?;
+    let http2 = config.upstream_http2;
+    let pool_key = Arc::from(format!("{origin} {}", if http2 { "h2" } else { "http/1.1" }));
     Ok(Upstream {
         service: service.to_owned(),
         audience: format!("spiffe://{trust_domain}/service/{service}"),
         origin,
         base_path,
-        http2: config.upstream_http2,
+        http2,
+        pool_key,
     })
 }

@@ -21,7 +21,6 @@ use arc_swap::ArcSwap;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_config::PlatformConfig;
@@ -39,7 +38,8 @@ use crate::events::{AccessEvent, EventSinks};
 use crate::framing::REQUEST_ID_HEADER;
 use crate::head::{HeadCheckedIo, Rejection, RejectionSlot};
 use crate::limits::{Rate, RateLimits};
-use crate::proxy::{Peer, Shared, UpstreamClients, handle};
+use crate::pool::{UpstreamPool, UpstreamTls};
+use crate::proxy::{Peer, Shared, handle};
 use crate::routes::RouteTable;
 
 /// ALPN protocols offered to apps and upstreams, HTTP/2 first.
@@ -48,9 +48,6 @@ const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// hyper's smallest allowed HTTP/1 read buffer; heads between
 /// `gateway.max_header_bytes` and this size are rejected by the handler.
 const MIN_READ_BUFFER: usize = 8192;
-
-/// How long an idle pooled upstream connection is kept.
-const UPSTREAM_IDLE: Duration = Duration::from_secs(90);
 
 /// The certificates and trust the gateway needs.
 pub struct GatewayTls {
@@ -66,23 +63,12 @@ pub struct GatewayTls {
     pub platform_root: CertificateDer<'static>,
 }
 
-/// Connects to upstreams: TCP, then mutual TLS (or plain HTTP).
-type UpstreamConnector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
-
 /// A gateway ready to listen.
 pub struct Gateway {
     shared: Arc<Shared>,
     acceptor: PlatformAcceptor,
-    connectors: UpstreamConnectors,
+    upstream_tls: UpstreamTls,
     workers: usize,
-}
-
-/// The connectors of the two upstream clients: HTTP/1.1 only, and HTTP/2
-/// or HTTP/1.1 as ALPN decides.
-#[derive(Clone)]
-struct UpstreamConnectors {
-    http1: UpstreamConnector,
-    http2: UpstreamConnector,
 }
 
 impl Gateway {
@@ -101,26 +87,10 @@ impl Gateway {
         let trust = Arc::clone(tls.verifier.cache());
         let acceptor = PlatformAcceptor::new(tls.server_certificate, tls.verifier, &ALPN)?;
 
-        // hyper-rustls sets the ALPN list itself from the enabled versions.
+        // The pool sets the ALPN list per connection kind.
         let client_config =
             portcullis_identity::policy::client_config(&tls.platform_root, tls.client_certificate, &[])?;
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.gateway.upstream_timeout));
-        let connectors = UpstreamConnectors {
-            http1: hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(client_config.clone())
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http.clone()),
-            http2: hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(client_config)
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http),
-        };
+        let upstream_tls = UpstreamTls::new(client_config);
         let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
 
         let shared = Shared {
@@ -132,7 +102,7 @@ impl Gateway {
             decisions,
             sinks,
         };
-        Ok(Self { shared: Arc::new(shared), acceptor, connectors, workers })
+        Ok(Self { shared: Arc::new(shared), acceptor, upstream_tls, workers })
     }
 
     /// Sets the number of worker threads (default: one per core, as
@@ -164,7 +134,7 @@ impl Gateway {
                 listener,
                 acceptor: self.acceptor.clone(),
                 shared: Arc::clone(&self.shared),
-                connectors: self.connectors.clone(),
+                upstream_tls: self.upstream_tls.clone(),
                 stopped: stopped.clone(),
                 forced: forced.clone(),
                 _finished: finished.clone(),
@@ -207,7 +177,7 @@ struct Worker {
     listener: std::net::TcpListener,
     acceptor: PlatformAcceptor,
     shared: Arc<Shared>,
-    connectors: UpstreamConnectors,
+    upstream_tls: UpstreamTls,
     stopped: watch::Receiver<bool>,
     forced: watch::Receiver<bool>,
     /// Dropped when the thread ends; the shutdown waits for every worker's.
@@ -226,7 +196,7 @@ impl Worker {
                 return;
             }
         };
-        let Worker { listener, acceptor, shared, connectors, stopped, mut forced, _finished } = self;
+        let Worker { listener, acceptor, shared, upstream_tls, stopped, mut forced, _finished } = self;
         runtime.block_on(async move {
             let listener = match TcpListener::from_std(listener) {
                 Ok(listener) => listener,
@@ -235,16 +205,9 @@ impl Worker {
                     return;
                 }
             };
-            let build = |connector| {
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(UPSTREAM_IDLE)
-                    .build(connector)
-            };
-            let client = Arc::new(UpstreamClients { http1: build(connectors.http1), http2: build(connectors.http2) });
+            let pool = Arc::new(UpstreamPool::new(upstream_tls));
             let (alive, mut drained) = mpsc::channel::<()>(1);
-            accept_loop(listener, acceptor, shared, client, stopped, alive).await;
+            accept_loop(listener, acceptor, shared, pool, stopped, alive).await;
             tokio::select! {
                 _ = drained.recv() => {}
                 _ = forced.wait_for(|forced| *forced) => {}
@@ -356,7 +319,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: PlatformAcceptor,
     shared: Arc<Shared>,
-    client: Arc<UpstreamClients>,
+    pool: Arc<UpstreamPool>,
     mut stopped: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
@@ -381,7 +344,7 @@ async fn accept_loop(
             remote,
             acceptor.clone(),
             Arc::clone(&shared),
-            Arc::clone(&client),
+            Arc::clone(&pool),
             stopped.clone(),
             alive.clone(),
         );
@@ -396,7 +359,7 @@ async fn serve_connection(
     remote: SocketAddr,
     acceptor: PlatformAcceptor,
     shared: Arc<Shared>,
-    client: Arc<UpstreamClients>,
+    pool: Arc<UpstreamPool>,
     mut stopped: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
@@ -448,9 +411,9 @@ async fn serve_connection(
     let service_peer = Arc::clone(&peer);
     let service = service_fn(move |request| {
         let shared = Arc::clone(&service_shared);
-        let client = Arc::clone(&client);
+        let pool = Arc::clone(&pool);
         let peer = Arc::clone(&service_peer);
-        async move { Ok::<_, std::convert::Infallible>(handle(shared, client, peer, request).await) }
+        async move { Ok::<_, std::convert::Infallible>(handle(shared, pool, peer, request).await) }
     });
     let connection = builder.serve_connection(TokioIo::new(checked), service);
     tokio::pin!(connection);

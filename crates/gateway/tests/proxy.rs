@@ -62,15 +62,21 @@ async fn allowed_call_reaches_upstream_rewritten() {
     assert!(log[0]["reason"].is_null());
 }
 
+/// Starts the example platform with `upstream_http2 = true` for the
+/// records service only.
+async fn start_with_records_over_http2() -> Harness {
+    Harness::start(|config| {
+        let records = config.services.iter_mut().find(|service| service.name == "records").unwrap();
+        records.upstream_http2 = true;
+    })
+    .await
+}
+
 /// A service with `upstream_http2 = true` is reached over HTTP/2, the
 /// others over HTTP/1.1, from the same gateway.
 #[tokio::test]
 async fn upstream_protocol_follows_service_setting() {
-    let h = Harness::start(|config| {
-        let records = config.services.iter_mut().find(|service| service.name == "records").unwrap();
-        records.upstream_http2 = true;
-    })
-    .await;
+    let h = start_with_records_over_http2().await;
 
     let weather = h.token("weather", &["weather:read"]);
     let records = h.token("records", &["records:read"]);
@@ -86,6 +92,53 @@ async fn upstream_protocol_follows_service_setting() {
             ("/records/v1/list".to_owned(), http::Version::HTTP_2)
         ]
     );
+}
+
+/// Requests that arrive one after another on one app connection share one
+/// upstream connection, over HTTP/1.1 (in origin form, with `Host` naming
+/// the upstream) and over HTTP/2. An upstream response with
+/// `Connection: close` retires its connection, and the next request opens
+/// a new one.
+#[tokio::test]
+async fn upstream_connections_are_pooled() {
+    let h = start_with_records_over_http2().await;
+    let weather = h.token("weather", &["weather:read"]);
+    let records = h.token("records", &["records:read"]);
+    let upstream_host = format!("127.0.0.1:{}", h.upstream.address.port());
+
+    // (target, token, upstream connections expected, version expected)
+    // The closing case runs first, so no pooled connection of another case
+    // is there to take its first request.
+    let cases = [
+        ("/weather/v1/close/today", &weather, 6, http::Version::HTTP_11),
+        ("/weather/v1/today", &weather, 1, http::Version::HTTP_11),
+        ("/records/v1/list", &records, 1, http::Version::HTTP_2),
+    ];
+    for (target, token, connections, version) in cases {
+        h.upstream.clear();
+        let before = h.upstream.connections.load(std::sync::atomic::Ordering::SeqCst);
+        let mut bytes = Vec::new();
+        for _ in 0..5 {
+            let keep_alive =
+                format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
+            bytes.extend_from_slice(keep_alive.as_bytes());
+        }
+        bytes.extend_from_slice(&request("GET", target, token, ""));
+
+        let received = h.raw(&bytes, WAIT).await;
+        assert_eq!(statuses(&received), [200; 6], "{target}: {received}");
+        let after = h.upstream.connections.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(after - before, connections, "{target}");
+        let seen = h.upstream.seen();
+        assert_eq!(seen.len(), 6, "{target}");
+        for request in seen {
+            assert_eq!(request.target, target);
+            assert_eq!(request.version, version, "{target}");
+            if version == http::Version::HTTP_11 {
+                assert_eq!(request.headers.get_all("host").iter().collect::<Vec<_>>(), [upstream_host.as_str()]);
+            }
+        }
+    }
 }
 
 #[tokio::test]

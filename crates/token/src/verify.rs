@@ -120,7 +120,7 @@ impl RejectReason {
 /// verifier constructs it, so code that requires one cannot skip a check.
 #[derive(Debug, Clone)]
 pub struct VerifiedToken {
-    claims: AccessClaims,
+    claims: Arc<AccessClaims>,
 }
 
 impl VerifiedToken {
@@ -178,7 +178,11 @@ pub struct Verifier {
     validation: Validation,
     /// Tokens whose header and signature verified, with their key id and
     /// claims. Every other check still runs on each call.
-    signature_cache: moka::sync::Cache<String, Arc<CheckedToken>>,
+    /// Keyed with foldhash, seeded per process: SipHash over a token of
+    /// several hundred bytes cost more than the rest of the lookup, and
+    /// only tokens with a valid signature enter the cache, so an attacker
+    /// cannot fill it with colliding keys.
+    signature_cache: moka::sync::Cache<String, Arc<CheckedToken>, foldhash::fast::RandomState>,
 }
 
 /// A token's key id and claims, as the signature cache keeps them. The key
@@ -186,7 +190,7 @@ pub struct Verifier {
 #[derive(Debug)]
 struct CheckedToken {
     kid: String,
-    claims: AccessClaims,
+    claims: Arc<AccessClaims>,
 }
 
 /// Tokens remembered by the signature cache.
@@ -222,7 +226,7 @@ impl Verifier {
             signature_cache: moka::sync::Cache::builder()
                 .max_capacity(SIGNATURE_CACHE_ENTRIES)
                 .time_to_live(std::time::Duration::from_secs((grace_secs.max(1)) as u64))
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         }
     }
 
@@ -258,7 +262,7 @@ impl Verifier {
         let claims = self.check_token(token, now)?;
 
         if claims.aud != audience {
-            return Err(RejectReason::Audience { got: claims.aud, expected: audience.to_owned() });
+            return Err(RejectReason::Audience { got: claims.aud.clone(), expected: audience.to_owned() });
         }
         if claims.cnf.x5t_s256 != thumbprint {
             return Err(RejectReason::CertificateMismatch);
@@ -270,11 +274,11 @@ impl Verifier {
     /// introspection (RFC 7662) and revocation (RFC 7009), where the caller
     /// is not the token's holder. Returns the claims of an active token.
     pub fn inspect(&self, token: &str, now: i64) -> Result<AccessClaims, RejectReason> {
-        self.check_token(token, now)
+        self.check_token(token, now).map(Arc::unwrap_or_clone)
     }
 
     /// Steps 1 to 6 of the module's list.
-    fn check_token(&self, token: &str, now: i64) -> Result<AccessClaims, RejectReason> {
+    fn check_token(&self, token: &str, now: i64) -> Result<Arc<AccessClaims>, RejectReason> {
         // A cached token is byte for byte one whose header passed
         // check_header, so only its key is looked up again.
         let cached = self.signature_cache.get(token);
@@ -294,7 +298,7 @@ impl Verifier {
         }
 
         let claims = match cached {
-            Some(checked) => checked.claims.clone(),
+            Some(checked) => Arc::clone(&checked.claims),
             None => {
                 let data =
                     jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation).map_err(|e| match e.kind() {
@@ -304,14 +308,15 @@ impl Verifier {
                         }
                         _ => RejectReason::Malformed(e.to_string()),
                     })?;
-                let checked = CheckedToken { kid: kid.to_owned(), claims: data.claims.clone() };
+                let claims = Arc::new(data.claims);
+                let checked = CheckedToken { kid: kid.to_owned(), claims: Arc::clone(&claims) };
                 self.signature_cache.insert(token.to_owned(), Arc::new(checked));
-                data.claims
+                claims
             }
         };
 
         if claims.iss != self.issuer {
-            return Err(RejectReason::Issuer(claims.iss));
+            return Err(RejectReason::Issuer(claims.iss.clone()));
         }
         if claims.exp + self.leeway_secs <= now {
             return Err(RejectReason::Expired(claims.exp));
@@ -326,7 +331,7 @@ impl Verifier {
             return Err(RejectReason::Revoked);
         }
         if invalidations.cut_off(&claims.sub).is_some_and(|cut_off| claims.iat <= cut_off) {
-            return Err(RejectReason::Invalidated(claims.sub));
+            return Err(RejectReason::Invalidated(claims.sub.clone()));
         }
         Ok(claims)
     }

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -56,10 +57,13 @@ pub struct Seen {
 }
 
 /// An mTLS upstream on 127.0.0.1 that records every request and responds
-/// 200 with `saw <target>`; `/slow/` paths wait 3 s first.
+/// 200 with `saw <target>`; `/slow/` paths wait 3 s first, and `/close/`
+/// paths get `Connection: close`.
 pub struct Recorder {
     pub address: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// TLS connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -81,14 +85,18 @@ impl Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
         let record = Arc::clone(&seen);
+        let accepted = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
                 let acceptor = acceptor.clone();
                 let record = Arc::clone(&record);
+                let accepted = Arc::clone(&accepted);
                 tokio::spawn(async move {
                     let Ok((tls, _)) = acceptor.accept(tcp).await else { return };
+                    accepted.fetch_add(1, Ordering::SeqCst);
                     let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                         let record = Arc::clone(&record);
                         async move {
@@ -105,8 +113,9 @@ impl Recorder {
                             if target.contains("/slow/") {
                                 tokio::time::sleep(Duration::from_secs(3)).await;
                             }
+                            let connection = if target.contains("/close/") { "close" } else { "x-upstream-hop" };
                             let response = http::Response::builder()
-                                .header("connection", "x-upstream-hop")
+                                .header("connection", connection)
                                 .header("x-upstream-hop", "1")
                                 .body(Full::new(Bytes::from(format!("saw {target}"))))
                                 .unwrap();
@@ -119,7 +128,7 @@ impl Recorder {
                 });
             }
         });
-        Self { address, seen, task }
+        Self { address, seen, connections, task }
     }
 
     /// The requests seen so far.
