@@ -12,6 +12,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's allocator: the gateway and the egress proxy
+/// allocate and free a few dozen small blocks per request on every worker
+/// thread, and glibc's `malloc` and `free` were about a tenth of the
+/// gateway's instructions per request. Resident memory grows by a few
+/// MiB, which the gateway benchmark in docs/benchmarks.md reports.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for success.
 pub const EXIT_OK: u8 = 0;
 /// Exit code when a check ran and found problems.

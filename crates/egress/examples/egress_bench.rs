@@ -15,6 +15,11 @@
 //! byte per connection: `e` echoes every byte back, `s` followed by an
 //! 8-byte big-endian count sends that many bytes and closes.
 
+/// The allocator of the `portcullis` binary, so the proxy runs here as it
+/// does there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -28,6 +28,11 @@
 //! measured part starts when every connection is warm and is bounded by
 //! both DURATION_SECS and MAX_REQUESTS.
 
+/// The allocator of the `portcullis` binary, so the gateway runs here as it
+/// does there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};

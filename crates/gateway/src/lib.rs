@@ -32,6 +32,7 @@ mod pool;
 mod proxy;
 mod routes;
 mod server;
+mod timer;
 
 pub use error::{ErrorSource, GatewayError};
 pub use events::{AccessEvent, EventSinks, FLUSH_INTERVAL, FileSink, FileWriter};

@@ -41,6 +41,7 @@ use crate::limits::{Rate, RateLimits};
 use crate::pool::{UpstreamPool, UpstreamTls};
 use crate::proxy::{Peer, Shared, handle};
 use crate::routes::RouteTable;
+use crate::timer::ConnectionTimer;
 
 /// ALPN protocols offered to apps and upstreams, HTTP/2 first.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -391,7 +392,7 @@ async fn serve_connection(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(ConnectionTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         // The request-head check ends the stream before a rejected head, and
         // hyper must then still finish the responses in progress.
