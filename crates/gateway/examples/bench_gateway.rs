@@ -127,6 +127,9 @@ async fn spawn_child(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, u16) 
 /// Runs the gateway child process from the files in `dir` and prints its
 /// port.
 async fn serve_gateway(dir: &Path, upstream: u16) {
+    // The `portcullis` binary's default logging: human lines on stderr at
+    // info, so each request's tracing span costs here what it costs there.
+    tracing_subscriber::fmt().with_env_filter("info").with_writer(std::io::stderr).init();
     let ca = PlatformCa::load(&dir.join("ca")).unwrap();
     let store = Store::open_in(dir).await.unwrap();
     let keys = SigningKeys::load_or_create(&dir.join("token-keys.json"), now(), GRACE).unwrap();
