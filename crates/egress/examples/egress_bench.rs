@@ -120,6 +120,9 @@ async fn serve_target(mut stream: TcpStream) -> std::io::Result<()> {
 /// 127.0.0.1:`target_port`, writing each event as a JSON line to
 /// `events_file` as `portcullis serve` does, until killed.
 async fn run_proxy(target_port: u16, events_file: String) {
+    // The `portcullis` binary's default logging: human lines on stderr at
+    // info, so each request's tracing costs here what it costs there.
+    tracing_subscriber::fmt().with_env_filter("info").with_writer(std::io::stderr).init();
     let settings = EgressSettings {
         mode: Mode::Enforce,
         allow_hosts: Vec::new(),
