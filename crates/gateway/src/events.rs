@@ -163,20 +163,16 @@ impl FileSink {
     }
 }
 
-/// Appends one JSON line per event and flushes.
+/// Appends one JSON line per event, encoded straight into the buffered
+/// writer, and flushes. serde_json fails to encode only maps with
+/// non-string keys and values whose own `Serialize` fails, and an event
+/// has neither, so the errors left are I/O errors. The first one ends the
+/// batch and is logged.
 fn write_lines(writer: &mut std::io::BufWriter<std::fs::File>, events: &[AccessEvent], path: &Path) {
-    let mut result = Ok(());
-    for event in events {
-        match serde_json::to_vec(event) {
-            Ok(mut line) => {
-                line.push(b'\n');
-                if result.is_ok() {
-                    result = writer.write_all(&line);
-                }
-            }
-            Err(error) => tracing::error!(%error, "cannot encode an access event"),
-        }
-    }
+    let result = events.iter().try_for_each(|event| {
+        serde_json::to_writer(&mut *writer, event).map_err(std::io::Error::from)?;
+        writer.write_all(b"\n")
+    });
     if let Err(error) = result.and_then(|()| writer.flush()) {
         tracing::error!(path = %path.display(), %error, "cannot write the access log");
     }
