@@ -201,6 +201,13 @@ pub fn example_config(upstream: SocketAddr) -> PlatformConfig {
 impl Harness {
     /// Starts everything with the example configuration, changed by `adjust`.
     pub async fn start(adjust: impl FnOnce(&mut PlatformConfig)) -> Self {
+        Self::start_with_workers(None, adjust).await
+    }
+
+    /// Starts everything like [`Harness::start`], with `workers` gateway
+    /// workers if given. One worker puts every app connection on one
+    /// upstream pool, which the pool tests count connections of.
+    pub async fn start_with_workers(workers: Option<usize>, adjust: impl FnOnce(&mut PlatformConfig)) -> Self {
         let platform = Platform::new().await;
         let upstream = Recorder::start(&platform).await;
         let mut config = example_config(upstream.address);
@@ -234,7 +241,10 @@ impl Harness {
             verifier,
             platform_root: platform.ca.root().clone(),
         };
-        let gateway = Gateway::new(&config, tls, tokens, decision_receiver, sinks).unwrap();
+        let mut gateway = Gateway::new(&config, tls, tokens, decision_receiver, sinks).unwrap();
+        if let Some(workers) = workers {
+            gateway = gateway.with_workers(workers);
+        }
         let gateway = gateway.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
 
         Self {
