@@ -28,6 +28,10 @@ pub struct RequestCounters {
     pub bytes_in: AtomicU64,
     /// Set when the body went over the limit.
     pub too_large: AtomicBool,
+    /// Set once the upstream client has taken the whole body. Until then
+    /// the upstream connection is still writing the request, so the pool
+    /// must not hand it to another request.
+    pub ended: AtomicBool,
 }
 
 /// The request body forwarded upstream: counts bytes and fails once more
@@ -42,6 +46,12 @@ impl LimitedBody {
     /// Wraps `inner` with a limit of `limit` bytes.
     pub fn new(inner: hyper::body::Incoming, limit: u64, counters: Arc<RequestCounters>) -> Self {
         Self { inner, limit, counters }
+    }
+
+    /// Returns the counters, which the upstream pool reads to learn
+    /// whether the body has ended.
+    pub(crate) fn counters(&self) -> &Arc<RequestCounters> {
+        &self.counters
     }
 }
 
@@ -69,13 +79,22 @@ impl Body for LimitedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.counters.ended.store(true, Ordering::Relaxed);
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
 
+    /// Also marks the body ended: hyper stops polling a body once this
+    /// returns true, and never polls one that is empty from the start.
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let ended = self.inner.is_end_stream();
+        if ended {
+            self.counters.ended.store(true, Ordering::Relaxed);
+        }
+        ended
     }
 
     fn size_hint(&self) -> SizeHint {

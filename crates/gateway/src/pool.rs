@@ -12,13 +12,15 @@
 //! only because hyper's service futures must be `Send`.
 //!
 //! Invariants: an HTTP/1.1 connection goes back to the pool only after
-//! its whole response body has arrived. A request is sent again, on a new
+//! its whole response body has arrived and the client has taken its whole
+//! request body. A request is sent again, on a new
 //! connection, only when hyper returns it unsent. That happens when a
 //! pooled connection closed just before the request was written.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -36,7 +38,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::LimitedBody;
+use crate::body::{LimitedBody, RequestCounters};
 use crate::routes::Upstream;
 
 /// How long an idle HTTP/1.1 connection stays in the pool.
@@ -157,9 +159,15 @@ impl UpstreamPool {
                         continue;
                     }
                     to_origin_form(&mut request, &absolute, &authority);
+                    let request_counters = Arc::clone(request.body().counters());
                     match sender.try_send_request(request).await {
                         Ok(response) => {
-                            let ticket = Ticket { pool: Arc::clone(&self.inner), key: Arc::clone(key), sender };
+                            let ticket = Ticket {
+                                pool: Arc::clone(&self.inner),
+                                key: Arc::clone(key),
+                                sender,
+                                request_counters,
+                            };
                             return Ok(response.map(|body| PooledBody { inner: body, ticket: Some(ticket) }));
                         }
                         Err(mut failed) => match failed.take_message() {
@@ -287,11 +295,18 @@ struct Ticket {
     pool: Arc<PoolInner>,
     key: PoolKey,
     sender: http1::SendRequest<LimitedBody>,
+    /// The request's counters, whose `ended` tells whether the request
+    /// body is still being sent.
+    request_counters: Arc<RequestCounters>,
 }
 
 impl Ticket {
+    /// Pools the connection, or drops it if it is closed or still sending
+    /// the request body. An upstream may respond before it has read the
+    /// whole request body, and a pooled connection in that state would
+    /// make the next request wait until the slow body ends.
     fn release(self) {
-        if self.sender.is_closed() {
+        if self.sender.is_closed() || !self.request_counters.ended.load(Ordering::Relaxed) {
             return;
         }
         let mut idle = self.pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -307,8 +322,8 @@ impl Ticket {
 
 /// An upstream response body. Over HTTP/1.1 it returns the connection to
 /// the pool once the whole body has arrived, whether the body was read to
-/// its end or dropped after its last byte. A body dropped earlier closes
-/// its connection.
+/// its end or dropped after its last byte, unless the request body has not
+/// ended yet. A body dropped earlier closes its connection.
 pub(crate) struct PooledBody {
     inner: Incoming,
     ticket: Option<Ticket>,
