@@ -110,6 +110,10 @@ struct Idle {
     /// Oldest first; requests take the newest.
     http1: Vec<(http1::SendRequest<LimitedBody>, Instant)>,
     http2: Option<http2::SendRequest<LimitedBody>>,
+    /// Held while a new connection to an `upstream_http2` service opens,
+    /// so that requests arriving meanwhile wait for that one connection
+    /// instead of each opening their own.
+    http2_connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A connection checked out for one request.
@@ -151,7 +155,7 @@ impl UpstreamPool {
                 },
                 // Boxed: the connect future is large and rarely needed, and
                 // would otherwise be copied with this one on every request.
-                false => Box::pin(self.connect(upstream, &authority)).await?,
+                false => Box::pin(self.connect_or_share(upstream, &authority)).await?,
             };
             match connection {
                 Connection::Http1(mut sender) => {
@@ -210,6 +214,31 @@ impl UpstreamPool {
         let now = Instant::now();
         entry.http1.retain(|(sender, since)| !sender.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
         entry.http1.pop().map(|(sender, _)| Connection::Http1(sender))
+    }
+
+    /// Opens a connection like [`Self::connect`]. For an `upstream_http2`
+    /// service it first waits for any connection already opening, and
+    /// takes that one if it is an open HTTP/2 connection.
+    ///
+    /// NOTE: an `upstream_http2` service whose upstream chooses HTTP/1.1
+    /// by ALPN also opens its connections one at a time per worker.
+    async fn connect_or_share(&self, upstream: &Upstream, authority: &Authority) -> Result<Connection, UpstreamError> {
+        if !upstream.http2 {
+            return self.connect(upstream, authority).await;
+        }
+        let connecting = {
+            let mut idle = self.inner.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            Arc::clone(&idle.entry(Arc::clone(&upstream.pool_key)).or_default().http2_connecting)
+        };
+        let _connecting = connecting.lock().await;
+        let shared = {
+            let idle = self.inner.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            idle.get(&upstream.pool_key).and_then(|entry| entry.http2.clone()).filter(|sender| !sender.is_closed())
+        };
+        match shared {
+            Some(sender) => Ok(Connection::Http2(sender)),
+            None => self.connect(upstream, authority).await,
+        }
     }
 
     fn forget_http2(&self, key: &str) {
