@@ -34,6 +34,9 @@ enum Reply {
     SendAndClose(Vec<u8>),
     /// Waits, writes the bytes and waits for the next request.
     Delayed(Duration, Vec<u8>),
+    /// Writes the first bytes, waits, writes the second bytes and waits
+    /// for the next request.
+    SendTwice(Vec<u8>, Duration, Vec<u8>),
     /// Writes the bytes and then neither reads nor writes until the test
     /// ends.
     SendAndHold(Vec<u8>),
@@ -147,6 +150,11 @@ async fn serve_scripted(
             Reply::Delayed(delay, bytes) => {
                 tokio::time::sleep(delay).await;
                 tcp.write_all(&bytes).await
+            }
+            Reply::SendTwice(first, delay, second) => {
+                let written = tcp.write_all(&first).await;
+                tokio::time::sleep(delay).await;
+                written.and(tcp.write_all(&second).await)
             }
             Reply::BeforeBody(_) => Ok(()),
             Reply::SendAndClose(bytes) => {
@@ -444,6 +452,38 @@ async fn closed_idle_connection_is_replaced() {
         app.send(&records_request("GET", "/records/v1/second", &token, "", b"")).await;
         assert_eq!(app.response(false).await, (200, b"second".to_vec()), "{case}");
         assert_eq!(targets(&upstream.seen()), [(1, "/records/v1/first"), (2, "/records/v1/second")], "{case}");
+    }
+}
+
+/// Bytes an upstream sends after a complete response are not taken as the
+/// response to the next request on that connection, which could belong
+/// to another app: the next request gets its own response.
+#[tokio::test]
+async fn extra_bytes_are_not_a_response() {
+    let forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged";
+    let mut together = ok(b"first");
+    together.extend_from_slice(forged);
+    // (case, reply to the first request)
+    let cases = [
+        ("in the same write", Reply::Send(together)),
+        ("while idle", Reply::SendTwice(ok(b"first"), Duration::from_millis(100), forged.to_vec())),
+    ];
+    for (case, first) in cases {
+        let upstream = ScriptedUpstream::start(None, move |target| match target {
+            "/records/v1/first" => first.clone(),
+            _ => Reply::Send(ok(b"second")),
+        })
+        .await;
+        let h = start_gateway(upstream.url(), |_| {}).await;
+        let token = records_token(&h);
+
+        let mut app = AppConnection::open(&h).await;
+        app.send(&records_request("GET", "/records/v1/first", &token, "", b"")).await;
+        assert_eq!(app.response(false).await, (200, b"first".to_vec()), "{case}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.send(&records_request("GET", "/records/v1/second", &token, "", b"")).await;
+        assert_eq!(app.response(false).await, (200, b"second".to_vec()), "{case}");
+        assert_eq!(upstream.seen().last().map(|seen| seen.target.clone()).as_deref(), Some("/records/v1/second"));
     }
 }
 
@@ -767,8 +807,9 @@ async fn http2_reconnects_after_goaway_or_restart() {
 }
 
 /// The header read timeout applies to each request head on its own: a
-/// slow head gets 408, a keep-alive connection with many quick heads is
-/// never cut off, and an idle connection is closed after the timeout.
+/// slow head gets 408, a keep-alive connection with many quick heads or a
+/// slow body is not cut off, and an idle connection is closed after the
+/// timeout.
 #[tokio::test]
 async fn header_timer_per_request() {
     let upstream = ScriptedUpstream::start(None, |target| match target {
@@ -803,6 +844,19 @@ async fn header_timer_per_request() {
         }
         assert_eq!(app.response(false).await, (200, b"fast".to_vec()), "trickled request {index}");
     }
+
+    // A body sent in five pieces 250 ms apart: the timeout covers only
+    // the head, and the next head still gets the whole timeout.
+    let mut app = AppConnection::open(&h).await;
+    app.send(&records_request("POST", "/records/v1/fast", &token, "Content-Length: 10\r\n", b"")).await;
+    for piece in [b"ab", b"cd", b"ef", b"gh", b"ij"] {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        app.send(piece).await;
+    }
+    assert_eq!(app.response(false).await, (200, b"fast".to_vec()), "trickled body");
+    assert_eq!(upstream.seen().last().map(|seen| seen.body.clone()), Some(b"abcdefghij".to_vec()));
+    app.send(&fast).await;
+    assert_eq!(app.response(false).await, (200, b"fast".to_vec()), "after a trickled body");
 
     // An upstream slower than the timeout, then a request at once.
     let mut app = AppConnection::open(&h).await;
