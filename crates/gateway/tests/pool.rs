@@ -437,22 +437,35 @@ async fn closed_idle_connection_is_replaced() {
         ("keep-alive timeout", Some(Duration::from_millis(200)), Reply::Send(ok(b"first")), Duration::from_millis(500)),
     ];
     for (case, idle_close, first, pause) in cases {
-        let upstream = ScriptedUpstream::start(idle_close, move |target| match target {
-            "/records/v1/first" => first.clone(),
-            _ => Reply::Send(ok(b"second")),
-        })
-        .await;
-        let h = start_gateway(upstream.url(), |_| {}).await;
-        let token = records_token(&h);
-
-        let mut app = AppConnection::open(&h).await;
-        app.send(&records_request("GET", "/records/v1/first", &token, "", b"")).await;
-        assert_eq!(app.response(false).await, (200, b"first".to_vec()), "{case}");
-        tokio::time::sleep(pause).await;
-        app.send(&records_request("GET", "/records/v1/second", &token, "", b"")).await;
-        assert_eq!(app.response(false).await, (200, b"second".to_vec()), "{case}");
+        let (upstream, responses) = first_then_second(idle_close, first, pause).await;
+        assert_eq!(responses, [(200, b"first".to_vec()), (200, b"second".to_vec())], "{case}");
         assert_eq!(targets(&upstream.seen()), [(1, "/records/v1/first"), (2, "/records/v1/second")], "{case}");
     }
+}
+
+/// Starts a scripted upstream that answers `/records/v1/first` with
+/// `first` and any other target with `second`, sends those two requests
+/// on one app connection with `pause` between them, and returns the
+/// upstream and both responses.
+async fn first_then_second(
+    idle_close: Option<Duration>,
+    first: Reply,
+    pause: Duration,
+) -> (ScriptedUpstream, [(u16, Vec<u8>); 2]) {
+    let upstream = ScriptedUpstream::start(idle_close, move |target| match target {
+        "/records/v1/first" => first.clone(),
+        _ => Reply::Send(ok(b"second")),
+    })
+    .await;
+    let h = start_gateway(upstream.url(), |_| {}).await;
+    let token = records_token(&h);
+
+    let mut app = AppConnection::open(&h).await;
+    app.send(&records_request("GET", "/records/v1/first", &token, "", b"")).await;
+    let first_response = app.response(false).await;
+    tokio::time::sleep(pause).await;
+    app.send(&records_request("GET", "/records/v1/second", &token, "", b"")).await;
+    (upstream, [first_response, app.response(false).await])
 }
 
 /// Bytes an upstream sends after a complete response are not taken as the
@@ -469,20 +482,8 @@ async fn extra_bytes_are_not_a_response() {
         ("while idle", Reply::SendTwice(ok(b"first"), Duration::from_millis(100), forged.to_vec())),
     ];
     for (case, first) in cases {
-        let upstream = ScriptedUpstream::start(None, move |target| match target {
-            "/records/v1/first" => first.clone(),
-            _ => Reply::Send(ok(b"second")),
-        })
-        .await;
-        let h = start_gateway(upstream.url(), |_| {}).await;
-        let token = records_token(&h);
-
-        let mut app = AppConnection::open(&h).await;
-        app.send(&records_request("GET", "/records/v1/first", &token, "", b"")).await;
-        assert_eq!(app.response(false).await, (200, b"first".to_vec()), "{case}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        app.send(&records_request("GET", "/records/v1/second", &token, "", b"")).await;
-        assert_eq!(app.response(false).await, (200, b"second".to_vec()), "{case}");
+        let (upstream, responses) = first_then_second(None, first, Duration::from_millis(300)).await;
+        assert_eq!(responses, [(200, b"first".to_vec()), (200, b"second".to_vec())], "{case}");
         assert_eq!(upstream.seen().last().map(|seen| seen.target.clone()).as_deref(), Some("/records/v1/second"));
     }
 }
