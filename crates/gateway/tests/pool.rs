@@ -443,7 +443,7 @@ async fn closed_idle_connection_is_replaced() {
     }
 }
 
-/// Starts a scripted upstream that answers `/records/v1/first` with
+/// Starts a scripted upstream that replies to `/records/v1/first` with
 /// `first` and any other target with `second`, sends those two requests
 /// on one app connection with `pause` between them, and returns the
 /// upstream and both responses.
