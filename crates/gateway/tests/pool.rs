@@ -807,10 +807,10 @@ async fn http2_reconnects_after_goaway_or_restart() {
     }
 }
 
-/// The header read timeout applies to each request head on its own: a
-/// slow head gets 408, a keep-alive connection with many quick heads or a
-/// slow body is not cut off, and an idle connection is closed after the
-/// timeout.
+/// The header read timeout applies to each request head on its own. A
+/// slow head gets 408. A keep-alive connection with many quick heads, or
+/// with a slow body, is not cut off. An idle connection is closed after
+/// the timeout.
 #[tokio::test]
 async fn header_timer_per_request() {
     let upstream = ScriptedUpstream::start(None, |target| match target {
