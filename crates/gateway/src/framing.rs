@@ -203,8 +203,9 @@ fn strip_headers(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
 /// Returns a new random request id: 16 bytes as 32 lowercase hex digits.
 /// They come from the thread's ChaCha generator (rand's `ThreadRng`, seeded
 /// and reseeded from the system), which costs a small fraction of a system
-/// random call per request. Ids must not be guessable or sequential: an
-/// app sees its own, and a counter would tell it how busy the platform is.
+/// random call per request. Ids must not be guessable or sequential. An
+/// app receives its own ids, and a counter would show it how busy the
+/// platform is.
 pub fn new_request_id() -> String {
     let bytes: [u8; 16] = rand::random();
     const HEX: &[u8; 16] = b"0123456789abcdef";

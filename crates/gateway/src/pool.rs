@@ -7,15 +7,15 @@
 //! gateway's instructions per request in its checkout, dispatch and
 //! return. It also copied its large request futures in memory and
 //! spawned a task per HTTP/1.1 request to wait for the connection to
-//! become idle. Each worker
-//! runs on one thread, so the pool's lock is never contended; it exists
-//! only because hyper's service futures must be `Send`.
+//! become idle. Each worker runs on one thread, so the pool's lock is
+//! never contended. The lock exists only because hyper's service futures
+//! must be `Send`.
 //!
 //! Invariants: an HTTP/1.1 connection goes back to the pool only after
 //! its whole response body has arrived and the client has taken its whole
-//! request body. A request is sent again, on a new
-//! connection, only when hyper returns it unsent. That happens when a
-//! pooled connection closed just before the request was written.
+//! request body. A request is sent again, on a new connection, only when
+//! hyper returns it unsent. That happens when a pooled connection closed
+//! just before the request was written.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -42,7 +42,7 @@ use crate::body::{LimitedBody, RequestCounters};
 use crate::routes::Upstream;
 
 /// How long an idle HTTP/1.1 connection stays in the pool.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Idle HTTP/1.1 connections kept per upstream and worker; a connection
 /// coming back to a full list is closed.
@@ -89,8 +89,7 @@ impl UpstreamTls {
     }
 }
 
-/// One worker's pool. Cheap to clone; clones share the connections.
-#[derive(Clone)]
+/// One worker's pool.
 pub(crate) struct UpstreamPool {
     inner: Arc<PoolInner>,
 }
@@ -260,14 +259,14 @@ impl UpstreamPool {
             Ok(ip) => TcpStream::connect(SocketAddr::new(ip, port)).await,
             Err(_) => TcpStream::connect((host, port)).await,
         }
-        .map_err(|error| UpstreamError::new(&format!("cannot connect to {host}:{port}"), &error))?;
+        .map_err(|error| UpstreamError::new(&format!("connecting to {host}:{port} failed"), &error))?;
         let _ = tcp.set_nodelay(true);
         if !tls {
             return self.handshake_http1(TokioIo::new(tcp)).await;
         }
 
         let name = ServerName::try_from(host.to_owned())
-            .map_err(|error| UpstreamError::new(&format!("upstream host {host:?}"), &error))?;
+            .map_err(|error| UpstreamError::new(&format!("invalid upstream host {host:?}"), &error))?;
         let connector = if upstream.http2 { &self.inner.tls.http2 } else { &self.inner.tls.http1 };
         let stream = connector
             .connect(name, tcp)
@@ -324,8 +323,8 @@ struct Ticket {
     pool: Arc<PoolInner>,
     key: PoolKey,
     sender: http1::SendRequest<LimitedBody>,
-    /// The request's counters, whose `ended` tells whether the request
-    /// body is still being sent.
+    /// The request's counters. Their `ended` flag is false while the
+    /// request body is still being sent.
     request_counters: Arc<RequestCounters>,
 }
 
@@ -339,10 +338,7 @@ impl Ticket {
             return;
         }
         let mut idle = self.pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let list = match idle.get_mut(&*self.key) {
-            Some(entry) => &mut entry.http1,
-            None => &mut idle.entry(self.key).or_default().http1,
-        };
+        let list = &mut idle.entry(self.key).or_default().http1;
         if list.len() < MAX_IDLE_PER_UPSTREAM {
             list.push((self.sender, Instant::now()));
         }

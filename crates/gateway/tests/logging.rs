@@ -1,5 +1,5 @@
 //! What the gateway writes to its log per request at the default level:
-//! nothing for a forwarded request, and one line for a refusal, inside a
+//! nothing for a forwarded request, and one line for a rejection, inside a
 //! span that names the app and the request id.
 
 mod common;
@@ -26,7 +26,7 @@ impl Write for Captured {
 }
 
 #[tokio::test]
-async fn refusals_are_logged_in_a_request_span() {
+async fn rejection_logged_in_request_span() {
     let captured = Captured::default();
     let writer = captured.clone();
     tracing_subscriber::fmt().with_env_filter("info").with_ansi(false).with_writer(move || writer.clone()).init();
@@ -34,14 +34,14 @@ async fn refusals_are_logged_in_a_request_span() {
     let h = Harness::start(|_| {}).await;
     let token = h.token("weather", &["weather:read"]);
     assert_eq!(h.get("/weather/v1/today", &token).await, 200);
-    let refused = h
+    let rejected = h
         .raw(b"GET /weather/v1/today HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", Duration::from_secs(5))
         .await;
-    assert_eq!(status_of(&refused), 401, "{refused}");
-    let request_id = refused
+    assert_eq!(status_of(&rejected), 401, "{rejected}");
+    let request_id = rejected
         .lines()
         .find_map(|line| line.strip_prefix("x-portcullis-request-id: "))
-        .unwrap_or_else(|| panic!("no request id in {refused}"))
+        .unwrap_or_else(|| panic!("no request id in {rejected}"))
         .trim()
         .to_owned();
 

@@ -178,10 +178,10 @@ pub struct Verifier {
     validation: Validation,
     /// Tokens whose header and signature verified, with their key id and
     /// claims. Every other check still runs on each call.
-    /// Keyed with foldhash, seeded per process: SipHash over a token of
-    /// several hundred bytes cost more than the rest of the lookup, and
-    /// only tokens with a valid signature enter the cache, so an attacker
-    /// cannot fill it with colliding keys.
+    /// Keyed with foldhash, seeded per process, because SipHash over a
+    /// token of several hundred bytes cost more than the rest of the
+    /// lookup. Only tokens with a valid signature enter the cache, so an
+    /// attacker cannot fill it with colliding keys.
     signature_cache: moka::sync::Cache<String, Arc<CheckedToken>, foldhash::fast::RandomState>,
 }
 
