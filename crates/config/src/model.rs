@@ -208,6 +208,10 @@ pub struct GatewaySettings {
     pub rate_per_second: f64,
     /// Requests allowed in a burst above the sustained rate.
     pub rate_burst: u32,
+    /// How long a worker keeps polling its sockets without sleeping after
+    /// a request starts or ends; zero turns busy polling off. Read when the
+    /// gateway starts.
+    pub busy_poll_window: Duration,
 }
 
 /// Guard policies and escalation.

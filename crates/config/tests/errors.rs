@@ -72,6 +72,12 @@ fn broken_configurations_name_key_path() {
         ),
         ("unknown space", edited("[spaces.sandbox]", "[spaces.staging]"), "spaces.staging", "sandbox"),
         (
+            "busy poll window too long",
+            edited("busy_poll_window = \"0s\"", "busy_poll_window = \"50ms\""),
+            "gateway.busy_poll_window",
+            "from 0ms to 10ms",
+        ),
+        (
             "prefix with dot segment",
             edited("prefix = \"/weather/v1/\"", "prefix = \"/weather/../v1/\""),
             "services[0].routes[0].prefix",

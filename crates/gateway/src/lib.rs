@@ -22,6 +22,7 @@
 //! certificate from the platform CA is accepted).
 
 mod body;
+mod busy_poll;
 mod error;
 pub mod events;
 pub mod framing;

@@ -207,6 +207,7 @@ impl Worker {
                 }
             };
             let pool = Arc::new(UpstreamPool::new(upstream_tls));
+            crate::busy_poll::start(shared.settings.load().busy_poll_window);
             let (alive, mut drained) = mpsc::channel::<()>(1);
             accept_loop(listener, acceptor, shared, pool, stopped, alive).await;
             tokio::select! {
@@ -411,6 +412,7 @@ async fn serve_connection(
     let service_shared = Arc::clone(&shared);
     let service_peer = Arc::clone(&peer);
     let service = service_fn(move |request| {
+        crate::busy_poll::mark();
         let shared = Arc::clone(&service_shared);
         let pool = Arc::clone(&pool);
         let peer = Arc::clone(&service_peer);

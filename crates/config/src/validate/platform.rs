@@ -156,6 +156,13 @@ pub(super) fn gateway(check: &Checker, raw: &RawGateway) -> Result<GatewaySettin
             "requests per second",
         )?,
         rate_burst: check.integer("gateway.rate_burst", raw.rate_burst, 100, 1, 1_000_000, "requests")? as u32,
+        busy_poll_window: check.duration(
+            "gateway.busy_poll_window",
+            raw.busy_poll_window.as_deref(),
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::from_millis(10),
+        )?,
     })
 }
 
