@@ -120,7 +120,6 @@ impl PendingEvent {
         self.event.bytes_out = bytes_out;
         self.event.latency_us = self.started.elapsed().as_micros() as u64;
         self.event.at_ms = now_ms();
-        crate::busy_poll::mark();
         self.sinks.emit(self.event);
     }
 }

@@ -4,16 +4,22 @@
 //! A worker that runs out of work parks its thread in `epoll_wait`. The next
 //! packet then has to wake the thread, which on a virtual machine can mean
 //! halting and resuming the virtual processor, and the request that follows
-//! runs on cold caches. With a window set, a worker that has started or
-//! finished a request within the window keeps polling its sockets instead
-//! of sleeping. HAProxy's `busy-polling` option makes the same trade.
+//! runs on cold caches. With a window set, a worker keeps polling its
+//! sockets instead of sleeping while it serves at most one request and a
+//! request started or got its response head within the window. HAProxy's `busy-polling` option
+//! makes the same trade.
 //!
-//! The cost is processor time while the worker would otherwise be idle: up
-//! to one core per worker under steady light load, as seen by `top`, and
-//! nothing once no request has arrived for a whole window. While idle
-//! inside the window the worker calls `sched_yield` after each poll, so a
-//! thread of another process that is ready to run on the same core goes
-//! first.
+//! Polling pays off when a worker's requests form one chain of short waits:
+//! a client that sends its next request as soon as the last one is
+//! answered. With several requests in flight the worker rarely runs out of
+//! work, one wake-up serves several events, and polling would only take
+//! processor time from the upstreams and clients that those requests wait
+//! for, so the worker then sleeps as usual. The cost is processor time
+//! while the worker would otherwise be idle: up to one core per worker
+//! under steady light load, as seen by `top`, and nothing once no request
+//! has arrived for a whole window. While idle inside the window the worker
+//! calls `sched_yield` after each poll, so a thread of another process that
+//! is ready to run on the same core goes first.
 //!
 //! The polling is a task on the worker's runtime that yields in a loop.
 //! Tokio's current-thread scheduler polls its I/O driver without blocking
@@ -24,7 +30,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -34,16 +40,34 @@ thread_local! {
     static POLLER: RefCell<Option<Arc<Activity>>> = const { RefCell::new(None) };
 }
 
-/// Activity marks shared between a worker's requests and its polling task. All
-/// users run on the same thread, so relaxed ordering is enough; the types
-/// are atomic only because tokio requires spawned tasks to be `Send`.
+/// Maximum number of requests in flight at which a worker still polls.
+const MAX_IN_FLIGHT: usize = 1;
+
+/// Request activity shared between a worker's requests and its polling
+/// task. All users run on the same thread, so relaxed ordering is enough.
+/// The types are atomic only because tokio requires spawned tasks to be
+/// `Send`.
 #[derive(Debug, Default)]
 struct Activity {
-    /// Incremented by every mark.
+    /// Incremented whenever a request starts or its response head is ready.
     marks: AtomicU64,
+    /// Requests whose handler is running.
+    in_flight: AtomicUsize,
     /// True while the polling task waits for a mark instead of polling.
     waiting: AtomicBool,
     wake: Notify,
+}
+
+impl Activity {
+    /// Counts a mark and wakes the polling task if it waits and the worker
+    /// is lightly loaded.
+    fn mark(&self) {
+        self.marks.fetch_add(1, Ordering::Relaxed);
+        if self.waiting.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Relaxed) <= MAX_IN_FLIGHT {
+            self.waiting.store(false, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+    }
 }
 
 /// Starts the polling task on the current worker's runtime, polling for
@@ -58,21 +82,34 @@ pub(crate) fn start(window: Duration) {
     tokio::spawn(poll_while_active(activity, window));
 }
 
-/// Records activity on this thread's worker, which starts or extends its
-/// polling window. Costs a thread-local lookup when the worker does not poll.
-pub(crate) fn mark() {
-    POLLER.with(|poller| {
-        if let Some(activity) = poller.borrow().as_ref() {
-            activity.marks.fetch_add(1, Ordering::Relaxed);
-            if activity.waiting.load(Ordering::Relaxed) {
-                activity.waiting.store(false, Ordering::Relaxed);
-                activity.wake.notify_one();
-            }
-        }
-    });
+/// Counts one request in flight on this thread's worker from its start
+/// until the guard is dropped (when the handler has the response head or
+/// is cancelled). Both ends start or extend the polling window. Costs a
+/// thread-local lookup when the worker does not poll.
+pub(crate) fn request_started() -> InFlight {
+    let activity = POLLER.with(|poller| poller.borrow().clone());
+    if let Some(activity) = &activity {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.mark();
+    }
+    InFlight(activity)
 }
 
-/// Polls for `window` after each mark, then waits for the next mark.
+/// A request in flight, counted until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight(Option<Arc<Activity>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(activity) = &self.0 {
+            activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+            activity.mark();
+        }
+    }
+}
+
+/// Polls for `window` after each mark while the worker is lightly loaded,
+/// then waits for the next mark.
 async fn poll_while_active(activity: Arc<Activity>, window: Duration) {
     loop {
         activity.waiting.store(true, Ordering::Relaxed);
@@ -82,6 +119,9 @@ async fn poll_while_active(activity: Arc<Activity>, window: Duration) {
         let mut since = Instant::now();
         loop {
             tokio::task::yield_now().await;
+            if activity.in_flight.load(Ordering::Relaxed) > MAX_IN_FLIGHT {
+                break;
+            }
             let marks = activity.marks.load(Ordering::Relaxed);
             if marks != seen {
                 seen = marks;
@@ -101,25 +141,35 @@ async fn poll_while_active(activity: Arc<Activity>, window: Duration) {
 mod tests {
     use super::*;
 
-    /// The polling task runs while marks arrive and goes back to waiting
-    /// once a window passes without one.
+    /// The polling task runs while requests come one at a time, stops
+    /// while two are in flight, and goes back to waiting once a window
+    /// passes without a request.
     #[test]
-    fn polls_only_after_marks() {
+    fn polls_only_under_light_load() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             start(Duration::from_millis(20));
             tokio::task::yield_now().await;
             let activity = POLLER.with(|poller| poller.borrow().clone()).unwrap();
-            assert!(activity.waiting.load(Ordering::Relaxed), "waits before the first mark");
+            let waiting = || activity.waiting.load(Ordering::Relaxed);
+            assert!(waiting(), "waits before the first request");
 
-            mark();
-            assert!(!activity.waiting.load(Ordering::Relaxed), "a mark wakes the polling task");
+            let first = request_started();
+            assert!(!waiting(), "a request wakes the polling task");
             tokio::time::sleep(Duration::from_millis(5)).await;
-            assert!(!activity.waiting.load(Ordering::Relaxed), "still polling inside the window");
+            assert!(!waiting(), "still polling inside the window");
+
+            let second = request_started();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(waiting(), "two requests in flight stop the polling");
+            drop(second);
+            assert!(!waiting(), "back to one request: polling again");
+            drop(first);
+            assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
 
             tokio::time::sleep(Duration::from_millis(60)).await;
-            assert!(activity.waiting.load(Ordering::Relaxed), "waits again after an idle window");
-            assert_eq!(activity.marks.load(Ordering::Relaxed), 1);
+            assert!(waiting(), "waits again after an idle window");
+            assert_eq!(activity.marks.load(Ordering::Relaxed), 4);
         });
     }
 }

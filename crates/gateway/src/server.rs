@@ -412,11 +412,15 @@ async fn serve_connection(
     let service_shared = Arc::clone(&shared);
     let service_peer = Arc::clone(&peer);
     let service = service_fn(move |request| {
-        crate::busy_poll::mark();
+        let in_flight = crate::busy_poll::request_started();
         let shared = Arc::clone(&service_shared);
         let pool = Arc::clone(&pool);
         let peer = Arc::clone(&service_peer);
-        async move { Ok::<_, std::convert::Infallible>(handle(shared, pool, peer, request).await) }
+        async move {
+            let response = handle(shared, pool, peer, request).await;
+            drop(in_flight);
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let connection = builder.serve_connection(TokioIo::new(checked), service);
     tokio::pin!(connection);
