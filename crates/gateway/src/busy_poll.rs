@@ -6,8 +6,9 @@
 //! halting and resuming the virtual processor, and the request that follows
 //! runs on cold caches. With a window set, a worker keeps polling its
 //! sockets instead of sleeping while it serves at most one request and a
-//! request started or got its response head within the window. HAProxy's `busy-polling` option
-//! makes the same trade.
+//! request started or got its response head within the window. HAProxy's
+//! global `busy-polling` option (its configuration manual, "Performance
+//! tuning") makes the same trade.
 //!
 //! Polling pays off when a worker's requests form one chain of short waits:
 //! a client that sends its next request as soon as the last one is
