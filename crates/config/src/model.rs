@@ -202,15 +202,18 @@ pub struct GatewaySettings {
     pub max_body_bytes: u64,
     /// Time allowed to receive the request head (response: 408).
     pub header_read_timeout: Duration,
-    /// Time allowed for the upstream to answer (answer: 504).
+    /// Time allowed for the upstream to send the response head (response:
+    /// 504), and for each wait for more of the response body (the response
+    /// is cut).
     pub upstream_timeout: Duration,
     /// Sustained requests per second per app and service.
     pub rate_per_second: f64,
     /// Requests allowed in a burst above the sustained rate.
     pub rate_burst: u32,
-    /// How long a worker keeps polling its sockets without sleeping after
-    /// a request starts or ends; zero turns busy polling off. Read when the
-    /// gateway starts.
+    /// How long a gateway worker keeps polling its sockets instead of
+    /// sleeping after a request starts or gets its response head, while at
+    /// most one request is in flight on it. Zero turns busy polling off.
+    /// Read when the gateway starts.
     pub busy_poll_window: Duration,
 }
 

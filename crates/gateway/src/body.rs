@@ -1,5 +1,6 @@
 //! Body wrappers that count bytes, enforce the request body limit while
-//! streaming, and emit the access event when the response ends.
+//! streaming, cut a forwarded response body that stalls, and emit the
+//! access event when the response ends.
 //!
 //! These are written here rather than taken from http-body-util's
 //! `Limited` because the gateway must also count the bytes for the access
@@ -10,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -124,19 +125,45 @@ impl PendingEvent {
     }
 }
 
+/// The reason code in the access event of a response whose body stalled.
+pub const BODY_STALLED: &str = "upstream_body_timeout";
+
+/// The error that ends a forwarded response body after no frame arrived
+/// for the stall limit. hyper then closes an HTTP/1.1 connection, or
+/// resets the HTTP/2 stream, because the body is incomplete.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body stalled for {0:?}")]
+pub struct BodyStalled(Duration);
+
 /// A response body that counts bytes sent and emits its request's access
 /// event exactly once: at the end of the body, or when the body is dropped
-/// early (the app closed the connection or the upstream failed).
+/// early (the app closed the connection or the upstream failed). A
+/// forwarded body also fails once no frame has arrived for its stall limit.
 pub struct ResponseBody {
     inner: UnsyncBoxBody<Bytes, BoxError>,
     bytes_out: u64,
     event: Option<PendingEvent>,
+    /// Maximum wait for the next frame, or `None` for the gateway's own
+    /// bodies.
+    stall_limit: Option<Duration>,
+    /// Made at the first wait, so that a body that arrives with its head
+    /// costs no timer, and moved forward at each frame after that.
+    stall_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl ResponseBody {
-    /// Wraps `inner`; `event` is emitted when the body ends.
-    pub fn new(inner: UnsyncBoxBody<Bytes, BoxError>, event: PendingEvent) -> Self {
-        Self { inner, bytes_out: 0, event: Some(event) }
+    /// Wraps `inner`; `event` is emitted when the body ends. With a
+    /// `stall_limit`, the body fails when no frame arrives for that long.
+    pub fn new(inner: UnsyncBoxBody<Bytes, BoxError>, event: PendingEvent, stall_limit: Option<Duration>) -> Self {
+        Self { inner, bytes_out: 0, event: Some(event), stall_limit, stall_timer: None }
+    }
+
+    /// Returns whether the stall timer has fired, starting it at the first
+    /// wait. Polling it registers `cx`'s waker for the deadline.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(limit) = self.stall_limit else { return false };
+        let timer = self.stall_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).is_ready()
     }
 
     fn finish(&mut self) {
@@ -164,12 +191,33 @@ impl Body for ResponseBody {
                 if let Some(data) = frame.data_ref() {
                     this.bytes_out += data.len() as u64;
                 }
+                if let (Some(timer), Some(limit)) = (&mut this.stall_timer, this.stall_limit) {
+                    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
                 if this.inner.is_end_stream() {
                     this.finish();
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
-            Poll::Pending => {}
+            Poll::Pending => {
+                if this.stalled(cx) {
+                    let limit = this.stall_limit.unwrap_or_default();
+                    if let Some(pending) = &mut this.event {
+                        let event = &pending.event;
+                        tracing::warn!(
+                            app_id = %event.app_id,
+                            request_id = %event.request_id,
+                            service = %event.service,
+                            bytes_out = this.bytes_out,
+                            after = ?limit,
+                            "upstream response body stalled; response cut"
+                        );
+                        pending.event.reason = Some(BODY_STALLED.to_owned());
+                    }
+                    this.finish();
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled(limit)))));
+                }
+            }
         }
         polled
     }

@@ -87,8 +87,12 @@ pub(crate) async fn handle(
 
     let result =
         forward(&shared, &pool, &peer, request, &request_id, &counters, &mut event).instrument(span.clone()).await;
+    let mut stall_limit = None;
     let mut response = match result {
-        Ok(response) => response,
+        Ok(response) => {
+            stall_limit = Some(shared.settings.load().upstream_timeout);
+            response
+        }
         Err(error) => {
             let span = if span.is_none() { request_span() } else { span };
             let _entered = span.enter();
@@ -102,7 +106,7 @@ pub(crate) async fn handle(
         response.headers_mut().insert(REQUEST_ID, value);
     }
     let pending = PendingEvent { event, started, counters, sinks: shared.sinks.clone() };
-    response.map(|body| ResponseBody::new(body, pending))
+    response.map(|body| ResponseBody::new(body, pending, stall_limit))
 }
 
 /// The identity headers as ready-made names, which `insert` would otherwise

@@ -630,6 +630,47 @@ async fn timeout_and_unreachable() {
     assert_eq!(app.response(false).await.0, 502);
 }
 
+/// A response body that stops arriving for longer than `upstream_timeout`
+/// is cut: the app gets the head and the bytes sent so far, then the
+/// connection closes, and the access event gives the reason. A body whose
+/// pieces arrive closer together than the limit arrives whole.
+#[tokio::test]
+async fn stalled_body_is_cut() {
+    let upstream = ScriptedUpstream::start(None, |target| match target {
+        "/records/v1/stall" => Reply::SendAndHold(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789".to_vec()),
+        _ => Reply::SendTwice(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nslow".to_vec(),
+            Duration::from_millis(300),
+            b"body".to_vec(),
+        ),
+    })
+    .await;
+    let mut h =
+        start_gateway(upstream.url(), |config| config.gateway.upstream_timeout = Duration::from_millis(600)).await;
+    let token = records_token(&h);
+
+    let mut app = AppConnection::open(&h).await;
+    app.send(&records_request("GET", "/records/v1/slow", &token, "", b"")).await;
+    assert_eq!(app.response(false).await, (200, b"slowbody".to_vec()));
+
+    let mut app = AppConnection::open(&h).await;
+    app.send(&records_request("GET", "/records/v1/stall", &token, "", b"")).await;
+    assert!(app.closed_within(Duration::from_secs(3)).await, "the stalled response was not cut");
+    let received = String::from_utf8_lossy(&app.buffer).into_owned();
+    assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
+    assert!(received.ends_with("\r\n\r\n0123456789"), "{received}");
+
+    let log = h.access_log().await;
+    let entry = |path: &str| log.iter().find(|event| event["path"] == path).cloned().unwrap();
+    let stalled = entry("/records/v1/stall");
+    assert_eq!(stalled["status"], 200);
+    assert_eq!(stalled["bytes_out"], 10);
+    assert_eq!(stalled["reason"], "upstream_body_timeout");
+    let slow = entry("/records/v1/slow");
+    assert_eq!(slow["bytes_out"], 8);
+    assert_eq!(slow["reason"], serde_json::Value::Null);
+}
+
 /// An HTTP/2 upstream over mutual TLS with the platform's service
 /// certificate. Each response waits `delay`, so that requests overlap.
 struct Http2Upstream {
