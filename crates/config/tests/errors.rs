@@ -2,6 +2,7 @@
 //! and the exact key path the error must name.
 
 use std::path::Path;
+use std::time::Duration;
 
 use portcullis_config::{ConfigError, parse};
 
@@ -356,4 +357,33 @@ fn wrong_type_names_line() {
     let message = error_of(&edited("threshold = 20\n", "threshold = \"twenty\"\n")).to_string();
     let line = EXAMPLE.lines().position(|l| l == "threshold = 20").unwrap() + 1;
     assert!(message.starts_with(&format!("platform.toml:{line}:")), "{message}");
+}
+
+#[test]
+fn busy_poll_window_rejects_bad_values() {
+    let expected = "expected a duration from 0ms to 10ms, written with a unit such as \"200us\" or \"1ms\"";
+    for value in ["-1ms", "20ms", "abc", "10", "10ms 1ns"] {
+        let text = edited("busy_poll_window = \"0s\"", &format!("busy_poll_window = \"{value}\""));
+        let error = error_of(&text);
+        assert_eq!(error.key(), Some("gateway.busy_poll_window"), "{value}: {error}");
+        assert_eq!(
+            error.to_string(),
+            format!("platform.toml: gateway.busy_poll_window: invalid value \"{value}\": {expected}")
+        );
+    }
+
+    let error = error_of(&edited("busy_poll_window = \"0s\"", "busy_poll_window = 10"));
+    assert_eq!(error.key(), Some("gateway.busy_poll_window"));
+    assert!(error.to_string().contains("invalid type: integer `10`, expected a string"), "{error}");
+}
+
+#[test]
+fn busy_poll_window_accepts_range() {
+    for (value, window) in
+        [("0s", Duration::ZERO), ("200us", Duration::from_micros(200)), ("10ms", Duration::from_millis(10))]
+    {
+        let text = edited("busy_poll_window = \"0s\"", &format!("busy_poll_window = \"{value}\""));
+        let config = parse(Path::new("platform.toml"), &text).expect(value);
+        assert_eq!(config.gateway.busy_poll_window, window, "{value}");
+    }
 }

@@ -51,9 +51,12 @@ impl Checker<'_> {
         let Some(text) = value else {
             return Ok(default);
         };
+        // A key whose maximum is below a second would reject "30s" itself,
+        // so its examples use smaller units.
+        let examples = if max < Duration::from_secs(1) { "\"200us\" or \"1ms\"" } else { "\"30s\", \"10m\" or \"1h\"" };
         let expected = || {
             format!(
-                "a duration from {} to {}, written with a unit such as \"30s\", \"10m\" or \"1h\"",
+                "a duration from {} to {}, written with a unit such as {examples}",
                 display_duration(min),
                 display_duration(max)
             )
