@@ -211,8 +211,8 @@ pub struct GatewaySettings {
     /// Requests allowed in a burst above the sustained rate.
     pub rate_burst: u32,
     /// How long a gateway worker keeps polling its sockets instead of
-    /// sleeping after a request starts or gets its response head, while at
-    /// most one request is in flight on it. Zero turns busy polling off.
+    /// sleeping after a request is sent upstream or gets its response head,
+    /// while at most one request is in flight on it. Zero turns busy polling off.
     /// Read when the gateway starts.
     pub busy_poll_window: Duration,
 }

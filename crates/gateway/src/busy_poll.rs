@@ -5,22 +5,24 @@
 //! packet then has to wake the thread, which on a virtual machine can mean
 //! halting and resuming the virtual processor, and the request that follows
 //! runs on cold caches. With a window set, a worker keeps polling its
-//! sockets instead of sleeping while it serves at most one request and a
-//! request started or got its response head within the window. HAProxy's
+//! sockets instead of sleeping while at most one request is in flight on
+//! it and a request was sent upstream or got its response head within the
+//! window. Only requests that passed every check count, so an app whose
+//! requests are all rejected cannot keep a worker busy. HAProxy's
 //! global `busy-polling` option (its configuration manual, "Performance
 //! tuning") makes the same trade.
 //!
 //! Polling pays off when a worker's requests form one chain of short waits:
-//! a client that sends its next request as soon as the last one is
-//! answered. With several requests in flight the worker rarely runs out of
+//! a client that sends its next request as soon as it receives the last
+//! response. With several requests in flight the worker rarely runs out of
 //! work, one wake-up serves several events, and polling would only take
 //! processor time from the upstreams and clients that those requests wait
 //! for, so the worker then sleeps as usual. The cost is processor time
 //! while the worker would otherwise be idle: up to one core per worker
 //! under steady light load, as seen by `top`, and nothing once no request
-//! has arrived for a whole window. While idle inside the window the worker
-//! calls `sched_yield` after each poll, so a thread of another process that
-//! is ready to run on the same core goes first.
+//! has been forwarded for a whole window. While idle inside the window the
+//! worker calls `sched_yield` after each poll, which asks the scheduler to
+//! run any other thread waiting for the same core first.
 //!
 //! The polling is a task on the worker's runtime that yields in a loop.
 //! Tokio's current-thread scheduler polls its I/O driver without blocking
@@ -50,9 +52,9 @@ const MAX_IN_FLIGHT: usize = 1;
 /// `Send`.
 #[derive(Debug, Default)]
 struct Activity {
-    /// Incremented whenever a request starts or its response head is ready.
+    /// Incremented whenever a request is sent upstream or its wait ends.
     marks: AtomicU64,
-    /// Requests whose handler is running.
+    /// Requests sent upstream and waiting for the response head.
     in_flight: AtomicUsize,
     /// True while the polling task waits for a mark instead of polling.
     waiting: AtomicBool,
@@ -83,9 +85,10 @@ pub(crate) fn start(window: Duration) {
     tokio::spawn(poll_while_active(activity, window));
 }
 
-/// Counts one request in flight on this thread's worker from its start
-/// until the guard is dropped (when the handler has the response head or
-/// is cancelled). Both ends start or extend the polling window. Costs a
+/// Counts one forwarded request in flight on this thread's worker, from
+/// its upstream send until the guard is dropped (when the response head
+/// has arrived, or the request failed or was cancelled). Both ends start or
+/// extend the polling window. Costs a
 /// thread-local lookup when the worker does not poll.
 pub(crate) fn request_started() -> InFlight {
     let activity = POLLER.with(|poller| poller.borrow().clone());

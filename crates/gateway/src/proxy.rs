@@ -200,7 +200,11 @@ async fn forward(
     let upstream_request =
         Request::from_parts(head, LimitedBody::new(body, settings.max_body_bytes, Arc::clone(counters)));
 
+    // Only a request that passed every check starts or extends busy
+    // polling, so rejected requests cannot keep a worker's core busy.
+    let in_flight = crate::busy_poll::request_started();
     let sent = tokio::time::timeout(settings.upstream_timeout, pool.send(&upstream, upstream_request)).await;
+    drop(in_flight);
     let response = match sent {
         Err(_) => {
             return Err(GatewayError::UpstreamTimeout {

@@ -147,13 +147,22 @@ impl Gateway {
             threads.push(thread);
         }
         let housekeeping = tokio::spawn(housekeeping(Arc::clone(&self.shared)));
+        let busy_poll_window = self.shared.settings.load().busy_poll_window;
         tracing::info!(
             address = %local_addr,
             workers = threads.len(),
             routes = self.shared.routes.load().len(),
             "gateway listening"
         );
-        Ok(RunningGateway { shared: self.shared, local_addr, stop, force, all_finished, housekeeping })
+        Ok(RunningGateway {
+            shared: self.shared,
+            local_addr,
+            stop,
+            force,
+            all_finished,
+            housekeeping,
+            busy_poll_window,
+        })
     }
 }
 
@@ -232,6 +241,8 @@ pub struct RunningGateway {
     force: watch::Sender<bool>,
     all_finished: mpsc::Receiver<()>,
     housekeeping: tokio::task::JoinHandle<()>,
+    /// The busy-poll window the workers started with.
+    busy_poll_window: Duration,
 }
 
 /// The outcome of a shutdown.
@@ -256,6 +267,13 @@ impl RunningGateway {
     pub fn reload(&self, config: &PlatformConfig) -> Result<(), GatewayError> {
         let routes = RouteTable::from_config(config)?;
         let count = routes.len();
+        if config.gateway.busy_poll_window != self.busy_poll_window {
+            tracing::warn!(
+                running = ?self.busy_poll_window,
+                configured = ?config.gateway.busy_poll_window,
+                "gateway.busy_poll_window changed; it takes effect only when the gateway restarts"
+            );
+        }
         self.shared.routes.store(Arc::new(routes));
         self.shared.settings.store(Arc::new(config.gateway.clone()));
         self.shared.limits.set_rate(rate_of(config));
@@ -412,15 +430,10 @@ async fn serve_connection(
     let service_shared = Arc::clone(&shared);
     let service_peer = Arc::clone(&peer);
     let service = service_fn(move |request| {
-        let in_flight = crate::busy_poll::request_started();
         let shared = Arc::clone(&service_shared);
         let pool = Arc::clone(&pool);
         let peer = Arc::clone(&service_peer);
-        async move {
-            let response = handle(shared, pool, peer, request).await;
-            drop(in_flight);
-            Ok::<_, std::convert::Infallible>(response)
-        }
+        async move { Ok::<_, std::convert::Infallible>(handle(shared, pool, peer, request).await) }
     });
     let connection = builder.serve_connection(TokioIo::new(checked), service);
     tokio::pin!(connection);

@@ -260,7 +260,9 @@ async fn client_disconnect_releases_count() {
 }
 
 /// Requests rejected inside the handler (401, 404) and before it (400 for a
-/// malformed head, 431 for an oversized one) leave no request counted.
+/// malformed head, 431 for an oversized one) start no polling, so an app
+/// sending only rejected requests cannot keep a worker busy, and leave no
+/// request counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_release_count() {
     let _serial = SERIAL.lock().await;
@@ -278,6 +280,8 @@ async fn refusals_release_count() {
     );
     assert_eq!(status_of(&h.raw(oversized.as_bytes(), Duration::from_secs(5)).await), 431);
     assert!(h.upstream.seen().is_empty(), "a rejected request reached the upstream");
+    let after_refusals = ticks_during(id, Duration::from_millis(150)).await;
+    assert!(after_refusals <= 2, "worker used {after_refusals} ticks after rejected requests, expected at most 2");
 
     assert_idle_then_polls_again(&h, id, &token).await;
     shut_down(h, id).await;
