@@ -15,20 +15,15 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis_gateway::ShutdownOutcome;
-use portcullis_identity::RenewingCertificate;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_rustls::client::TlsStream;
 
 /// The polling window of every test. Far above the 10 ms the configuration
 /// accepts, so that tick counts on a shared machine stay clear.
@@ -85,34 +80,6 @@ async fn wait_for_upstream(h: &Harness, count: usize) {
         assert!(Instant::now() < deadline, "upstream saw {} requests, expected {count}", h.upstream.seen().len());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Opens a TLS connection to the gateway with the test app's certificate,
-/// offering the ALPN protocol `alpn`. With `reset_on_close`, closing the
-/// connection sends RST instead of FIN.
-async fn connect(h: &Harness, alpn: &[u8], reset_on_close: bool) -> TlsStream<TcpStream> {
-    let certificate = RenewingCertificate::new(&h.app).unwrap();
-    let config = portcullis_identity::policy::client_config(h.platform.ca.root(), certificate, &[alpn]).unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(("127.0.0.1", h.port())).await.unwrap();
-    if reset_on_close {
-        socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)).unwrap();
-    }
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    connector.connect(name, tcp).await.unwrap()
-}
-
-/// Opens an HTTP/2 connection to the gateway with the test app's
-/// certificate. The returned task drives the connection.
-async fn http2_client(h: &Harness) -> (SendRequest<Empty<Bytes>>, JoinHandle<()>) {
-    let tls = connect(h, b"h2", false).await;
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    (sender, driver)
 }
 
 /// Sends `GET path` on the HTTP/2 connection `sender` in a task that

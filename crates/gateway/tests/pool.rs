@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis_identity::{CertificateKind, PlatformAcceptor, PlatformClientVerifier, RenewingCertificate, TrustCache};
@@ -631,9 +631,10 @@ async fn timeout_and_unreachable() {
 }
 
 /// A response body that stops arriving for longer than `upstream_timeout`
-/// is cut: the app gets the head and the bytes sent so far, then the
-/// connection closes, and the access event gives the reason. A body whose
-/// pieces arrive closer together than the limit arrives whole.
+/// is cut. The app gets the head and the bytes sent so far, then the
+/// connection closes (HTTP/1.1) or the stream is reset (HTTP/2). The
+/// access event gives the reason. A body whose pieces arrive closer
+/// together than the limit arrives whole.
 #[tokio::test]
 async fn stalled_body_is_cut() {
     let upstream = ScriptedUpstream::start(None, |target| match target {
@@ -660,15 +661,40 @@ async fn stalled_body_is_cut() {
     assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
     assert!(received.ends_with("\r\n\r\n0123456789"), "{received}");
 
+    // Over HTTP/2 only the stalled stream is reset: the next request on
+    // the same connection gets its whole response.
+    let (mut sender, driver) = http2_client(&h).await;
+    let get = |path: &str| {
+        http::Request::get(format!("https://localhost:{}{path}", h.port()))
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Empty::new())
+            .unwrap()
+    };
+    let response = sender.send_request(get("/records/v1/stall")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(3), response.into_body().collect()).await;
+    let error = body.expect("the stalled stream was not reset").expect_err("a cut body must fail");
+    // hyper's debug output names the HTTP/2 reset that the gateway sent.
+    assert!(format!("{error:?}").contains("Reset(StreamId(1), INTERNAL_ERROR, Remote)"), "{error:?}");
+    let response = sender.send_request(get("/records/v1/slow")).await.unwrap();
+    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "slowbody");
+    driver.abort();
+
     let log = h.access_log().await;
-    let entry = |path: &str| log.iter().find(|event| event["path"] == path).cloned().unwrap();
-    let stalled = entry("/records/v1/stall");
-    assert_eq!(stalled["status"], 200);
-    assert_eq!(stalled["bytes_out"], 10);
-    assert_eq!(stalled["reason"], "upstream_body_timeout");
-    let slow = entry("/records/v1/slow");
-    assert_eq!(slow["bytes_out"], 8);
-    assert_eq!(slow["reason"], serde_json::Value::Null);
+    let events = |path: &str| log.iter().filter(|event| event["path"] == path).cloned().collect::<Vec<_>>();
+    let stalled = events("/records/v1/stall");
+    assert_eq!(stalled.len(), 2);
+    for event in stalled {
+        assert_eq!(event["status"], 200);
+        assert_eq!(event["bytes_out"], 10);
+        assert_eq!(event["reason"], "upstream_body_timeout");
+    }
+    let slow = events("/records/v1/slow");
+    assert_eq!(slow.len(), 2);
+    for event in slow {
+        assert_eq!(event["bytes_out"], 8);
+        assert_eq!(event["reason"], serde_json::Value::Null);
+    }
 }
 
 /// An HTTP/2 upstream over mutual TLS with the platform's service

@@ -382,3 +382,33 @@ pub fn status_of(received: &str) -> u16 {
 pub fn statuses(received: &str) -> Vec<u16> {
     received.match_indices("HTTP/1.1 ").filter_map(|(at, _)| received.get(at + 9..at + 12)?.parse().ok()).collect()
 }
+
+/// Opens a TLS connection to the gateway with the test app's certificate,
+/// offering the ALPN protocol `alpn`. With `reset_on_close`, closing the
+/// connection sends RST instead of FIN.
+pub async fn connect(h: &Harness, alpn: &[u8], reset_on_close: bool) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let certificate = RenewingCertificate::new(&h.app).unwrap();
+    let config = portcullis_identity::policy::client_config(h.platform.ca.root(), certificate, &[alpn]).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(("127.0.0.1", h.port())).await.unwrap();
+    if reset_on_close {
+        socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)).unwrap();
+    }
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// Opens an HTTP/2 connection to the gateway with the test app's
+/// certificate. The returned task drives the connection.
+pub async fn http2_client(
+    h: &Harness,
+) -> (hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>, tokio::task::JoinHandle<()>) {
+    let tls = connect(h, b"h2", false).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, driver)
+}
