@@ -135,35 +135,92 @@ pub const BODY_STALLED: &str = "upstream_body_timeout";
 #[error("upstream response body stalled for {0:?}")]
 pub struct BodyStalled(Duration);
 
+/// A forwarded response body that fails with [`BodyStalled`] once no frame
+/// has arrived for `limit`.
+pub struct StallLimitedBody<B> {
+    inner: B,
+    limit: Duration,
+    /// Made at the first wait, so that a body that arrives with its head
+    /// costs no timer, and moved forward at each frame after that.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> StallLimitedBody<B> {
+    /// Wraps `inner`, allowing at most `limit` between two frames.
+    pub fn new(inner: B, limit: Duration) -> Self {
+        Self { inner, limit, timer: None }
+    }
+}
+
+impl<B> Body for StallLimitedBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(timer) = &mut this.timer {
+                    timer.as_mut().reset(tokio::time::Instant::now() + this.limit);
+                }
+            }
+            Poll::Ready(_) => {}
+            Poll::Pending => {
+                // Polling the timer registers `cx`'s waker for its deadline.
+                let limit = this.limit;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled(limit)))));
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A response body that counts bytes sent and emits its request's access
 /// event exactly once: at the end of the body, or when the body is dropped
-/// early (the app closed the connection or the upstream failed). A
-/// forwarded body also fails once no frame has arrived for its stall limit.
+/// early (the app closed the connection or the upstream failed). A body cut
+/// by [`StallLimitedBody`] is logged and gets [`BODY_STALLED`] as reason.
 pub struct ResponseBody {
     inner: UnsyncBoxBody<Bytes, BoxError>,
     bytes_out: u64,
     event: Option<PendingEvent>,
-    /// Maximum wait for the next frame, or `None` for the gateway's own
-    /// bodies.
-    stall_limit: Option<Duration>,
-    /// Made at the first wait, so that a body that arrives with its head
-    /// costs no timer, and moved forward at each frame after that.
-    stall_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl ResponseBody {
-    /// Wraps `inner`; `event` is emitted when the body ends. With a
-    /// `stall_limit`, the body fails when no frame arrives for that long.
-    pub fn new(inner: UnsyncBoxBody<Bytes, BoxError>, event: PendingEvent, stall_limit: Option<Duration>) -> Self {
-        Self { inner, bytes_out: 0, event: Some(event), stall_limit, stall_timer: None }
+    /// Wraps `inner`; `event` is emitted when the body ends.
+    pub fn new(inner: UnsyncBoxBody<Bytes, BoxError>, event: PendingEvent) -> Self {
+        Self { inner, bytes_out: 0, event: Some(event) }
     }
 
-    /// Returns whether the stall timer has fired, starting it at the first
-    /// wait. Polling it registers `cx`'s waker for the deadline.
-    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(limit) = self.stall_limit else { return false };
-        let timer = self.stall_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        timer.as_mut().poll(cx).is_ready()
+    /// Logs a body cut because it stalled and records the reason in its
+    /// access event.
+    fn record_stall(&mut self, stalled: &BodyStalled) {
+        if let Some(pending) = &mut self.event {
+            let event = &pending.event;
+            tracing::warn!(
+                app_id = %event.app_id,
+                request_id = %event.request_id,
+                service = %event.service,
+                bytes_out = self.bytes_out,
+                after = ?stalled.0,
+                "upstream response body stalled; response cut"
+            );
+            pending.event.reason = Some(BODY_STALLED.to_owned());
+        }
     }
 
     fn finish(&mut self) {
@@ -191,33 +248,18 @@ impl Body for ResponseBody {
                 if let Some(data) = frame.data_ref() {
                     this.bytes_out += data.len() as u64;
                 }
-                if let (Some(timer), Some(limit)) = (&mut this.stall_timer, this.stall_limit) {
-                    timer.as_mut().reset(tokio::time::Instant::now() + limit);
-                }
                 if this.inner.is_end_stream() {
                     this.finish();
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
-            Poll::Pending => {
-                if this.stalled(cx) {
-                    let limit = this.stall_limit.unwrap_or_default();
-                    if let Some(pending) = &mut this.event {
-                        let event = &pending.event;
-                        tracing::warn!(
-                            app_id = %event.app_id,
-                            request_id = %event.request_id,
-                            service = %event.service,
-                            bytes_out = this.bytes_out,
-                            after = ?limit,
-                            "upstream response body stalled; response cut"
-                        );
-                        pending.event.reason = Some(BODY_STALLED.to_owned());
-                    }
-                    this.finish();
-                    return Poll::Ready(Some(Err(Box::new(BodyStalled(limit)))));
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(stalled) = error.downcast_ref::<BodyStalled>() {
+                    this.record_stall(stalled);
                 }
+                this.finish();
             }
+            Poll::Ready(None) => this.finish(),
+            Poll::Pending => {}
         }
         polled
     }

@@ -20,7 +20,7 @@ use portcullis_guard::{DecisionReceiver, Verdict};
 use portcullis_identity::TrustCache;
 use tracing::Instrument;
 
-use crate::body::{BoxError, LimitedBody, PendingEvent, RequestCounters, ResponseBody};
+use crate::body::{BoxError, LimitedBody, PendingEvent, RequestCounters, ResponseBody, StallLimitedBody};
 use crate::error::GatewayError;
 use crate::events::{AccessEvent, EventSinks, now_ms};
 use crate::framing::{
@@ -87,12 +87,8 @@ pub(crate) async fn handle(
 
     let result =
         forward(&shared, &pool, &peer, request, &request_id, &counters, &mut event).instrument(span.clone()).await;
-    let mut stall_limit = None;
     let mut response = match result {
-        Ok(response) => {
-            stall_limit = Some(shared.settings.load().upstream_timeout);
-            response
-        }
+        Ok(response) => response,
         Err(error) => {
             let span = if span.is_none() { request_span() } else { span };
             let _entered = span.enter();
@@ -106,7 +102,7 @@ pub(crate) async fn handle(
         response.headers_mut().insert(REQUEST_ID, value);
     }
     let pending = PendingEvent { event, started, counters, sinks: shared.sinks.clone() };
-    response.map(|body| ResponseBody::new(body, pending, stall_limit))
+    response.map(|body| ResponseBody::new(body, pending))
 }
 
 /// The identity headers as ready-made names, which `insert` would otherwise
@@ -224,7 +220,8 @@ async fn forward(
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
     head.version = http::Version::HTTP_11;
-    Ok(Response::from_parts(head, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+    let body = StallLimitedBody::new(body.map_err(|e| Box::new(e) as BoxError), settings.upstream_timeout);
+    Ok(Response::from_parts(head, body.boxed_unsync()))
 }
 
 /// Returns the token of the one `Authorization: Bearer` header
