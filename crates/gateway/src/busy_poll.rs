@@ -15,9 +15,9 @@
 //! Polling pays off when a worker's requests form one chain of short waits:
 //! a client that sends its next request as soon as it receives the last
 //! response. With several requests in flight the worker rarely runs out of
-//! work, one wake-up serves several events, and polling would only take
-//! processor time from the upstreams and clients that those requests wait
-//! for, so the worker then sleeps as usual. The cost is processor time
+//! work, and one wake-up serves several events. Polling would then only
+//! take processor time from the upstreams and clients that those requests
+//! wait for, so the worker sleeps as usual. The cost is processor time
 //! while the worker would otherwise be idle: up to one core per worker
 //! under steady light load, as seen by `top`, and nothing once no request
 //! has been forwarded for a whole window. While idle inside the window the

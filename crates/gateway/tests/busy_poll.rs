@@ -68,9 +68,18 @@ async fn ticks_during(id: u64, period: Duration) -> u64 {
 async fn start_polling() -> (Harness, u64) {
     let before = threads_named("gateway-0");
     let h = Harness::start_with_workers(Some(1), |config| config.gateway.busy_poll_window = WINDOW).await;
-    let started: Vec<u64> = threads_named("gateway-0").into_iter().filter(|id| !before.contains(id)).collect();
-    assert_eq!(started.len(), 1, "expected one new worker thread, found {started:?}");
-    (h, started[0])
+
+    // A new thread sets its own name once it runs, which can be a moment
+    // after the gateway has started.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let started: Vec<u64> = threads_named("gateway-0").into_iter().filter(|id| !before.contains(id)).collect();
+        if started.len() == 1 {
+            return (h, started[0]);
+        }
+        assert!(Instant::now() < deadline, "expected one new worker thread, found {started:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Waits up to 5 s until the upstream has seen `count` requests.
@@ -247,8 +256,8 @@ async fn refusals_release_count() {
     );
     assert_eq!(status_of(&h.raw(oversized.as_bytes(), Duration::from_secs(5)).await), 431);
     assert!(h.upstream.seen().is_empty(), "a rejected request reached the upstream");
-    let after_refusals = ticks_during(id, Duration::from_millis(150)).await;
-    assert!(after_refusals <= 2, "worker used {after_refusals} ticks after rejected requests, expected at most 2");
+    let refusal_ticks = ticks_during(id, Duration::from_millis(150)).await;
+    assert!(refusal_ticks <= 2, "worker used {refusal_ticks} ticks after rejected requests, expected at most 2");
 
     assert_idle_then_polls_again(&h, id, &token).await;
     shut_down(h, id).await;
