@@ -2,11 +2,15 @@
 //! nginx as a TLS reverse proxy, all on 127.0.0.1. Run through
 //! `bench/gateway`, which builds it in release mode.
 //!
-//! `bench_gateway run DURATION_SECS MAX_REQUESTS` sets up a CA, then starts
-//! the mTLS upstream and the gateway each in a child process of its own
-//! (so neither shares a runtime with the load client, and the gateway's
+//! `bench_gateway run DURATION_SECS MAX_REQUESTS ROUNDS` sets up a CA, then
+//! starts the mTLS upstream and the gateway each in a child process of its
+//! own (so neither shares a runtime with the load client, and the gateway's
 //! resident memory can be read alone) and nginx, then runs the load client
 //! at 1, 16 and 64 connections against each and prints a Markdown table.
+//! It repeats that ROUNDS times (default 1) on the same processes. With
+//! more than one round it ends with the median of each column and the
+//! ratios of the medians. Single runs on a small virtual machine vary by
+//! more than the differences they measure.
 //!
 //! The load client is oha (`cargo install oha`), which presents the app's
 //! client certificate (`--cert`, `--key`), which wrk cannot. oha keeps one
@@ -33,6 +37,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -220,6 +225,7 @@ http {{
 }
 
 /// Measured results of one load run.
+#[derive(Clone)]
 struct Outcome {
     rate: f64,
     p50_ms: f64,
@@ -230,6 +236,28 @@ struct Outcome {
     /// CPU time (user and system) of the target's own processes per
     /// request, in µs; NaN when not measured.
     cpu_us: f64,
+}
+
+impl Outcome {
+    /// Returns the median of each column over `outcomes` on its own (the
+    /// mean of the middle two for an even count), the sum of the failures
+    /// and the first run's TLS parameters.
+    fn median(outcomes: &[Outcome]) -> Outcome {
+        let median_of = |value: fn(&Outcome) -> f64| {
+            let mut values: Vec<f64> = outcomes.iter().map(value).collect();
+            values.sort_by(f64::total_cmp);
+            let middle = values.len() / 2;
+            if values.len().is_multiple_of(2) { (values[middle - 1] + values[middle]) / 2.0 } else { values[middle] }
+        };
+        Outcome {
+            rate: median_of(|o| o.rate),
+            p50_ms: median_of(|o| o.p50_ms),
+            p99_ms: median_of(|o| o.p99_ms),
+            failures: outcomes.iter().map(|o| o.failures).sum(),
+            tls: outcomes.first().map(|o| o.tls.clone()).unwrap_or_default(),
+            cpu_us: median_of(|o| o.cpu_us),
+        }
+    }
 }
 
 /// Returns numeric field `field` (numbered as in proc(5), from 3 on) of
@@ -516,6 +544,7 @@ async fn main() {
     }
     let duration = Duration::from_secs(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10));
     let max_requests: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let rounds: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
     // The gateway child runs tokio's default multi-threaded runtime, one
     // worker thread per available core; nginx gets as many processes.
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
@@ -577,41 +606,84 @@ async fn main() {
     // upstream for the direct path, the gateway, and nginx's workers.
     let nginx_workers = children_of(nginx_pid);
     let targets = [
-        ("upstream direct (mTLS)", upstream_port, None, vec![upstream_pid]),
-        ("Portcullis gateway", gateway_port, Some(token.as_str()), vec![gateway_pid]),
-        ("nginx (TLS proxy)", nginx_port, None, nginx_workers),
+        (DIRECT, upstream_port, false, vec![upstream_pid]),
+        (GATEWAY, gateway_port, true, vec![gateway_pid]),
+        (NGINX, nginx_port, false, nginx_workers),
     ];
 
     let client_name = if oha.is_some() { "oha" } else { "the built-in client" };
     println!(
-        "load client {client_name}; duration {} s per run after a {} s warm-up, at most {max_requests} requests per run (built-in client only); {workers} gateway worker threads and nginx worker processes",
+        "load client {client_name}; duration {} s per run after a {} s warm-up, at most {max_requests} requests per run (built-in client only); {workers} gateway worker threads and nginx worker processes; {rounds} round(s)",
         duration.as_secs(),
         WARM_UP.as_secs(),
     );
-    println!("| target | connections | requests/s | p50 ms | p99 ms | failures | TLS | CPU µs per request |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut results = std::collections::HashMap::new();
+    let mut results: HashMap<(&str, usize), Vec<Outcome>> = HashMap::new();
     let mut rss_peak = rss_idle;
-    for connections in [1, 16, 64] {
-        for (name, port, token, pids) in &targets {
-            let path = "/weather/v1/today";
-            let outcome = match &oha {
-                Some(oha) => oha.load(*port, path, *token, connections, duration, pids),
-                None => load(*port, Arc::clone(&client), path, *token, connections, duration, max_requests).await,
-            };
-            rss_peak = rss_peak.max(resident_kib(gateway_pid));
-            println!(
-                "| {name} | {connections} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1} |",
-                outcome.rate, outcome.p50_ms, outcome.p99_ms, outcome.failures, outcome.tls, outcome.cpu_us
-            );
-            results.insert((*name, connections), outcome);
+    for round in 1..=rounds {
+        // A fresh token per round, because several rounds outlast the
+        // lifetime of one token.
+        let (token, _) = issuer.issue(&request, now()).unwrap();
+        println!();
+        println!("round {round}:");
+        println!();
+        println!("| target | connections | requests/s | p50 ms | p99 ms | failures | TLS | CPU µs per request |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        for connections in CONNECTIONS {
+            for (name, port, needs_token, pids) in &targets {
+                let token = needs_token.then_some(token.as_str());
+                let path = "/weather/v1/today";
+                let outcome = match &oha {
+                    Some(oha) => oha.load(*port, path, token, connections, duration, pids),
+                    None => load(*port, Arc::clone(&client), path, token, connections, duration, max_requests).await,
+                };
+                rss_peak = rss_peak.max(resident_kib(gateway_pid));
+                print_row(name, connections, &outcome);
+                results.entry((*name, connections)).or_default().push(outcome);
+            }
         }
+        println!();
+        print_ratios(|name, connections| results[&(name, connections)].last().unwrap().clone());
     }
-    println!();
-    for connections in [1, 16, 64] {
-        let upstream = &results[&("upstream direct (mTLS)", connections)];
-        let gateway = &results[&("Portcullis gateway", connections)];
-        let nginx = &results[&("nginx (TLS proxy)", connections)];
+
+    if rounds > 1 {
+        println!();
+        println!("median of {rounds} rounds, each column on its own:");
+        println!();
+        println!("| target | connections | requests/s | p50 ms | p99 ms | failures | TLS | CPU µs per request |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        let medians: HashMap<(&str, usize), Outcome> =
+            results.iter().map(|(key, outcomes)| (*key, Outcome::median(outcomes))).collect();
+        for connections in CONNECTIONS {
+            for (name, ..) in &targets {
+                print_row(name, connections, &medians[&(*name, connections)]);
+            }
+        }
+        println!();
+        print_ratios(|name, connections| medians[&(name, connections)].clone());
+    }
+    println!("gateway resident memory: {rss_idle} KiB idle, {rss_peak} KiB peak after runs");
+    let _ = gateway.kill().await;
+}
+
+const DIRECT: &str = "upstream direct (mTLS)";
+const GATEWAY: &str = "Portcullis gateway";
+const NGINX: &str = "nginx (TLS proxy)";
+const CONNECTIONS: [usize; 3] = [1, 16, 64];
+
+fn print_row(name: &str, connections: usize, outcome: &Outcome) {
+    println!(
+        "| {name} | {connections} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1} |",
+        outcome.rate, outcome.p50_ms, outcome.p99_ms, outcome.failures, outcome.tls, outcome.cpu_us
+    );
+}
+
+/// Prints the gateway's ratios to the direct path and to nginx at each
+/// connection count, taking each target's outcome from `outcome`.
+fn print_ratios(outcome: impl Fn(&str, usize) -> Outcome) {
+    for connections in CONNECTIONS {
+        let upstream = outcome(DIRECT, connections);
+        let gateway = outcome(GATEWAY, connections);
+        let nginx = outcome(NGINX, connections);
         println!(
             "{connections} connections: gateway/upstream {:.2}, gateway/nginx {:.2}, gateway p99 - upstream p99 {:.2} ms, gateway CPU per request / nginx's {:.2}",
             gateway.rate / upstream.rate,
@@ -620,6 +692,4 @@ async fn main() {
             gateway.cpu_us / nginx.cpu_us,
         );
     }
-    println!("gateway resident memory: {rss_idle} KiB idle, {rss_peak} KiB peak after runs");
-    let _ = gateway.kill().await;
 }
