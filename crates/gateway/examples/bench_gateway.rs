@@ -225,7 +225,6 @@ http {{
 }
 
 /// Measured results of one load run.
-#[derive(Clone)]
 struct Outcome {
     rate: f64,
     p50_ms: f64,
@@ -239,7 +238,7 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// Returns the median of each column over `outcomes` on its own (the
+    /// Computes the median of each column over `outcomes` on its own (the
     /// mean of the middle two for an even count), the sum of the failures
     /// and the first run's TLS parameters.
     fn median(outcomes: &[Outcome]) -> Outcome {
@@ -642,7 +641,7 @@ async fn main() {
             }
         }
         println!();
-        print_ratios(|name, connections| results[&(name, connections)].last().unwrap().clone());
+        print_ratios(|name, connections| results[&(name, connections)].last().unwrap());
     }
 
     if rounds > 1 {
@@ -659,7 +658,7 @@ async fn main() {
             }
         }
         println!();
-        print_ratios(|name, connections| medians[&(name, connections)].clone());
+        print_ratios(|name, connections| &medians[&(name, connections)]);
     }
     println!("gateway resident memory: {rss_idle} KiB idle, {rss_peak} KiB peak after runs");
     let _ = gateway.kill().await;
@@ -679,7 +678,7 @@ fn print_row(name: &str, connections: usize, outcome: &Outcome) {
 
 /// Prints the gateway's ratios to the direct path and to nginx at each
 /// connection count, taking each target's outcome from `outcome`.
-fn print_ratios(outcome: impl Fn(&str, usize) -> Outcome) {
+fn print_ratios<'a>(outcome: impl Fn(&'static str, usize) -> &'a Outcome) {
     for connections in CONNECTIONS {
         let upstream = outcome(DIRECT, connections);
         let gateway = outcome(GATEWAY, connections);
