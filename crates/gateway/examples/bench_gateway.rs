@@ -625,8 +625,7 @@ async fn main() {
         println!();
         println!("round {round}:");
         println!();
-        println!("| target | connections | requests/s | p50 ms | p99 ms | failures | TLS | CPU µs per request |");
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        print_header();
         for connections in CONNECTIONS {
             for (name, port, needs_token, pids) in &targets {
                 let token = needs_token.then_some(token.as_str());
@@ -648,8 +647,7 @@ async fn main() {
         println!();
         println!("median of {rounds} rounds, each column on its own:");
         println!();
-        println!("| target | connections | requests/s | p50 ms | p99 ms | failures | TLS | CPU µs per request |");
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        print_header();
         let medians: HashMap<(&str, usize), Outcome> =
             results.iter().map(|(key, outcomes)| (*key, Outcome::median(outcomes))).collect();
         for connections in CONNECTIONS {
@@ -669,6 +667,13 @@ const GATEWAY: &str = "Portcullis gateway";
 const NGINX: &str = "nginx (TLS proxy)";
 const CONNECTIONS: [usize; 3] = [1, 16, 64];
 
+/// Prints the head of a results table, whose rows [`print_row`] prints.
+fn print_header() {
+    println!("| target | connections | requests/s | p50 ms | p99 ms | failures | TLS | CPU µs per request |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+}
+
+/// Prints one target's outcome at one connection count as a table row.
 fn print_row(name: &str, connections: usize, outcome: &Outcome) {
     println!(
         "| {name} | {connections} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1} |",
