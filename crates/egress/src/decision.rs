@@ -93,6 +93,31 @@ impl ReasonCode {
             ReasonCode::ByteLimit => "byte_limit",
         }
     }
+
+    /// Returns true for a denial caused by what the app chose to request: a
+    /// malformed or denied host, a forbidden address, port or country, or a
+    /// name outside the allow-lists. A failed or empty DNS answer, an
+    /// address missing from the country database and the byte cap are not
+    /// violations, because they follow from the state of DNS, the database
+    /// or the app's quota. The guard counts only violations toward bans.
+    pub fn is_violation(self) -> bool {
+        match self {
+            ReasonCode::InvalidHost
+            | ReasonCode::HostDenied
+            | ReasonCode::CidrDenied
+            | ReasonCode::SpecialAddress
+            | ReasonCode::PortNotAllowed
+            | ReasonCode::CountryDenied
+            | ReasonCode::CountryNotAllowed
+            | ReasonCode::NotAllowed => true,
+            ReasonCode::ResolveFailed
+            | ReasonCode::NoAddresses
+            | ReasonCode::CountryUnknown
+            | ReasonCode::CidrAllowed
+            | ReasonCode::HostAllowed
+            | ReasonCode::ByteLimit => false,
+        }
+    }
 }
 
 /// The rule id of a refusal by the per-app byte cap,
@@ -176,5 +201,34 @@ impl Finding {
     /// Creates a finding of a rule that follows its rule set's `mode`.
     pub fn staged(mode: Mode, reason: ReasonCode, rule: impl Into<String>, message: String) -> Self {
         Self { reason, message, rule: rule.into(), mode }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReasonCode;
+
+    #[test]
+    fn violations_are_app_choices() {
+        // (reason, counts toward a ban)
+        let cases = [
+            (ReasonCode::InvalidHost, true),
+            (ReasonCode::HostDenied, true),
+            (ReasonCode::CidrDenied, true),
+            (ReasonCode::SpecialAddress, true),
+            (ReasonCode::PortNotAllowed, true),
+            (ReasonCode::CountryDenied, true),
+            (ReasonCode::CountryNotAllowed, true),
+            (ReasonCode::NotAllowed, true),
+            (ReasonCode::ResolveFailed, false),
+            (ReasonCode::NoAddresses, false),
+            (ReasonCode::CountryUnknown, false),
+            (ReasonCode::ByteLimit, false),
+            (ReasonCode::CidrAllowed, false),
+            (ReasonCode::HostAllowed, false),
+        ];
+        for (reason, expected) in cases {
+            assert_eq!(reason.is_violation(), expected, "{}", reason.as_str());
+        }
     }
 }

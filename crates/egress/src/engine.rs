@@ -9,34 +9,38 @@
 //! 1. Malformed host → deny (`malformed:host`).
 //! 2. `deny_hosts` → deny (`deny_hosts[i]`).
 //! 3. Port not in `allow_ports` → deny (`allow_ports`).
-//! 4. Resolution: failure or no address → deny (`resolve:failed`,
+//! 4. If `allow_cidrs` is empty, a host name must pass step 9 now, before
+//!    any lookup, so that a name no rule can admit never reaches a DNS
+//!    server. With `allow_cidrs` entries, a name outside the host lists is
+//!    still looked up, because its addresses may fall inside them.
+//! 5. Resolution: failure or no address → deny (`resolve:failed`,
 //!    `resolve:no-addresses`). IP literals skip this step.
-//! 5. Per address, `deny_cidrs` (also matching the IPv4 address a 6to4,
+//! 6. Per address, `deny_cidrs` (also matching the IPv4 address a 6to4,
 //!    NAT64 or IPv4-compatible address embeds) → deny (`deny_cidrs[i]`).
-//! 6. Per address, special-purpose range → deny (`special:<id>`), unless
+//! 7. Per address, special-purpose range → deny (`special:<id>`), unless
 //!    the address is inside an `allow_cidrs` entry that lies within that
 //!    special-purpose range (a broader entry such as `0.0.0.0/1` does not
 //!    open it).
-//! 7. Per address, `allow_cidrs` → this address is allowed
-//!    (`allow_cidrs[i]`), and steps 8 and 9 are skipped for it.
-//! 8. The host name must match `allow_hosts`, the space's
+//! 8. Per address, `allow_cidrs` → this address is allowed
+//!    (`allow_cidrs[i]`), and steps 9 and 10 are skipped for it.
+//! 9. The host name must match `allow_hosts`, the space's
 //!    `egress_allow_hosts` if set, and the app's manifest list if set → else
 //!    deny (`default:not-allowed`). An IP literal outside `allow_cidrs` is
 //!    denied here too.
-//! 9. Per address, the country rule → deny (`country:deny:<CC>`,
-//!    `country:allow`, `country:unknown`).
-//! 10. Otherwise allow: `allow_cidrs[i]` if every address was allowed by a
+//! 10. Per address, the country rule → deny (`country:deny:<CC>`,
+//!     `country:allow`, `country:unknown`).
+//! 11. Otherwise allow: `allow_cidrs[i]` if every address was allowed by a
 //!     CIDR, else the narrowest host list's entry (`app:allow_hosts[i]`,
 //!     `spaces.<space>.egress_allow_hosts[i]` or `allow_hosts[i]`).
 //!
 //! # Report mode
 //!
-//! Steps 3, 8 and 9 follow the mode of their rule set: the platform's
+//! Steps 3, 4, 9 and 10 follow the mode of their rule set: the platform's
 //! `egress.mode`, or for the app's manifest list the app's mode. In report
 //! mode their denial is recorded and evaluation goes on. If nothing
 //! enforced denies, the verdict is [`Verdict::ReportOnlyDeny`] with the
-//! first recorded denial, and the connection may proceed. Steps 1, 2, 4, 5
-//! and 6 are enforced in every mode: report mode stages allow-lists, and
+//! first recorded denial, and the connection may proceed. Steps 1, 2, 5, 6
+//! and 7 are enforced in every mode: report mode stages allow-lists, and
 //! never opens deny-lists or special-purpose addresses.
 
 use std::net::{IpAddr, SocketAddr};
@@ -117,13 +121,21 @@ impl Engine {
             return finish(decision, Err(denial), report);
         }
 
+        let mut host_allow = None;
+        if host.name().is_some() && self.rules.settings.allow_cidrs.is_empty() {
+            match self.check_host_allowed(app, &host, &mut report) {
+                Ok(finding) => host_allow = Some(finding),
+                Err(denial) => return finish(decision, Err(denial), report),
+            }
+        }
+
         let addresses = match self.resolve(&host).await {
             Ok(addresses) => addresses,
             Err(denial) => return finish(decision, Err(denial), report),
         };
         decision.resolved = addresses.clone();
 
-        let outcome = self.check_addresses(app, &host, &addresses, &mut report);
+        let outcome = self.check_addresses(app, &host, &addresses, host_allow, &mut report);
         if outcome.is_ok() {
             let sockets = addresses.iter().map(|&ip| SocketAddr::new(ip, port)).collect();
             decision.target = Some(CheckedTarget::new(sockets));
@@ -149,7 +161,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Step 4: the literal, or every address the name resolves to, with
+    /// Step 5: the literal, or every address the name resolves to, with
     /// IPv4-mapped IPv6 addresses turned into the IPv4 address they denote
     /// and duplicates removed.
     async fn resolve(&self, host: &Host) -> Step<Vec<IpAddr>> {
@@ -177,16 +189,17 @@ impl Engine {
         Ok(addresses)
     }
 
-    /// Steps 5 to 10 over every address. Returns the allowing finding.
+    /// Steps 6 to 11 over every address, with the host lists' finding if
+    /// step 4 already checked them. Returns the allowing finding.
     fn check_addresses(
         &self,
         app: &AppRules,
         host: &Host,
         addresses: &[IpAddr],
+        mut host_allow: Option<Finding>,
         report: &mut Option<Finding>,
     ) -> Step<Finding> {
         let mut cidr_allow: Option<Finding> = None;
-        let mut host_allow: Option<Finding> = None;
 
         for &ip in addresses {
             if let Some(index) = self.rules.denied_cidr(ip) {
@@ -199,9 +212,16 @@ impl Engine {
             if let Some(class) = classify(ip) {
                 // Only a CIDR rule within the special-purpose range opens it:
                 // a broad rule such as 0.0.0.0/1 is written for public
-                // addresses and must not open loopback or private ones.
-                let range = class.embedded.map_or(class.range, |(form, _)| form);
-                let explicit = allowed_cidr.is_some_and(|(_, net)| net.prefix_len() >= range.net.prefix_len());
+                // addresses and must not open loopback or private ones. For
+                // a form that embeds an IPv4 address, the rule must lie
+                // within the embedded range as seen through the form, so
+                // 64:ff9b::/96 does not open 64:ff9b::7f00:1 (127.0.0.1), but
+                // 64:ff9b::a00:0/104 opens NAT64 forms of 10.0.0.0/8.
+                let required_prefix = match class.embedded {
+                    Some((form, _)) => form.net.prefix_len() + class.range.net.prefix_len(),
+                    None => class.range.net.prefix_len(),
+                };
+                let explicit = allowed_cidr.is_some_and(|(_, net)| net.prefix_len() >= required_prefix);
                 if !explicit {
                     let message = format!("{host} address {}; list it in allow_cidrs to reach it", class.describe(ip));
                     return Err(Finding::enforced(ReasonCode::SpecialAddress, class.rule_id(), message));
@@ -230,7 +250,7 @@ impl Engine {
         Ok(host_allow.or(cidr_allow).expect("an address list is never empty"))
     }
 
-    /// Step 8: the host name against the platform, space and app lists.
+    /// Step 9: the host name against the platform, space and app lists.
     fn check_host_allowed(&self, app: &AppRules, host: &Host, report: &mut Option<Finding>) -> Step<Finding> {
         let platform_mode = self.rules.settings.mode;
         let not_allowed =
@@ -272,7 +292,7 @@ impl Engine {
         Ok(Finding::staged(mode, ReasonCode::HostAllowed, rule, message))
     }
 
-    /// Step 9: the country of one address.
+    /// Step 10: the country of one address.
     fn check_country(&self, host: &Host, ip: IpAddr, report: &mut Option<Finding>) -> Step<()> {
         let Some((rule, db)) = &self.rules.countries else {
             return Ok(());

@@ -49,9 +49,19 @@ impl EgressRules {
             .position(|net| net.contains(&ip) || embedded.is_some_and(|inner| net.contains(&inner)))
     }
 
-    /// Finds the first `allow_cidrs` entry containing `ip`.
+    /// Finds the most specific `allow_cidrs` entry containing `ip`, the
+    /// first in list order among equally specific ones. The most specific
+    /// entry decides, so a broad entry listed first cannot hide a narrower
+    /// one that opens a special-purpose range.
     pub(crate) fn allowed_cidr(&self, ip: IpAddr) -> Option<(usize, &IpNet)> {
-        self.settings.allow_cidrs.iter().enumerate().find(|(_, net)| net.contains(&ip))
+        let mut best: Option<(usize, &IpNet)> = None;
+        for (index, net) in self.settings.allow_cidrs.iter().enumerate() {
+            let narrower = best.is_none_or(|(_, chosen)| net.prefix_len() > chosen.prefix_len());
+            if net.contains(&ip) && narrower {
+                best = Some((index, net));
+            }
+        }
+        best
     }
 }
 
@@ -61,7 +71,7 @@ impl EgressRules {
 ///
 /// NOTE: manifests narrow host names only. `allow_cidrs`, `allow_ports` and
 /// the country rule are the operator's and apply to every app alike.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppRules {
     pub(crate) app_id: AppId,
     pub(crate) space: SpaceName,

@@ -292,6 +292,86 @@ async fn broad_allow_cidr_does_not_open_special_ranges() {
 }
 
 #[tokio::test]
+async fn embedding_allow_cidr_needs_embedded_range() {
+    // (allow_cidrs, literal, verdict, rule)
+    let cases = [
+        ("64:ff9b::/96", "[64:ff9b::7f00:1]", Verdict::Deny, "special:nat64:loopback"),
+        ("64:ff9b::/96", "[64:ff9b::a9fe:a9fe]", Verdict::Deny, "special:nat64:cloud-metadata"),
+        ("64:ff9b::/96", "[64:ff9b::a01:203]", Verdict::Deny, "special:nat64:private"),
+        ("64:ff9b::a00:0/104", "[64:ff9b::a01:203]", Verdict::Allow, "allow_cidrs[0]"),
+        ("64:ff9b::a00:0/104", "[64:ff9b::7f00:1]", Verdict::Deny, "special:nat64:loopback"),
+        ("2002::/16", "[2002:7f00:1::]", Verdict::Deny, "special:6to4:loopback"),
+        ("2002::/16", "[2002:c0a8:101::]", Verdict::Deny, "special:6to4:private"),
+        ("2002:a00::/24", "[2002:a01:203::]", Verdict::Allow, "allow_cidrs[0]"),
+        ("::/96", "[::7f00:1]", Verdict::Deny, "special:ipv4-compatible:loopback"),
+        ("::7f00:0/104", "[::7f00:1]", Verdict::Allow, "allow_cidrs[0]"),
+    ];
+    for (cidr, literal, verdict, rule) in cases {
+        let mut settings = settings();
+        settings.allow_cidrs = vec![cidr.parse().unwrap()];
+        let engine = engine(settings, StaticResolver::new());
+        let decision = engine.decide(&app(&engine), literal, 443).await;
+        assert_eq!(decision.verdict, verdict, "{literal} with allow_cidrs {cidr}: {}", decision.message);
+        assert_eq!(decision.rule, rule, "{literal} with allow_cidrs {cidr}");
+    }
+}
+
+#[tokio::test]
+async fn most_specific_allow_cidr_decides() {
+    let mut settings = settings();
+    settings.allow_cidrs =
+        vec!["0.0.0.0/1".parse().unwrap(), "10.1.0.0/16".parse().unwrap(), "10.1.2.0/24".parse().unwrap()];
+    let engine = engine(settings, StaticResolver::new());
+    let app = app(&engine);
+
+    let narrow = engine.decide(&app, "10.1.2.3", 443).await;
+    assert_eq!(narrow.verdict, Verdict::Allow, "{}", narrow.message);
+    assert_eq!(narrow.rule, "allow_cidrs[2]");
+
+    let wider = engine.decide(&app, "10.1.9.9", 443).await;
+    assert_eq!(wider.verdict, Verdict::Allow, "{}", wider.message);
+    assert_eq!(wider.rule, "allow_cidrs[1]");
+
+    let outside = engine.decide(&app, "10.2.0.1", 443).await;
+    assert_eq!(outside.verdict, Verdict::Deny);
+    assert_eq!(outside.rule, "special:private");
+}
+
+#[tokio::test]
+async fn unlisted_name_not_looked_up() {
+    let resolver = std::sync::Arc::new(RecordingResolver::default());
+    let rules = portcullis_egress::EgressRules::new(settings()).unwrap();
+    let engine = portcullis_egress::Engine::new(std::sync::Arc::new(rules), resolver.clone());
+    let app = app(&engine);
+
+    let decision = engine.decide(&app, "c2VjcmV0.exfil.test", 443).await;
+    assert_eq!(decision.verdict, Verdict::Deny);
+    assert_eq!(decision.rule, "default:not-allowed");
+    assert!(decision.resolved.is_empty(), "{:?}", decision.resolved);
+    assert!(resolver.names.lock().unwrap().is_empty(), "a name no rule admits must not be looked up");
+
+    let listed = engine.decide(&app, "api.example.org", 443).await;
+    assert_eq!(listed.verdict, Verdict::Allow);
+    assert_eq!(resolver.names.lock().unwrap().len(), 1, "a listed name is looked up once");
+}
+
+#[tokio::test]
+async fn unlisted_name_looked_up_for_allow_cidrs() {
+    // With allow_cidrs entries, the addresses of an unlisted name decide, so
+    // the name is looked up.
+    let mut settings = settings();
+    settings.allow_cidrs = vec!["93.184.216.0/24".parse().unwrap()];
+    let resolver = std::sync::Arc::new(RecordingResolver::default());
+    let rules = portcullis_egress::EgressRules::new(settings).unwrap();
+    let engine = portcullis_egress::Engine::new(std::sync::Arc::new(rules), resolver.clone());
+
+    let decision = engine.decide(&app(&engine), "cdn.other.test", 443).await;
+    assert_eq!(decision.verdict, Verdict::Allow, "{PUBLIC_V4} is inside the CIDR: {}", decision.message);
+    assert_eq!(decision.rule, "allow_cidrs[0]");
+    assert_eq!(resolver.names.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn resolution_failures_denied() {
     let engine = engine(settings(), StaticResolver::new().with("empty.example.org", &[]));
     let app = app(&engine);

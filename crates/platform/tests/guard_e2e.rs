@@ -1,6 +1,7 @@
 //! The guard acting through the real gateway and egress proxy of a running
 //! platform: bans, throttles, expiry, escalation, restarts and egress
-//! violations, with apps as HTTP/2 clients over mutual TLS.
+//! violations, with apps as HTTP/2 clients over mutual TLS. Also the egress
+//! proxy's app rules following the store.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -316,7 +317,7 @@ async fn egress_violation_bans_through_the_guard() {
     // without events.
     let logged = eventually(Duration::from_secs(2), async || {
         let log = std::fs::read_to_string(harness.dir.path().join("egress.jsonl")).unwrap_or_default();
-        log.lines().any(|line| line.contains("\"requested_host\":\"forbidden.example.test\""))
+        log.lines().any(|line| line.contains("\"requested_host\":\"probe.forbidden.test\""))
     })
     .await;
     let log = std::fs::read_to_string(harness.dir.path().join("egress.jsonl")).unwrap_or_default();
@@ -324,21 +325,72 @@ async fn egress_violation_bans_through_the_guard() {
     platform.shutdown().await;
 }
 
-/// Sends a CONNECT to a host outside the allow-list through the real proxy
-/// at `proxy` as `app_id`, and checks the 403. The refusal happens before
-/// any connection; nothing leaves loopback.
+/// Sends a CONNECT to a host in `deny_hosts` through the real proxy at
+/// `proxy` as `app_id`, and checks the 403. `deny_hosts` refuses it before
+/// any DNS lookup or connection, so nothing leaves loopback.
 async fn forbidden_connect(proxy: SocketAddr, app_id: &str, secret: &str) {
+    let head = connect_through(proxy, app_id, secret, "probe.forbidden.test:443").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+}
+
+/// Sends `CONNECT target` through the proxy at `proxy` as `app_id` and
+/// returns the start of the response.
+async fn connect_through(proxy: SocketAddr, app_id: &str, secret: &str, target: &str) -> String {
     use base64::Engine;
     let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
     let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{app_id}:{secret}"));
-    let request = format!(
-        "CONNECT forbidden.example.test:443 HTTP/1.1\r\nHost: forbidden.example.test:443\r\nProxy-Authorization: Basic {credentials}\r\n\r\n"
-    );
+    let request =
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {credentials}\r\n\r\n");
     tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
     let mut head = vec![0_u8; 1024];
     let read = tokio::io::AsyncReadExt::read(&mut stream, &mut head).await.unwrap();
-    let head = String::from_utf8_lossy(&head[..read]).into_owned();
-    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    String::from_utf8_lossy(&head[..read]).into_owned()
+}
+
+/// The egress proxy follows the store while the platform runs: an app
+/// registered after start gets rules, and a retired app loses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_app_rules_follow_the_store() {
+    let harness = Harness::new().await;
+    // A loopback target on its own port, which the allow-list admits
+    // through static_hosts (feed.weather.test is 127.0.0.1).
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = target.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = target.accept().await {
+            drop(stream);
+        }
+    });
+    let mut config = harness.config.clone();
+    config.egress.allow_ports.push(port);
+    let platform = Platform::start(&config, harness.dir.path(), harness.store.clone()).await.unwrap();
+    let proxy = platform.addresses().egress;
+    let feed = format!("feed.weather.test:{port}");
+
+    harness.store.insert_app("latecomer", "latecomer", "test").await.unwrap();
+    let app_id = portcullis_config::AppId::parse("latecomer").unwrap();
+    let secret = portcullis_egress::proxy::ProxySecrets::new(harness.store.clone()).issue(&app_id).await.unwrap();
+    let before = connect_through(proxy, "latecomer", secret.expose(), &feed).await;
+    assert!(before.starts_with("HTTP/1.1 403"), "{before}");
+    assert!(before.contains("app_not_deployed"), "{before}");
+
+    let mut last = String::new();
+    let admitted = eventually(Duration::from_secs(6), async || {
+        last = connect_through(proxy, "latecomer", secret.expose(), &feed).await;
+        last.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    assert!(admitted, "an app registered after start got no egress rules: {last}");
+
+    harness.store.set_app_state("latecomer", portcullis_store::AppState::Retired).await.unwrap();
+    let refused = eventually(Duration::from_secs(6), async || {
+        last = connect_through(proxy, "latecomer", secret.expose(), &feed).await;
+        last.contains("app_not_deployed")
+    })
+    .await;
+    assert!(refused, "a retired app kept its egress rules: {last}");
+    assert!(last.starts_with("HTTP/1.1 403"), "{last}");
+    platform.shutdown().await;
 }
 
 /// The gateway and the egress proxy as separate parts, as in their two
