@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::process::Command;
+
 use common::*;
 
 #[test]
@@ -106,6 +108,33 @@ fn app_registry_round_trip() {
     assert_eq!(portcullis(dir.path(), &["app", "show", "nobody"]).status.code(), Some(1));
     assert_eq!(portcullis(dir.path(), &["app", "remove", "weather-app"]).status.code(), Some(0));
     assert_eq!(portcullis(dir.path(), &["app", "remove", "weather-app"]).status.code(), Some(1));
+}
+
+#[test]
+fn deploy_rejects_widening_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let register = portcullis(dir.path(), &["app", "register", "--id", "wide-app", "--name", "W", "--owner", "acme"]);
+    assert_eq!(register.status.code(), Some(0), "{}", stderr(&register));
+    let manifest = dir.path().join("wide.toml");
+    std::fs::write(
+        &manifest,
+        "id = \"wide-app\"\nimage = \"wide:latest\"\n[egress]\nhosts = [\"feed.weather.test\", \"evil.test\"]\n",
+    )
+    .unwrap();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["app", "deploy", manifest.to_str().unwrap(), "--config", EXAMPLE])
+        .env("PORTCULLIS_PROXY_SECRET", "a-secret")
+        .env_remove("PORTCULLIS_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("egress host \"evil.test\" is not allowed by egress.allow_hosts"), "{message}");
+    assert!(message.contains("remove the host from the manifest"), "{message}");
 }
 
 #[test]

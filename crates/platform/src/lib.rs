@@ -25,6 +25,7 @@
 //! [`Platform::shutdown`] stops accepting, drains the listeners and stops
 //! the guard.
 
+mod egress_apps;
 mod operator;
 pub mod report;
 
@@ -359,7 +360,8 @@ impl Platform {
             addresses.egress = egress_listener.local_addr().unwrap_or(config.listeners.egress);
             let egress_metrics = portcullis_egress::EgressMetrics::new();
             egress_metrics.register(&mut registry);
-            let (running, egress_events) = egress_proxy(config, &store, &guard, egress_metrics).await?;
+            let (running, egress_events, refresh) = egress_proxy(config, &store, &guard, egress_metrics).await?;
+            background.push(refresh);
             let sink = match parts {
                 Parts::Egress { report_to: Some(target) } => {
                     let (certificate, renewal) =
@@ -538,40 +540,44 @@ fn component_request(
     Ok(LeafRequest::new(id, lifetimes).with_dns_names(names))
 }
 
-/// Builds the egress proxy with the rules of every registered app, the
-/// guard's bans and the registered `metrics`, and returns it with the
-/// receiving end of its event queue.
+/// The egress proxy, the receiving end of its event queue, and the task
+/// that keeps its app rules in step with the store.
+type EgressProxy = (
+    Arc<portcullis_egress::proxy::Proxy>,
+    tokio::sync::mpsc::Receiver<portcullis_egress::EgressEvent>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Builds the egress proxy with the rules of every registered app (see
+/// [`egress_apps`]), the guard's bans and the registered `metrics`.
 async fn egress_proxy(
     config: &PlatformConfig,
     store: &Store,
     guard: &RunningGuard,
     metrics: portcullis_egress::EgressMetrics,
-) -> Result<
-    (Arc<portcullis_egress::proxy::Proxy>, tokio::sync::mpsc::Receiver<portcullis_egress::EgressEvent>),
-    PlatformError,
-> {
-    use portcullis_config::{AppId, SpaceName};
+) -> Result<EgressProxy, PlatformError> {
+    use portcullis_config::AppId;
     use portcullis_egress::proxy::{AppDirectory, Proxy, ProxySecrets};
-    use portcullis_egress::{AppRules, EgressRules, Engine, HickoryResolver};
+    use portcullis_egress::{EgressRules, Engine, HickoryResolver};
 
-    let rules = EgressRules::new(config.egress.clone())?;
-    let live = config.spaces.get(&SpaceName::Live).expect("validated configuration has a live space");
+    let rules = Arc::new(EgressRules::new(config.egress.clone())?);
     let apps = Arc::new(AppDirectory::new());
-    for app in store.apps().await? {
-        let Ok(app_id) = AppId::parse(&app.id) else {
-            tracing::warn!(app_id = %app.id, "registered app id is not valid; the egress proxy skips it");
-            continue;
-        };
-        apps.insert(AppRules::new(&rules, app_id, SpaceName::Live, live, None)?);
-    }
-    // NOTE: apps registered after start get no egress rules until the
-    // platform restarts or the runtime adds them at deploy.
+    let (loaded, problems) = egress_apps::load(config, &rules, store).await?;
+    apps.replace_all(loaded);
+    egress_apps::report_problems(&problems, &std::collections::HashMap::new());
+    let refresh = tokio::spawn(egress_apps::refresh(
+        Arc::new(config.clone()),
+        Arc::clone(&rules),
+        store.clone(),
+        Arc::clone(&apps),
+        problems,
+    ));
 
     let resolver = Arc::new(portcullis_egress::PinnedResolver::new(
         &config.egress.static_hosts,
         HickoryResolver::from_system_conf()?,
     ));
-    let engine = Engine::new(Arc::new(rules), resolver);
+    let engine = Engine::new(rules, resolver);
     let (events, receiver) = tokio::sync::mpsc::channel(65_536);
     let decisions = guard.decisions.clone();
     let banned = move |app_id: &AppId| {
@@ -581,13 +587,16 @@ async fn egress_proxy(
     let proxy = Proxy::new(engine, apps, ProxySecrets::new(store.clone()), events)
         .with_ban_check(Arc::new(banned))
         .with_metrics(metrics);
-    Ok((Arc::new(proxy), receiver))
+    Ok((Arc::new(proxy), receiver, refresh))
 }
 
 /// Writes each egress event as a JSON line to `path`, and sends every
-/// enforced refusal to the guard as an egress violation. Refusals by the
-/// byte cap are not sent, because an app at its quota is not probing
-/// forbidden destinations and the cap already stops its traffic.
+/// enforced refusal that [`ReasonCode::is_violation`] counts to the guard as
+/// an egress violation. Refusals by the byte cap, by a failed DNS lookup or
+/// by an address missing from the country database are not sent, because
+/// an app that meets them is not probing forbidden destinations.
+///
+/// [`ReasonCode::is_violation`]: portcullis_egress::ReasonCode::is_violation
 async fn forward_egress_events(
     mut events: tokio::sync::mpsc::Receiver<portcullis_egress::EgressEvent>,
     guard: ViolationSink,
@@ -633,10 +642,10 @@ async fn forward_egress_events(
     }
 }
 
-/// Sends an enforced refusal to the guard as an egress violation, except a
-/// refusal by the byte cap.
+/// Sends an enforced refusal to the guard as an egress violation if its
+/// reason is a violation.
 fn forward_violation(event: &portcullis_egress::EgressEvent, guard: &ViolationSink) {
-    if event.verdict != portcullis_egress::Verdict::Deny || event.rule == portcullis_egress::BYTE_LIMIT_RULE {
+    if event.verdict != portcullis_egress::Verdict::Deny || !event.reason.is_violation() {
         return;
     }
     let violation = portcullis_guard::GuardEvent::EgressViolation {

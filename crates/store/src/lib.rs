@@ -1,6 +1,6 @@
 //! The control-plane store of Portcullis: apps, app versions, grants,
-//! decisions, findings, trials, issued certificates, OAuth state and the
-//! egress proxy's per-app secrets.
+//! decisions, findings, trials, issued certificates, OAuth state, the
+//! egress proxy's per-app secrets and the egress host lists of app manifests.
 //!
 //! One set of queries runs on SQLite (the embedded default, a file in the
 //! data directory in WAL mode) and on PostgreSQL (for several nodes), through
@@ -13,6 +13,7 @@
 //! Each backend has its own migration files, because the two spell an
 //! auto-incrementing key differently; the schemas are otherwise identical.
 
+mod app_egress_hosts;
 mod app_uids;
 mod apps;
 mod certificates;
@@ -97,6 +98,18 @@ pub enum StoreError {
     /// A query failed.
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
+}
+
+/// Maps a foreign key violation on a row keyed by `app_id` to
+/// [`StoreError::NotFound`] naming the app, and any other error to
+/// [`StoreError::Query`].
+pub(crate) fn missing_app(app_id: &str, error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::NotFound { what: format!("app {app_id:?}") }
+        }
+        _ => StoreError::Query(error),
+    }
 }
 
 /// The database behind a [`Store`].
@@ -219,12 +232,14 @@ fn migrator(backend: Backend) -> Migrator {
             (2, "oauth", include_str!("../migrations/sqlite/0002_oauth.sql")),
             (3, "proxy secrets", include_str!("../migrations/sqlite/0003_proxy_secrets.sql")),
             (4, "app uids", include_str!("../migrations/sqlite/0004_app_uids.sql")),
+            (5, "app egress hosts", include_str!("../migrations/sqlite/0005_app_egress_hosts.sql")),
         ],
         Backend::Postgres => &[
             (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
             (2, "oauth", include_str!("../migrations/postgres/0002_oauth.sql")),
             (3, "proxy secrets", include_str!("../migrations/postgres/0003_proxy_secrets.sql")),
             (4, "app uids", include_str!("../migrations/postgres/0004_app_uids.sql")),
+            (5, "app egress hosts", include_str!("../migrations/postgres/0005_app_egress_hosts.sql")),
         ],
     };
     let migrations = files

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, missing_app};
 
 /// The stored form of an app's egress proxy secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,12 +30,7 @@ impl Store {
         .bind(issued_at)
         .execute(&self.pool)
         .await
-        .map_err(|error| match &error {
-            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                StoreError::NotFound { what: format!("app {app_id:?}") }
-            }
-            _ => StoreError::Query(error),
-        })?;
+        .map_err(|error| missing_app(app_id, error))?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@ mod common;
 use portcullis_store::*;
 
 async fn exercise(store: &Store) {
-    assert_eq!(store.schema_version().await.unwrap(), 4);
+    assert_eq!(store.schema_version().await.unwrap(), 5);
 
     // App UIDs: allocated from the base, stable, never reused after removal.
     assert_eq!(store.app_uid("uid-one", 300_000).await.unwrap(), 300_000);
@@ -194,11 +194,32 @@ async fn exercise(store: &Store) {
     assert!(!store.remove_proxy_secret("weather-app").await.unwrap());
     assert_eq!(store.proxy_secret("weather-app").await.unwrap(), None);
 
-    // Removing an app removes its grants and proxy secret but keeps decisions.
+    // Manifest egress host lists: an empty list stays empty, a new deploy
+    // replaces the list, and removing the list restores the space's.
+    assert_eq!(store.app_egress_hosts("weather-app").await.unwrap(), None);
+    let listed = vec!["api.example.org".to_owned(), "*.cdn.example.org".to_owned()];
+    store.set_app_egress_hosts("weather-app", &listed, now).await.unwrap();
+    store.set_app_egress_hosts("bad-app", &[], now).await.unwrap();
+    assert_eq!(store.app_egress_hosts("weather-app").await.unwrap(), Some(listed));
+    assert_eq!(store.app_egress_hosts("bad-app").await.unwrap(), Some(Vec::new()));
+    store.set_app_egress_hosts("weather-app", &["api.example.org".to_owned()], now + 1).await.unwrap();
+    let all = store.all_app_egress_hosts().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all["weather-app"], ["api.example.org"]);
+    assert_eq!(all["bad-app"], Vec::<String>::new());
+    let unknown = store.set_app_egress_hosts("no-such-app", &[], now).await.unwrap_err();
+    assert_eq!(unknown.to_string(), "app \"no-such-app\" not found");
+    assert!(store.remove_app_egress_hosts("weather-app").await.unwrap());
+    assert!(!store.remove_app_egress_hosts("weather-app").await.unwrap());
+    assert_eq!(store.app_egress_hosts("weather-app").await.unwrap(), None);
+
+    // Removing an app removes its grants, proxy secret and egress host list
+    // but keeps decisions.
     assert!(store.remove_app("bad-app").await.unwrap());
     assert!(!store.remove_app("bad-app").await.unwrap());
     assert!(store.grants(Some("bad-app")).await.unwrap().is_empty());
     assert_eq!(store.proxy_secret("bad-app").await.unwrap(), None);
+    assert_eq!(store.app_egress_hosts("bad-app").await.unwrap(), None);
     assert_eq!(store.decisions(Some("bad-app")).await.unwrap().len(), 6);
 }
 

@@ -355,6 +355,7 @@ async fn deploy(
         ))
         .into());
     }
+    check_egress_hosts(&config, &manifest)?;
     let ca = PlatformCa::load(&data_dir.join(CA_DIR))
         .map_err(|error| UsageError(format!("{error}; create the CA with `portcullis ca init`")))?;
     let lifetimes = Lifetimes::from_settings(&config.identity);
@@ -371,6 +372,9 @@ async fn deploy(
         proxy_secret,
         apps_dir: &data_dir.join("apps"),
     };
+    // The egress proxy narrows the app to this list within a few seconds,
+    // before its container has started.
+    store.set_app_egress_hosts(app_id, &manifest.egress_hosts, portcullis_store::now_ms()).await?;
     let container = portcullis_runtime::deploy::deploy_app(&driver, &store, &ca, &lifetimes, request)
         .await
         .map_err(|error| match error {
@@ -385,4 +389,19 @@ async fn deploy(
     tracing::info!(app_id, container_id = %container.container_id, "app deployed");
     println!("deployed app {app_id} in container {} ({})", container.name, container.container_id);
     Ok(EXIT_OK)
+}
+
+/// Checks that the manifest's egress hosts narrow the platform's
+/// `egress.allow_hosts` and the live space's list, so that a widening
+/// manifest is rejected at deploy with the pattern named, rather than
+/// leaving the app without egress.
+fn check_egress_hosts(config: &portcullis_config::PlatformConfig, manifest: &Manifest) -> anyhow::Result<()> {
+    use portcullis_config::SpaceName;
+    use portcullis_egress::{AppRules, EgressRules};
+
+    let rules = EgressRules::new(config.egress.clone())?;
+    let live = config.spaces.get(&SpaceName::Live).expect("validated configuration has a live space");
+    AppRules::new(&rules, manifest.id.clone(), SpaceName::Live, live, Some(&manifest.egress_hosts))
+        .map_err(|error| UsageError(error.to_string()))?;
+    Ok(())
 }

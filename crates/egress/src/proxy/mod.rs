@@ -95,8 +95,9 @@ impl BanCheck for NeverBanned {
 }
 
 /// The egress rules of the apps deployed behind this proxy, keyed by app
-/// id. The runtime inserts an app's rules at deploy and removes them when
-/// the app stops; an authenticated app without rules gets 403.
+/// id. The platform rebuilds it from the store while it runs (see
+/// [`replace_all`](Self::replace_all)), and an authenticated app without
+/// rules gets 403.
 #[derive(Debug, Default)]
 pub struct AppDirectory {
     apps: RwLock<HashMap<AppId, Arc<AppRules>>>,
@@ -112,6 +113,30 @@ impl AppDirectory {
     pub fn insert(&self, rules: AppRules) {
         let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
         apps.insert(rules.app_id().clone(), Arc::new(rules));
+    }
+
+    /// Replaces every app's rules with `rules` in one step, so a lookup sees
+    /// either the whole old directory or the whole new one. Returns the ids
+    /// of the apps whose rules were added, changed or removed, sorted.
+    pub fn replace_all(&self, rules: Vec<AppRules>) -> Vec<AppId> {
+        let mut next: HashMap<AppId, Arc<AppRules>> =
+            rules.into_iter().map(|rules| (rules.app_id().clone(), Arc::new(rules))).collect();
+        let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
+
+        let mut changed: Vec<AppId> = Vec::new();
+        for (app_id, rules) in &mut next {
+            match apps.get(app_id) {
+                // Keep the old allocation when nothing changed.
+                Some(old) if old == rules => *rules = Arc::clone(old),
+                _ => changed.push(app_id.clone()),
+            }
+        }
+        changed.extend(apps.keys().filter(|app_id| !next.contains_key(*app_id)).cloned());
+        *apps = next;
+        drop(apps);
+
+        changed.sort();
+        changed
     }
 
     /// Removes an app's rules. Returns false if none were registered.

@@ -1,0 +1,236 @@
+//! The egress proxy's per-app rules, rebuilt from the store while the
+//! platform runs: each app's space (a sandbox trial or live), the host list
+//! of its deployed manifest, and apps registered or removed since start.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_config::{AppId, PlatformConfig, SpaceName};
+use portcullis_egress::proxy::AppDirectory;
+use portcullis_egress::{AppRules, EgressRules};
+use portcullis_store::{AppRecord, AppState, Store};
+
+/// How often the egress proxy reloads app rules from the store. A new app,
+/// a new manifest or a move between the sandbox and live spaces takes
+/// effect within this time.
+pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Builds the rules of every app that may use the egress proxy, with one
+/// problem message per app whose rules fell back to no host names. Apps
+/// that are banned, suspended, rejected or retired in the store get no
+/// rules, so the proxy refuses them with 403, as the token service refuses
+/// them tokens.
+pub(crate) async fn load(
+    config: &PlatformConfig,
+    rules: &EgressRules,
+    store: &Store,
+) -> Result<(Vec<AppRules>, HashMap<AppId, String>), portcullis_store::StoreError> {
+    let manifests = store.all_app_egress_hosts().await?;
+    let mut loaded = Vec::new();
+    let mut problems = HashMap::new();
+
+    for app in store.apps().await? {
+        if matches!(app.state, AppState::Banned | AppState::Suspended | AppState::Rejected | AppState::Retired) {
+            continue;
+        }
+        let Ok(app_id) = AppId::parse(&app.id) else {
+            tracing::warn!(app_id = %app.id, "registered app id is not valid; the egress proxy skips it");
+            continue;
+        };
+        match app_rules(config, rules, &app, app_id.clone(), manifests.get(&app.id)) {
+            Ok(app_rules) => loaded.push(app_rules),
+            Err((fallback, problem)) => {
+                loaded.extend(fallback);
+                problems.insert(app_id, problem);
+            }
+        }
+    }
+    Ok((loaded, problems))
+}
+
+/// Builds one app's rules: the sandbox space while the app is in a trial,
+/// the live space otherwise, narrowed by its manifest's list if one was
+/// stored. On failure returns the fail-closed rules (no host names, or none
+/// at all without a space) and the reason.
+fn app_rules(
+    config: &PlatformConfig,
+    rules: &EgressRules,
+    app: &AppRecord,
+    app_id: AppId,
+    manifest_hosts: Option<&Vec<String>>,
+) -> Result<AppRules, (Option<AppRules>, String)> {
+    let space_name = if app.state == AppState::InTrial { SpaceName::Sandbox } else { SpaceName::Live };
+    let Some(space) = config.spaces.get(&space_name) else {
+        let problem = format!("app {app_id} is in a trial but the configuration has no [spaces.{space_name}]");
+        return Err((None, problem));
+    };
+
+    let requested = manifest_hosts.map(Vec::as_slice);
+    AppRules::new(rules, app_id.clone(), space_name, space, requested).map_err(|error| {
+        let none =
+            AppRules::new(rules, app_id, space_name, space, Some(&[])).expect("an empty host list narrows every list");
+        (Some(none), error.to_string())
+    })
+}
+
+/// Reloads `directory` from the store every [`REFRESH_INTERVAL`] until the
+/// task is aborted. Logs each app whose rules changed, and each problem once
+/// until it changes. A failed store query keeps the current rules.
+pub(crate) async fn refresh(
+    config: Arc<PlatformConfig>,
+    rules: Arc<EgressRules>,
+    store: Store,
+    directory: Arc<AppDirectory>,
+    mut reported: HashMap<AppId, String>,
+) {
+    let mut interval = tokio::time::interval(REFRESH_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+
+    loop {
+        interval.tick().await;
+        let (loaded, problems) = match load(&config, &rules, &store).await {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                tracing::warn!(%error, "reloading the egress rules of apps failed; the current rules stay");
+                continue;
+            }
+        };
+        for app_id in directory.replace_all(loaded) {
+            match directory.get(&app_id) {
+                Some(app) => {
+                    tracing::info!(app_id = %app_id, space = %app.space(), hosts = ?app.hosts(), "egress rules of app updated")
+                }
+                None => tracing::info!(app_id = %app_id, "egress rules of app removed"),
+            }
+        }
+        report_problems(&problems, &reported);
+        reported = problems;
+    }
+}
+
+/// Logs each problem that is not in `reported` with the same text.
+pub(crate) fn report_problems(problems: &HashMap<AppId, String>, reported: &HashMap<AppId, String>) {
+    for (app_id, problem) in problems {
+        if reported.get(app_id) != Some(problem) {
+            tracing::error!(app_id = %app_id, problem = %problem, "egress rules of app fall back to none; fix the manifest or the configuration");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../examples/weather-platform/platform.toml");
+
+    /// Parses the example configuration with a second allowed host, so a
+    /// manifest has something to narrow.
+    fn config() -> PlatformConfig {
+        let text = EXAMPLE.replace(
+            "allow_hosts = [\"feed.weather.test\"]",
+            "allow_hosts = [\"feed.weather.test\", \"*.example.org\"]",
+        );
+        portcullis_config::parse(Path::new("platform.toml"), &text).unwrap()
+    }
+
+    async fn store_with(apps: &[(&str, AppState)]) -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).await.unwrap();
+        for (id, state) in apps {
+            store.insert_app(id, id, "test").await.unwrap();
+            store.set_app_state(id, *state).await.unwrap();
+        }
+        (store, dir)
+    }
+
+    fn hosts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|host| (*host).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn load_picks_space_and_manifest() {
+        let config = config();
+        let rules = EgressRules::new(config.egress.clone()).unwrap();
+        let (store, _dir) = store_with(&[
+            ("plain", AppState::Submitted),
+            ("narrowed", AppState::Live),
+            ("trial", AppState::InTrial),
+            ("widening", AppState::Live),
+            ("retired", AppState::Retired),
+            ("banned", AppState::Banned),
+        ])
+        .await;
+        store.set_app_egress_hosts("narrowed", &hosts(&["api.example.org"]), 1).await.unwrap();
+        store.set_app_egress_hosts("widening", &hosts(&["evil.test"]), 1).await.unwrap();
+        store.set_app_egress_hosts("retired", &hosts(&[]), 1).await.unwrap();
+
+        let (loaded, problems) = load(&config, &rules, &store).await.unwrap();
+        let by_id: HashMap<String, AppRules> =
+            loaded.into_iter().map(|rules| (rules.app_id().as_str().to_owned(), rules)).collect();
+
+        let mut ids: Vec<&str> = by_id.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["narrowed", "plain", "trial", "widening"], "banned and retired apps get no rules");
+
+        assert_eq!(by_id["plain"].space(), SpaceName::Live);
+        assert_eq!(by_id["plain"].hosts(), None, "no stored manifest: the space's list applies");
+
+        assert_eq!(by_id["narrowed"].space(), SpaceName::Live);
+        let narrowed: Vec<String> = by_id["narrowed"].hosts().unwrap().iter().map(ToString::to_string).collect();
+        assert_eq!(narrowed, ["api.example.org"]);
+
+        assert_eq!(by_id["trial"].space(), SpaceName::Sandbox, "an app in a trial runs in the sandbox space");
+
+        assert_eq!(by_id["widening"].hosts(), Some(&[][..]), "a widening list falls back to no host names");
+        let problem = &problems[&AppId::parse("widening").unwrap()];
+        assert!(problem.contains("\"evil.test\""), "{problem}");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    #[tokio::test]
+    async fn trial_without_sandbox_space_gets_no_rules() {
+        let text = EXAMPLE.replace("[spaces.sandbox]\nservices = [\"weather\"]\negress_allow_hosts = []\n", "");
+        let config = portcullis_config::parse(Path::new("platform.toml"), &text).unwrap();
+        assert!(!config.spaces.contains_key(&SpaceName::Sandbox), "the sandbox space was not removed");
+        let rules = EgressRules::new(config.egress.clone()).unwrap();
+        let (store, _dir) = store_with(&[("trial", AppState::InTrial)]).await;
+
+        let (loaded, problems) = load(&config, &rules, &store).await.unwrap();
+        assert!(loaded.is_empty(), "{loaded:?}");
+        let problem = &problems[&AppId::parse("trial").unwrap()];
+        assert!(problem.contains("[spaces.sandbox]"), "{problem}");
+    }
+
+    #[tokio::test]
+    async fn refresh_follows_the_store() {
+        let config = config();
+        let rules = Arc::new(EgressRules::new(config.egress.clone()).unwrap());
+        let (store, _dir) = store_with(&[("early", AppState::Live)]).await;
+        let directory = Arc::new(AppDirectory::new());
+        let (loaded, problems) = load(&config, &rules, &store).await.unwrap();
+        directory.replace_all(loaded);
+        let early = AppId::parse("early").unwrap();
+        let late = AppId::parse("late").unwrap();
+        assert!(directory.get(&late).is_none());
+
+        let task = tokio::spawn(refresh(Arc::new(config), rules, store.clone(), Arc::clone(&directory), problems));
+        store.insert_app("late", "late", "test").await.unwrap();
+        store.set_app_egress_hosts("late", &hosts(&["api.example.org"]), 1).await.unwrap();
+        store.set_app_state("early", AppState::InTrial).await.unwrap();
+
+        // Bounded wait: three refresh intervals.
+        let deadline = tokio::time::Instant::now() + REFRESH_INTERVAL * 3;
+        while directory.get(&late).is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        task.abort();
+
+        let late_rules = directory.get(&late).expect("an app registered after start gets rules");
+        assert_eq!(late_rules.hosts().map(<[_]>::len), Some(1));
+        assert_eq!(directory.get(&early).unwrap().space(), SpaceName::Sandbox);
+    }
+}
