@@ -71,6 +71,9 @@ pub enum ReasonCode {
     /// The app has reached `egress.max_bytes_per_app` in the current
     /// accounting period.
     ByteLimit,
+    /// The app already has `egress.max_tunnels_per_app` tunnels and
+    /// exchanges open.
+    TunnelLimit,
 }
 
 impl ReasonCode {
@@ -91,6 +94,7 @@ impl ReasonCode {
             ReasonCode::CidrAllowed => "cidr_allowed",
             ReasonCode::HostAllowed => "host_allowed",
             ReasonCode::ByteLimit => "byte_limit",
+            ReasonCode::TunnelLimit => "tunnel_limit",
         }
     }
 
@@ -99,7 +103,7 @@ impl ReasonCode {
     /// name outside the allow-lists. A failed or empty DNS answer, an
     /// address missing from the country database and the byte cap are not
     /// violations, because they follow from the state of DNS, the database
-    /// or the app's quota. The guard counts only violations toward bans.
+    /// or the app's quotas. The guard counts only violations toward bans.
     pub fn is_violation(self) -> bool {
         match self {
             ReasonCode::InvalidHost
@@ -115,7 +119,8 @@ impl ReasonCode {
             | ReasonCode::CountryUnknown
             | ReasonCode::CidrAllowed
             | ReasonCode::HostAllowed
-            | ReasonCode::ByteLimit => false,
+            | ReasonCode::ByteLimit
+            | ReasonCode::TunnelLimit => false,
         }
     }
 }
@@ -123,6 +128,10 @@ impl ReasonCode {
 /// The rule id of a refusal by the per-app byte cap,
 /// `egress.max_bytes_per_app`.
 pub const BYTE_LIMIT_RULE: &str = "limit:bytes";
+
+/// The rule id of a refusal by the per-app tunnel limit,
+/// `egress.max_tunnels_per_app`.
+pub const TUNNEL_LIMIT_RULE: &str = "max_tunnels_per_app";
 
 /// The addresses a permitted connection may go to: every address the name
 /// resolved to (or the literal), each checked, with the requested port.
@@ -224,6 +233,7 @@ mod tests {
             (ReasonCode::NoAddresses, false),
             (ReasonCode::CountryUnknown, false),
             (ReasonCode::ByteLimit, false),
+            (ReasonCode::TunnelLimit, false),
             (ReasonCode::CidrAllowed, false),
             (ReasonCode::HostAllowed, false),
         ];

@@ -42,7 +42,7 @@ pub mod special;
 
 pub use connect::connect;
 pub use country::CountryDb;
-pub use decision::{BYTE_LIMIT_RULE, CheckedTarget, Decision, ReasonCode, Verdict};
+pub use decision::{BYTE_LIMIT_RULE, CheckedTarget, Decision, ReasonCode, TUNNEL_LIMIT_RULE, Verdict};
 pub use engine::Engine;
 pub use error::{EgressError, HostError};
 pub use event::EgressEvent;

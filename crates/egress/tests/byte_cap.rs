@@ -65,6 +65,41 @@ async fn byte_cap_closes_tunnel_and_refuses() {
 }
 
 #[tokio::test]
+async fn byte_cap_counts_header_bytes() {
+    // Requests without a body but with an 8 KiB header field each: only
+    // the heads can reach the cap.
+    let target = TargetServer::start().await;
+    let proxy = Harness::start(capped(&[target.port], None)).await;
+    let url = format!("http://127.0.0.1:{}/forecast", target.port);
+    let padding = format!("x-padding: {}", "a".repeat(8 * 1024));
+    let proxy_url = proxy.proxy_url(WEATHER_APP, WEATHER_APP);
+
+    // 256 KiB of 8 KiB heads is 32 requests; 64 bounds the loop. The
+    // exchange that crosses the cap is closed without a response, as a
+    // tunnel would be, and later requests get 403.
+    let mut refused_at = None;
+    let mut cut = 0;
+    for attempt in 1..=64 {
+        let result = curl(&["--proxy", &proxy_url, "-H", &padding, &url]).await;
+        if result.status == 403 {
+            assert!(result.body.contains("limit:bytes"), "{result:?}");
+            refused_at = Some(attempt);
+            break;
+        }
+        if result.status == 0 {
+            cut += 1;
+            continue;
+        }
+        assert_eq!(result.status, 200, "attempt {attempt}: {result:?}");
+    }
+    let refused_at = refused_at.expect("header bytes never reached the byte cap");
+    assert!((30..=34).contains(&refused_at), "refused at request {refused_at}");
+    assert!(cut <= 1, "{cut} exchanges were cut at the cap");
+    assert!(target.requests().len() < refused_at, "a refused request reached the target");
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn byte_cap_closes_idle_tunnels() {
     let source = SourceServer::start(SOURCE_BYTES).await;
     let silent = SilentServer::start().await;

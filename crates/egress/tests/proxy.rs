@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use portcullis_config::AppId;
-use portcullis_egress::Verdict;
 use portcullis_egress::proxy::ListenerLimits;
+use portcullis_egress::{ReasonCode, TUNNEL_LIMIT_RULE, Verdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -261,9 +261,15 @@ async fn forwarded_request_headers() {
         assert!(!request.headers.contains_key(dropped), "{dropped} reached the target");
     }
 
+    // Heads count like bodies: the request head as the target received it,
+    // CRLF after each line and an empty line at the end.
+    let request_line = format!("POST {} HTTP/1.1", request.target).len();
+    let fields: usize = request.headers.iter().map(|(name, value)| name.as_str().len() + 2 + value.len() + 2).sum();
     let (sent, received) = proxy.bytes.totals(&AppId::parse(WEATHER_APP).unwrap());
-    assert_eq!(sent, "city=oslo".len() as u64);
-    assert_eq!(received, "hello from the target\n".len() as u64);
+    assert_eq!(sent, (request_line + 2 + fields + 2 + "city=oslo".len()) as u64);
+    let body = "hello from the target\n".len() as u64;
+    assert!(received > body + "HTTP/1.1 200 OK\r\n\r\n".len() as u64, "response head not counted: {received}");
+    assert!(received < body + 200, "{received}");
     proxy.stop().await;
 }
 
@@ -369,8 +375,19 @@ async fn tunnel_limit_returns_429() {
     let again = raw_connect(proxy.address, Some(&proxy.basic(WEATHER_APP)), &connect_target).await;
     assert_eq!(again.status, 200);
 
-    // Refusals by the limit come before any decision: 4 tunnels, 4 events.
-    assert_eq!(proxy.drain_events().len(), 4);
+    // 4 tunnels and 2 refusals by the limit, each with its event. A
+    // refusal comes before the lookup, so it names no address.
+    let events = proxy.drain_events();
+    assert_eq!(events.len(), 6, "{events:?}");
+    let refusals: Vec<_> = events.iter().filter(|event| event.rule == TUNNEL_LIMIT_RULE).collect();
+    assert_eq!(refusals.len(), 2, "{events:?}");
+    for event in refusals {
+        assert_eq!(event.verdict, Verdict::Deny);
+        assert_eq!(event.reason, ReasonCode::TunnelLimit);
+        assert_eq!(event.app_id.as_str(), WEATHER_APP);
+        assert_eq!(event.host, "feed.weather.test");
+        assert!(event.resolved.is_empty(), "{event:?}");
+    }
     drop((other, again));
     proxy.stop().await;
 }
@@ -412,6 +429,67 @@ async fn idle_tunnel_closed() {
     }
     let (sent, _) = proxy.bytes.totals(&app_id);
     assert_eq!(sent, 12, "three 4-byte writes recorded");
+    proxy.stop().await;
+}
+
+/// Waits up to `limit` for the proxy to close `stream`, writing a byte
+/// every 100 ms so that the idle timeout cannot be what closes it, and
+/// returns the time until it closed.
+async fn busy_until_closed(stream: &mut TcpStream, limit: Duration) -> Duration {
+    let opened = Instant::now();
+    let mut buffer = [0u8; 16];
+    while opened.elapsed() < limit {
+        if stream.write_all(b"x").await.is_err() {
+            return opened.elapsed();
+        }
+        match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return opened.elapsed(),
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    panic!("the tunnel was still open after {limit:?}");
+}
+
+#[tokio::test]
+async fn tunnel_lifetime_enforced() {
+    let silent = SilentServer::start().await;
+    let mut options = Options::new(&[silent.port]);
+    options.max_tunnel_lifetime = Duration::from_millis(800);
+    let proxy = Harness::start(options).await;
+
+    let target = format!("feed.weather.test:{}", silent.port);
+    let mut tunnel = raw_connect(proxy.address, Some(&proxy.basic(WEATHER_APP)), &target).await;
+    assert_eq!(tunnel.status, 200, "{}", tunnel.body);
+    let open_for = busy_until_closed(&mut tunnel.stream, Duration::from_secs(5)).await;
+    assert!(open_for >= Duration::from_millis(600), "closed before the lifetime: {open_for:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn ban_closes_open_tunnel() {
+    let silent = SilentServer::start().await;
+    let proxy = Harness::start(Options::new(&[silent.port])).await;
+    let app_id = AppId::parse(WEATHER_APP).unwrap();
+
+    let target = format!("feed.weather.test:{}", silent.port);
+    let mut tunnel = raw_connect(proxy.address, Some(&proxy.basic(WEATHER_APP)), &target).await;
+    assert_eq!(tunnel.status, 200, "{}", tunnel.body);
+    let mut other = raw_connect(proxy.address, Some(&proxy.basic(OTHER_APP)), &target).await;
+    assert_eq!(other.status, 200, "{}", other.body);
+
+    proxy.banned.lock().unwrap().push(WEATHER_APP.to_owned());
+    let open_for = busy_until_closed(&mut tunnel.stream, Duration::from_secs(5)).await;
+    assert!(open_for < Duration::from_secs(3), "closed within two ban checks: {open_for:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.proxy.tunnels().open(&app_id) > 0 {
+        assert!(Instant::now() < deadline, "slot freed within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    other.stream.write_all(b"still open").await.expect("another app's tunnel stays open");
+    let mut buffer = [0u8; 1];
+    let quiet = tokio::time::timeout(Duration::from_millis(300), other.stream.read(&mut buffer)).await;
+    assert!(quiet.is_err(), "another app's tunnel was closed: {quiet:?}");
     proxy.stop().await;
 }
 

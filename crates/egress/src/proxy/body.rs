@@ -60,6 +60,11 @@ type CapFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// fails after `idle` without a frame, at `deadline` or when the app
 /// reaches its byte cap, and keeps the exchange's tunnel slot while it
 /// lives.
+///
+/// NOTE: the limits act only while hyper polls the body. A client that
+/// stops reading a response stops the polling, so the exchange, its
+/// upstream connection and its slot stay until the client closes. An app
+/// can hold at most `egress.max_tunnels_per_app` of them.
 pub(crate) struct MeteredBody<B> {
     inner: B,
     meter: Meter,
@@ -114,6 +119,11 @@ where
         if cap_reached {
             return Poll::Ready(Some(Err("the app reached egress.max_bytes_per_app".into())));
         }
+        // Checked before the inner body, so a body that always has data
+        // ready still ends at the deadline.
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err("the exchange reached egress.max_tunnel_lifetime".into())));
+        }
 
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -131,9 +141,6 @@ where
                     let message = format!("no body data for {:?}, the egress.idle_timeout", this.idle);
                     return Poll::Ready(Some(Err(message.into())));
                 }
-                if this.deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err("the exchange reached egress.max_tunnel_lifetime".into())));
-                }
                 Poll::Pending
             }
         }
@@ -145,5 +152,59 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::limits::{ByteCounter, TunnelCounter};
+
+    /// A body whose next frame is always ready, like a fast upstream.
+    struct EndlessBody;
+
+    impl Body for EndlessBody {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"data")))))
+        }
+    }
+
+    #[tokio::test]
+    async fn deadline_ends_always_ready_body() {
+        let app_id = AppId::parse("weather-app").unwrap();
+        let slot = TunnelCounter::new(1).acquire(&app_id).unwrap();
+        let meter = Meter {
+            app_id,
+            direction: Direction::Received,
+            accounting: Arc::new(ByteCounter::new()),
+            usage: None,
+            counter: Counter::default(),
+        };
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let limits = (Duration::from_secs(60), deadline);
+        let mut body = MeteredBody::new(EndlessBody, meter, limits, Activity::new(), Arc::new(slot), None);
+
+        let mut frames = 0_u64;
+        let error = loop {
+            match body.frame().await {
+                Some(Ok(_)) => frames += 1,
+                Some(Err(error)) => break error,
+                None => panic!("the endless body ended"),
+            }
+            // Bounded: a 50 ms deadline ends the body long before this.
+            assert!(frames < 100_000_000, "the deadline never ended the body");
+            if frames % 1024 == 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        assert_eq!(error.to_string(), "the exchange reached egress.max_tunnel_lifetime");
+        assert!(Instant::now() >= deadline);
     }
 }

@@ -92,6 +92,8 @@ pub(crate) async fn forward(
     parts.headers.append(VIA, HeaderValue::from_static(VIA_ENTRY));
     parts.uri = origin_form;
     parts.version = Version::HTTP_11;
+    let request_line = parts.method.as_str().len() + 1 + parts.uri.to_string().len() + " HTTP/1.1".len();
+    sent.record(head_bytes(request_line, &parts.headers));
     let body = MeteredBody::new(body, sent, (idle, deadline), Arc::clone(&activity), Arc::clone(&slot), request_cap);
     let outgoing = Request::from_parts(parts, body);
 
@@ -122,9 +124,22 @@ pub(crate) async fn forward(
 
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    let status_line =
+        "HTTP/1.1 ".len() + parts.status.as_str().len() + 1 + parts.status.canonical_reason().map_or(0, str::len);
+    received.record(head_bytes(status_line, &parts.headers));
     tracing::debug!(%host, port, status = parts.status.as_u16(), "egress response head forwarded");
     let body = MeteredBody::new(body, received, (idle, deadline), activity, slot, response_cap);
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// Returns the size in bytes of an HTTP/1.1 message head with a start line
+/// of `start_line` bytes and `headers` (RFC 9112 section 2.1): each line
+/// ends in CRLF, each field is `name: value`, and an empty line ends the
+/// head. Heads count toward the app's byte cap like bodies, so an app
+/// cannot move data in header fields for free.
+fn head_bytes(start_line: usize, headers: &HeaderMap) -> usize {
+    let fields: usize = headers.iter().map(|(name, value)| name.as_str().len() + 2 + value.len() + 2).sum();
+    start_line + 2 + fields + 2
 }
 
 /// Removes the header fields that apply to one connection only (RFC 9110
@@ -158,6 +173,16 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_bytes_counts_wire_form() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("example.org"));
+        headers.insert("x-data", HeaderValue::from_static("abc"));
+        // "GET / HTTP/1.1\r\nhost: example.org\r\nx-data: abc\r\n\r\n"
+        assert_eq!(head_bytes("GET / HTTP/1.1".len(), &headers), 16 + 19 + 13 + 2);
+        assert_eq!(head_bytes(14, &HeaderMap::new()), 18);
+    }
 
     #[test]
     fn hop_by_hop_fields_removed() {

@@ -22,7 +22,7 @@ use super::reply::error_response;
 use super::tunnel::{TunnelBytes, TunnelPolicy, copy_tunnel};
 use super::{Context, Proxy};
 use crate::connect::connect;
-use crate::decision::{BYTE_LIMIT_RULE, Decision, ReasonCode, Verdict};
+use crate::decision::{BYTE_LIMIT_RULE, Decision, ReasonCode, TUNNEL_LIMIT_RULE, Verdict};
 use crate::error::EgressError;
 use crate::event::EgressEvent;
 use crate::host::{Host, split_authority};
@@ -123,6 +123,7 @@ async fn open_tunnel(
         received: upstream.meter(context, &caller.app_id, Direction::Received),
         stop: context.abort.clone(),
         cap: upstream.cap.take().map(|(_, watch)| watch),
+        ban: (Arc::clone(&context.proxy.bans), caller.app_id.clone()),
     };
 
     let tunnel = async move {
@@ -174,15 +175,23 @@ pub(crate) async fn open_upstream(
             let usage = cap.usage(&caller.app_id);
             match usage.check() {
                 Ok(watch) => Some((usage, watch)),
-                Err(source) => return Err(refuse_over_cap(proxy, caller, method, host, port, source)),
+                Err(source) => {
+                    let limit = (ReasonCode::ByteLimit, BYTE_LIMIT_RULE, source.to_string());
+                    let error = |host| ProxyError::ByteLimit { app_id: app_id.clone(), host, port, source };
+                    return Err(refuse_by_limit(proxy, caller, method, (host, port), limit, error));
+                }
             }
         }
     };
 
-    let slot = proxy
-        .tunnels
-        .acquire(&caller.app_id)
-        .map_err(|_| ProxyError::TunnelLimit { app_id: app_id.clone(), limit: settings.max_tunnels_per_app })?;
+    let slot = match proxy.tunnels.acquire(&caller.app_id) {
+        Ok(slot) => slot,
+        Err(source) => {
+            let limit = (ReasonCode::TunnelLimit, TUNNEL_LIMIT_RULE, source.to_string());
+            let error = |_| ProxyError::TunnelLimit { app_id: app_id.clone(), limit: settings.max_tunnels_per_app };
+            return Err(refuse_by_limit(proxy, caller, method, (host, port), limit, error));
+        }
+    };
 
     let decision = proxy.engine.evaluate(&caller.rules, host, port).await;
     proxy.metrics.count_decision(&caller.app_id, decision.verdict, &decision.rule);
@@ -225,23 +234,25 @@ pub(crate) async fn open_upstream(
     }
 }
 
-/// Builds the refusal of an app over its byte cap, with the event and log
+/// Builds the refusal of an app at one of its limits (the byte cap or the
+/// tunnel limit) from `limit` (reason, rule id, message) and `error`,
+/// which receives the normalised host. Sends the event and writes the log
 /// line a decision would have. The host is normalised without a lookup,
 /// and no address is resolved.
-fn refuse_over_cap(
+fn refuse_by_limit(
     proxy: &Proxy,
     caller: &Caller,
     method: &Method,
-    requested: &str,
-    port: u16,
-    source: EgressError,
+    (requested, port): (&str, u16),
+    (reason, rule, message): (ReasonCode, &str, String),
+    error: impl FnOnce(String) -> ProxyError,
 ) -> ProxyError {
     let host = Host::parse(requested).map_or_else(|_| requested.to_owned(), |host| host.to_string());
     let decision = Decision {
         verdict: Verdict::Deny,
-        reason: ReasonCode::ByteLimit,
-        message: source.to_string(),
-        rule: BYTE_LIMIT_RULE.to_owned(),
+        reason,
+        message,
+        rule: rule.to_owned(),
         mode: Mode::Enforce,
         host: host.clone(),
         port,
@@ -250,7 +261,7 @@ fn refuse_over_cap(
     };
     proxy.metrics.count_decision(&caller.app_id, decision.verdict, &decision.rule);
     proxy.events.send(EgressEvent::new(&caller.app_id, requested, &decision));
-    let error = ProxyError::ByteLimit { app_id: caller.app_id.to_string(), host, port, source };
+    let error = error(host);
     log_decision(&caller.app_id, method, &decision, Err(&error));
     error
 }
@@ -292,6 +303,7 @@ fn log_refusal(error: &ProxyError, app_id: Option<&AppId>) {
     match error {
         ProxyError::Denied { .. }
         | ProxyError::ByteLimit { .. }
+        | ProxyError::TunnelLimit { .. }
         | ProxyError::ConnectTimeout { .. }
         | ProxyError::Unreachable { .. } => {}
         ProxyError::WrongSecret { claimed, peer } => {

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::REALM;
 use super::body::{ProxyBody, full};
 use super::error::ProxyError;
-use crate::decision::{BYTE_LIMIT_RULE, ReasonCode};
+use crate::decision::{BYTE_LIMIT_RULE, ReasonCode, TUNNEL_LIMIT_RULE};
 
 /// Returns the response for `error`. A refusal by a rule names the rule id
 /// and reason code; a 407 carries the `Proxy-Authenticate` challenge (RFC
@@ -22,7 +22,7 @@ pub(crate) fn error_response(error: &ProxyError) -> Response<ProxyBody> {
         ProxyError::NotDeployed { .. } => json!({ "error": "app_not_deployed" }),
         ProxyError::BadTarget { problem, .. } => json!({ "error": "bad_request_target", "detail": problem }),
         ProxyError::TunnelLimit { limit, .. } => {
-            json!({ "error": "tunnel_limit", "rule": "max_tunnels_per_app", "limit": limit })
+            json!({ "error": "tunnel_limit", "rule": TUNNEL_LIMIT_RULE, "limit": limit })
         }
         ProxyError::ByteLimit { .. } => {
             json!({ "error": "egress_denied", "rule": BYTE_LIMIT_RULE, "reason": ReasonCode::ByteLimit.as_str() })

@@ -10,6 +10,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use portcullis_config::AppId;
+
+use super::BanCheck;
 use super::body::Meter;
 use crate::limits::CapWatch;
 
@@ -18,6 +21,10 @@ use crate::limits::CapWatch;
 /// share of the cost of a tunnel setup. A buffer doubles each time one
 /// read fills it, up to `egress.tunnel_buffer_bytes`.
 const START_BUFFER_BYTES: usize = 4 * 1024;
+
+/// How often an open tunnel asks the ban check whether its app is banned.
+/// A ban closes the app's tunnels within this time.
+pub(crate) const BAN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Bytes one direction of a tunnel moves between two yields to the
 /// scheduler; bounds how far a tunnel can run past the byte cap.
@@ -38,6 +45,8 @@ pub(crate) enum TunnelEnd {
     Shutdown,
     /// The app reached its byte cap, `egress.max_bytes_per_app`.
     ByteLimit,
+    /// The app was banned while the tunnel was open.
+    Banned,
 }
 
 impl TunnelEnd {
@@ -49,6 +58,7 @@ impl TunnelEnd {
             Self::Lifetime => "max_lifetime",
             Self::Shutdown => "shutdown",
             Self::ByteLimit => "byte_limit",
+            Self::Banned => "banned",
         }
     }
 }
@@ -64,6 +74,8 @@ pub(crate) struct TunnelPolicy {
     pub stop: CancellationToken,
     /// Resolves when the app reaches its byte cap; `None` without a cap.
     pub cap: Option<CapWatch>,
+    /// The proxy's ban check and the tunnel's app.
+    pub ban: (Arc<dyn BanCheck>, AppId),
 }
 
 /// The time of the last byte either way, in ms since the tunnel or
@@ -97,8 +109,8 @@ pub(crate) struct TunnelBytes {
 
 /// Copies bytes between `client` and `upstream` until both sides have
 /// closed, one fails, no byte moves either way for `policy.idle`, the
-/// tunnel is `policy.lifetime` old, the app reaches its byte cap or
-/// `policy.stop` is cancelled. Either
+/// tunnel is `policy.lifetime` old, the app reaches its byte cap or is
+/// banned, or `policy.stop` is cancelled. Either
 /// side's end of data is passed on as a write shutdown, so half-closed
 /// connections work.
 pub(crate) async fn copy_tunnel<C, U>(
@@ -140,6 +152,20 @@ where
         () = sleep_until(deadline) => TunnelEnd::Lifetime,
         () = policy.stop.cancelled() => TunnelEnd::Shutdown,
         () = cap_reached => TunnelEnd::ByteLimit,
+        () = ban_watch(policy.ban.0.as_ref(), &policy.ban.1) => TunnelEnd::Banned,
+    }
+}
+
+/// Returns once `check` reports `app_id` as banned, asking every
+/// [`BAN_CHECK_INTERVAL`].
+async fn ban_watch(check: &dyn BanCheck, app_id: &AppId) {
+    let mut interval = tokio::time::interval(BAN_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if check.is_banned(app_id) {
+            return;
+        }
     }
 }
 

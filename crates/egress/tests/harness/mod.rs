@@ -202,6 +202,7 @@ pub struct Options {
     /// The byte cap's accounting period; the proxy's default unless set.
     pub byte_cap_period: Option<Duration>,
     pub idle_timeout: Duration,
+    pub max_tunnel_lifetime: Duration,
     pub event_capacity: usize,
     pub listener: ListenerLimits,
 }
@@ -216,6 +217,7 @@ impl Options {
             max_bytes_per_app: None,
             byte_cap_period: None,
             idle_timeout: Duration::from_secs(5),
+            max_tunnel_lifetime: Duration::from_secs(60),
             event_capacity: 64,
             listener: ListenerLimits::default(),
         }
@@ -229,6 +231,8 @@ pub struct Harness {
     pub events: mpsc::Receiver<EgressEvent>,
     pub bytes: Arc<ByteCounter>,
     pub metrics: EgressMetrics,
+    /// The apps the ban check reports as banned; starts with `BANNED_APP`.
+    pub banned: Arc<Mutex<Vec<String>>>,
     secrets: HashMap<&'static str, ProxySecret>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
@@ -255,7 +259,7 @@ impl Harness {
             static_hosts: Default::default(),
             connect_timeout: Duration::from_secs(2),
             idle_timeout: options.idle_timeout,
-            max_tunnel_lifetime: Duration::from_secs(60),
+            max_tunnel_lifetime: options.max_tunnel_lifetime,
             max_tunnels_per_app: options.max_tunnels_per_app,
             tunnel_buffer_bytes: options.tunnel_buffer_bytes,
             max_bytes_per_app: options.max_bytes_per_app,
@@ -281,6 +285,7 @@ impl Harness {
         }
 
         let (sender, events) = mpsc::channel(options.event_capacity);
+        let banned = Arc::new(Mutex::new(vec![BANNED_APP.to_owned()]));
         let bytes = Arc::new(ByteCounter::new());
         let metrics = EgressMetrics::new();
         let mut proxy = Proxy::new(engine, apps, secrets, sender).with_metrics(metrics.clone());
@@ -288,7 +293,10 @@ impl Harness {
             proxy = proxy.with_byte_cap(Some(ByteCap::new(limit, period)));
         }
         let proxy = proxy
-            .with_ban_check(Arc::new(|app_id: &AppId| app_id.as_str() == BANNED_APP))
+            .with_ban_check(Arc::new({
+                let banned = Arc::clone(&banned);
+                move |app_id: &AppId| banned.lock().unwrap().iter().any(|name| name == app_id.as_str())
+            }))
             .with_byte_accounting(Arc::clone(&bytes) as _)
             .with_listener_limits(options.listener);
         let proxy = Arc::new(proxy);
@@ -306,6 +314,7 @@ impl Harness {
             events,
             bytes,
             metrics,
+            banned,
             secrets: issued,
             shutdown: Some(shutdown),
             server: Some(server),
