@@ -18,6 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::events::{AccessEvent, EventSinks, now_ms};
+use crate::framing::strip_request_headers;
 
 /// A boxed error of a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -35,8 +36,10 @@ pub struct RequestCounters {
     pub ended: AtomicBool,
 }
 
-/// The request body forwarded upstream: counts bytes and fails once more
-/// than `limit` bytes arrived, which also covers chunked bodies.
+/// The request body forwarded upstream: counts bytes, fails once more
+/// than `limit` bytes arrived (which also covers chunked bodies), and
+/// removes from request trailers what [`strip_request_headers`] removes
+/// from the head.
 pub struct LimitedBody {
     inner: hyper::body::Incoming,
     limit: u64,
@@ -68,7 +71,7 @@ impl Body for LimitedBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let total =
                         this.counters.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
@@ -76,6 +79,13 @@ impl Body for LimitedBody {
                         this.counters.too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded(this.limit)))));
                     }
+                }
+
+                // Trailers (HTTP/2, or a chunked HTTP/1.1 body) follow the
+                // same rule as the request head, so an app cannot place an
+                // identity header behind its body.
+                if let Some(trailers) = frame.trailers_mut() {
+                    strip_request_headers(trailers);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -28,8 +28,9 @@ pub const SCOPES_HEADER: &str = "x-portcullis-scopes";
 /// The request id, also returned to the app.
 pub const REQUEST_ID_HEADER: &str = "x-portcullis-request-id";
 
-/// The prefix of every header the gateway owns.
-const OWN_PREFIX: &str = "x-portcullis-";
+/// The prefix of every header the gateway owns, with `-` as the only
+/// separator.
+const OWN_PREFIX: &[u8] = b"x-portcullis-";
 
 /// Hop-by-hop headers of RFC 9110 section 7.6.1, plus `expect` (hyper
 /// sends `100 Continue` to the app itself) and `host`. Every `proxy-*`
@@ -157,10 +158,30 @@ fn check_target<B>(request: &Request<B>) -> Result<(), GatewayError> {
 }
 
 /// Removes hop-by-hop headers, the headers named in `Connection`, every
-/// `Proxy-*` header, `Authorization`, `Host` and any header in the
-/// gateway's own `x-portcullis-` namespace.
+/// `Proxy-*` header, `Authorization`, `Host` and every header that
+/// [`is_own_header`] claims for the gateway. Used for request headers and
+/// for request trailers alike.
 pub fn strip_request_headers(headers: &mut HeaderMap) {
-    strip_headers(headers, |name| *name == header::AUTHORIZATION || name.as_str().starts_with(OWN_PREFIX));
+    strip_headers(headers, |name| *name == header::AUTHORIZATION || is_own_header(name.as_str()));
+}
+
+/// Returns whether `name` falls in the gateway's `x-portcullis-` namespace
+/// once every byte other than an ASCII letter or digit is read as `-` and
+/// letters are compared case-insensitively.
+///
+/// CGI (RFC 3875 section 4.1.18) and the servers built on it (WSGI, Rack,
+/// PHP) turn `-` into `_` and upper-case the name, and some, such as
+/// Apache httpd's environment mapping, turn every other non-alphanumeric
+/// byte into `_` as well. So `x_portcullis_app_id` or `X.Portcullis-App-Id`
+/// would reach such an upstream as the same variable as the gateway's own
+/// `x-portcullis-app-id`.
+pub fn is_own_header(name: &str) -> bool {
+    let name = name.as_bytes();
+    name.len() >= OWN_PREFIX.len()
+        && name.iter().zip(OWN_PREFIX).all(|(&byte, &own)| {
+            let byte = if byte.is_ascii_alphanumeric() { byte.to_ascii_lowercase() } else { b'-' };
+            byte == own
+        })
 }
 
 /// Removes hop-by-hop headers (RFC 9110 section 7.6.1) from a request or
@@ -315,5 +336,29 @@ mod tests {
         strip_request_headers(&mut headers);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn own_header_spellings_are_recognised() {
+        let cases = [
+            ("x-portcullis-app-id", true),
+            ("x_portcullis_app_id", true),
+            ("X_PORTCULLIS_APP_ID", true),
+            ("x-portcullis_scopes", true),
+            ("x_portcullis-request-id", true),
+            ("x.portcullis.app.id", true),
+            ("x~portcullis~anything", true),
+            ("x-portcullis-", true),
+            ("x-portcullis", false),
+            ("x-portcullisx-app-id", false),
+            ("xx-portcullis-app-id", false),
+            ("x-portculis-app-id", false),
+            ("portcullis-app-id", false),
+            ("accept", false),
+            ("", false),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(is_own_header(name), expected, "{name}");
+        }
     }
 }

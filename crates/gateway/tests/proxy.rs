@@ -25,8 +25,11 @@ fn body_of(received: &str) -> &str {
 async fn allowed_call_reaches_upstream_rewritten() {
     let mut h = Harness::start(|_| {}).await;
     let token = h.token("weather", &["weather:read"]);
-    let extra = "X-Portcullis-App-Id: forged\r\nX-Portcullis-Scopes: records:write\r\nKeep-Alive: 5\r\nProxy-Authorization: x\r\nTE: trailers\r\n";
-    let received = h.raw(&request("GET", "/weather/v1/%74oday?city=oslo&x=%2e", &token, extra), WAIT).await;
+    let mut extra = "X-Portcullis-App-Id: forged\r\nX-Portcullis-Scopes: records:write\r\nKeep-Alive: 5\r\nProxy-Authorization: x\r\nTE: trailers\r\n".to_owned();
+    for name in FORGED_IDENTITY_NAMES {
+        extra.push_str(&format!("{name}: admin\r\n"));
+    }
+    let received = h.raw(&request("GET", "/weather/v1/%74oday?city=oslo&x=%2e", &token, &extra), WAIT).await;
 
     assert_eq!(status_of(&received), 200, "{received}");
     assert_eq!(body_of(&received), "saw /weather/v1/today?city=oslo&x=%2e");
@@ -46,6 +49,12 @@ async fn allowed_call_reaches_upstream_rewritten() {
     for removed in ["authorization", "keep-alive", "proxy-authorization", "te"] {
         assert!(seen.headers.get(removed).is_none(), "{removed} forwarded");
     }
+    for name in FORGED_IDENTITY_NAMES {
+        assert!(seen.headers.get(name).is_none(), "{name} forwarded");
+    }
+    let own: Vec<&str> =
+        seen.headers.keys().map(|name| name.as_str()).filter(|name| name.contains("portcullis")).collect();
+    assert_eq!(own, ["x-portcullis-app-id", "x-portcullis-scopes", "x-portcullis-request-id"]);
 
     let events = h.guard_events();
     assert_eq!(events.len(), 1, "{events:?}");
@@ -60,6 +69,68 @@ async fn allowed_call_reaches_upstream_rewritten() {
     assert_eq!(log[0]["status"], 200);
     assert_eq!(log[0]["bytes_out"], body_of(&received).len());
     assert!(log[0]["reason"].is_null());
+}
+
+/// Spellings of the gateway's identity headers that CGI-style upstreams
+/// (RFC 3875 section 4.1.18) read as the same variable, such as
+/// `HTTP_X_PORTCULLIS_APP_ID`. The gateway must remove every one.
+const FORGED_IDENTITY_NAMES: [&str; 8] = [
+    "x_portcullis_app_id",
+    "X_PORTCULLIS_APP_ID",
+    "X_Portcullis_Scopes",
+    "x-portcullis_app-id",
+    "x_portcullis-request_id",
+    "X-PORTCULLIS_scopes",
+    "x.portcullis.app.id",
+    "x_portcullis_",
+];
+
+/// Request trailers follow the rule of the request head: over HTTP/2 to an
+/// HTTP/2 upstream, which forwards trailers, identity names in every
+/// spelling are removed and other trailers pass.
+#[tokio::test]
+async fn identity_trailers_are_stripped() {
+    let h = start_with_records_over_http2().await;
+    let token = h.token("records", &["records:write"]);
+
+    let tls = connect(&h, b"h2", false).await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    trailers.insert("x-portcullis-app-id", "admin".parse().unwrap());
+    for name in FORGED_IDENTITY_NAMES {
+        let name = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).unwrap();
+        trailers.append(name, "admin".parse().unwrap());
+    }
+    let body = http_body_util::BodyExt::with_trailers(
+        http_body_util::Full::new(bytes::Bytes::from_static(b"record")),
+        Box::pin(async move { Some(Ok::<_, std::convert::Infallible>(trailers)) }),
+    );
+    let request = http::Request::post(format!("https://localhost:{}/records/v1/x", h.port()))
+        .header("authorization", format!("Bearer {token}"))
+        .body(body)
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    driver.abort();
+
+    let seen = h.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].version, http::Version::HTTP_2);
+    assert_eq!(seen[0].body, "record");
+    let received = seen[0].trailers.clone().unwrap_or_default();
+    assert_eq!(received.get("x-checksum").map(|v| v.as_bytes()), Some(b"abc".as_slice()));
+    assert!(received.get("x-portcullis-app-id").is_none(), "{received:?}");
+    for name in FORGED_IDENTITY_NAMES {
+        assert!(received.get(name.to_ascii_lowercase()).is_none(), "trailer {name} forwarded");
+    }
 }
 
 /// Starts the example platform with `upstream_http2 = true` for the

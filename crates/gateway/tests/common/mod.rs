@@ -54,6 +54,8 @@ pub struct Seen {
     pub version: http::Version,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// The request trailers, if any arrived.
+    pub trailers: Option<http::HeaderMap>,
 }
 
 /// An mTLS upstream on 127.0.0.1 that records every request and responds
@@ -101,7 +103,13 @@ impl Recorder {
                         let record = Arc::clone(&record);
                         async move {
                             let (head, body) = request.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let (body, trailers) = match body.collect().await {
+                                Ok(collected) => {
+                                    let trailers = collected.trailers().cloned();
+                                    (collected.to_bytes(), trailers)
+                                }
+                                Err(_) => (Bytes::new(), None),
+                            };
                             let target = head.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
                             record.lock().unwrap().push(Seen {
                                 method: head.method.to_string(),
@@ -109,6 +117,7 @@ impl Recorder {
                                 version: head.version,
                                 headers: head.headers,
                                 body,
+                                trailers,
                             });
                             if target.contains("/slow/") {
                                 tokio::time::sleep(Duration::from_secs(3)).await;
