@@ -43,6 +43,17 @@ pub enum GatewayError {
         reason: String,
     },
 
+    /// The request method is not one of the registered standard methods
+    /// (RFC 9110 section 9.1 and PATCH from RFC 5789). Method names are
+    /// case-sensitive, so `post` is an extension method, not POST.
+    #[error("method {method:?} is not a standard method; use one of {allowed}")]
+    NonStandardMethod {
+        /// The method as received.
+        method: String,
+        /// The accepted methods, space-separated.
+        allowed: &'static str,
+    },
+
     /// The request head is larger than `gateway.max_header_bytes`.
     #[error("request head of {size} bytes exceeds the maximum of {max} bytes")]
     HeadersTooLarge {
@@ -197,7 +208,7 @@ impl GatewayError {
     /// Returns the HTTP status the app receives.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Path { .. } | Self::Framing { .. } => StatusCode::BAD_REQUEST,
+            Self::Path { .. } | Self::Framing { .. } | Self::NonStandardMethod { .. } => StatusCode::BAD_REQUEST,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
@@ -219,6 +230,7 @@ impl GatewayError {
         match self {
             Self::Path { .. } => "invalid_path",
             Self::Framing { .. } => "invalid_request",
+            Self::NonStandardMethod { .. } => "invalid_method",
             Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::NoRoute { .. } => "no_route",
@@ -241,6 +253,7 @@ impl GatewayError {
         match self {
             Self::Path { .. } => "the path is not in canonical form or contains a forbidden spelling",
             Self::Framing { .. } => "the request's framing or headers are malformed",
+            Self::NonStandardMethod { .. } => "the method is not a standard HTTP method in upper case",
             Self::HeadersTooLarge { .. } => "the request headers exceed the gateway's limit",
             Self::BodyTooLarge { .. } => "the request body exceeds the gateway's limit",
             Self::NoRoute { .. } => "no route matches this method and path",

@@ -4,7 +4,8 @@
 //! hyper 1 (through httparse) already rejects, with 400 and before any of
 //! this runs: header names with spaces, control characters or other
 //! non-token bytes, whitespace between a name and its colon, obsolete line
-//! folding and bare CR. This module rejects what hyper passes on: comma-listed or
+//! folding and bare CR. This module rejects what hyper passes on: methods
+//! outside the registered standard set, comma-listed or
 //! signed Content-Length values, Transfer-Encoding with any coding besides
 //! `chunked` (such as `gzip, chunked` or `chunked` twice), a missing or
 //! repeated Host, absolute-form targets naming another authority or
@@ -63,6 +64,7 @@ pub fn check_head<B>(request: &Request<B>, max_header_bytes: u64) -> Result<(), 
         return Err(GatewayError::HeadersTooLarge { size, max: max_header_bytes });
     }
 
+    check_method(request.method())?;
     if request.method() == Method::CONNECT {
         return Err(framing("CONNECT is not supported"));
     }
@@ -104,6 +106,38 @@ pub fn check_head<B>(request: &Request<B>, max_header_bytes: u64) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// The methods the gateway accepts: those of RFC 9110 section 9.1 and
+/// PATCH (RFC 5789). CONNECT is among them here and is rejected later as
+/// unsupported.
+const STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::CONNECT,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::PATCH,
+];
+
+/// Rejects every method outside [`STANDARD_METHODS`] before routing.
+///
+/// Method names are case-sensitive (RFC 9110 section 9.1), and hyper
+/// passes any token on as an extension method. Routes match methods
+/// exactly, yet many upstream frameworks upper-case the method. Without
+/// this check, `post` would miss a POST-only route with a stricter scope,
+/// match a route for every method, and run as POST upstream.
+fn check_method(method: &Method) -> Result<(), GatewayError> {
+    if STANDARD_METHODS.contains(method) {
+        return Ok(());
+    }
+    Err(GatewayError::NonStandardMethod {
+        method: method.as_str().to_owned(),
+        allowed: "GET HEAD POST PUT DELETE OPTIONS TRACE PATCH",
+    })
 }
 
 /// Returns whether `value` contains a control character other than HTAB
@@ -336,6 +370,19 @@ mod tests {
         strip_request_headers(&mut headers);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn only_standard_methods_pass() {
+        let accepted = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "CONNECT"];
+        for method in accepted {
+            assert!(check_method(&Method::from_bytes(method.as_bytes()).unwrap()).is_ok(), "{method}");
+        }
+        let rejected = ["get", "Post", "pAtCh", "GET.", "GETS", "PROPFIND", "MKCOL", "BREW"];
+        for method in rejected {
+            let error = check_method(&Method::from_bytes(method.as_bytes()).unwrap()).unwrap_err();
+            assert_eq!(error.code(), "invalid_method", "{method}");
+        }
     }
 
     #[test]

@@ -297,6 +297,49 @@ async fn routes_methods_and_longest_prefix() {
     assert_eq!(status_of(&received), 404, "method filter: {received}");
 }
 
+/// Methods outside the standard set are rejected before routing, so `post`
+/// cannot miss the POST-only route below and fall through to the route for
+/// every method, which a read-only token passes.
+#[tokio::test]
+async fn nonstandard_methods_are_rejected() {
+    let mut h = Harness::start(|config| {
+        let records = config.services.iter_mut().find(|service| service.name == "records").unwrap();
+        let mut admin = records.routes[1].clone();
+        admin.prefix = "/records/v1/admin/".into();
+        admin.methods = vec!["POST".into()];
+        records.routes.push(admin);
+        let mut any = records.routes[0].clone();
+        any.prefix = "/records/v1/".into();
+        any.methods = Vec::new();
+        records.routes.retain(|route| route.prefix != "/records/v1/");
+        records.routes.push(any);
+    })
+    .await;
+    let read_only = h.token("records", &["records:read"]);
+
+    let methods = ["post", "Post", "pOST", "get", "Get", "GET.", "GET_", "PROPFIND"];
+    for method in methods {
+        let received = h.raw(&request(method, "/records/v1/admin/x", &read_only, "Content-Length: 0\r\n"), WAIT).await;
+        assert_eq!(status_of(&received), 400, "{method}: {received}");
+        let body: serde_json::Value = serde_json::from_str(body_of(&received)).unwrap();
+        assert_eq!(body["error"], "invalid_method", "{method}");
+        assert_eq!(body["request_id"].as_str().map(str::len), Some(32), "{method}");
+    }
+    assert!(h.upstream.seen().is_empty(), "{:?}", h.upstream.seen());
+
+    // The same method in upper case reaches the POST-only route and its scope.
+    let received = h.raw(&request("POST", "/records/v1/admin/x", &read_only, "Content-Length: 0\r\n"), WAIT).await;
+    assert_eq!(status_of(&received), 403, "{received}");
+
+    let log = h.access_log().await;
+    assert_eq!(log.len(), methods.len() + 1, "{log:?}");
+    for (event, method) in log.iter().zip(methods) {
+        assert_eq!(event["method"], method);
+        assert_eq!(event["status"], 400, "{method}");
+        assert_eq!(event["reason"], "invalid_method", "{method}");
+    }
+}
+
 #[tokio::test]
 async fn ban_and_throttle_from_the_guard() {
     let h = Harness::start(|_| {}).await;
