@@ -164,6 +164,15 @@ pub enum GatewayError {
         reason: String,
     },
 
+    /// A server name given for the gateway cannot be used.
+    #[error("invalid gateway server name {name:?}: {reason}")]
+    ServerName {
+        /// The name as given.
+        name: String,
+        /// The problem and how to fix it.
+        reason: String,
+    },
+
     /// The listener could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -197,6 +206,7 @@ impl GatewayError {
         match self {
             Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } => ErrorSource::Upstream,
             Self::UpstreamUrl { .. }
+            | Self::ServerName { .. }
             | Self::Bind { .. }
             | Self::Tls(_)
             | Self::AccessLog { .. }

@@ -16,8 +16,12 @@
 //! which hyper would accept. [`crate::head`] rejects them on the raw bytes
 //! before hyper parses the head. The same checks here cover HTTP/2.
 
+use std::net::{IpAddr, SocketAddr};
+
 use http::header::{self, HeaderMap, HeaderName};
+use http::uri::Authority;
 use http::{Method, Request, Version};
+use rustls_pki_types::DnsName;
 
 use crate::error::GatewayError;
 
@@ -51,10 +55,75 @@ fn framing(reason: impl Into<String>) -> GatewayError {
     GatewayError::Framing { reason: reason.into() }
 }
 
+/// The names under which the gateway accepts an absolute-form request
+/// target (RFC 9112 section 3.2.2), besides the address a connection
+/// arrived on.
+#[derive(Debug, Clone)]
+pub struct ServerNames {
+    /// Lower-case DNS names and IP addresses, without a port.
+    names: Vec<String>,
+}
+
+impl ServerNames {
+    /// Returns the names the platform issues the gateway's listener
+    /// certificate for: `localhost` and `gateway.<trust_domain>`.
+    pub fn for_trust_domain(trust_domain: &str) -> Self {
+        Self { names: vec!["localhost".to_owned(), format!("gateway.{trust_domain}").to_ascii_lowercase()] }
+    }
+
+    /// Adds `name`, a DNS name or an IP address (IPv6 without brackets)
+    /// by which apps reach the gateway, such as a container host alias or
+    /// an address that is translated before it reaches the listener.
+    pub fn add(&mut self, name: &str) -> Result<(), GatewayError> {
+        let invalid = |reason: &str| GatewayError::ServerName { name: name.to_owned(), reason: reason.to_owned() };
+        if name.parse::<IpAddr>().is_err() {
+            if name.contains(':') {
+                return Err(invalid("a port is not allowed; give the host alone"));
+            }
+            DnsName::try_from(name).map_err(|_| invalid("not a DNS name or IP address"))?;
+        }
+        let name = name.to_ascii_lowercase();
+        if !self.names.contains(&name) {
+            self.names.push(name);
+        }
+        Ok(())
+    }
+
+    /// Returns whether `authority` names this gateway as reached at
+    /// `local`, the address of the connection's local end. Its host must be
+    /// one of the names or `local`'s IP address, and a port, if given, must
+    /// be `local`'s port. An authority with user information (RFC 9110
+    /// section 4.2.4) never matches.
+    fn matches(&self, authority: &Authority, local: SocketAddr) -> bool {
+        if authority.as_str().contains('@') {
+            return false;
+        }
+        if authority.port_u16().is_some_and(|port| port != local.port()) {
+            return false;
+        }
+
+        let host = authority.host();
+        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if let Ok(ip) = literal.parse::<IpAddr>() {
+            let local_ip = local.ip().to_canonical();
+            return ip.to_canonical() == local_ip || self.names.iter().any(|name| name.parse::<IpAddr>() == Ok(ip));
+        }
+        let host = host.to_ascii_lowercase();
+        self.names.contains(&host)
+    }
+}
+
 /// Checks the request head: size against `max_header_bytes` (431), then
-/// target and framing (400). `Ok` means the body length is unambiguous
-/// (RFC 9112 section 6.3) and the target names this gateway.
-pub fn check_head<B>(request: &Request<B>, max_header_bytes: u64) -> Result<(), GatewayError> {
+/// method (400), then target and framing (400). `Ok` means the body length
+/// is unambiguous (RFC 9112 section 6.3) and an absolute-form target names
+/// this gateway by one of `names` or `local`, the address the connection
+/// arrived on.
+pub fn check_head<B>(
+    request: &Request<B>,
+    max_header_bytes: u64,
+    names: &ServerNames,
+    local: SocketAddr,
+) -> Result<(), GatewayError> {
     let headers = request.headers();
 
     let size = request.method().as_str().len() as u64
@@ -68,7 +137,7 @@ pub fn check_head<B>(request: &Request<B>, max_header_bytes: u64) -> Result<(), 
     if request.method() == Method::CONNECT {
         return Err(framing("CONNECT is not supported"));
     }
-    check_target(request)?;
+    check_target(request, names, local)?;
 
     for (name, value) in headers {
         if has_control_character(value.as_bytes()) {
@@ -158,9 +227,16 @@ fn target_len(uri: &http::Uri) -> usize {
 }
 
 /// Checks Host and the request target (RFC 9112 section 3.2): exactly one
-/// Host in HTTP/1.1, and an absolute-form target or HTTP/2 `:authority`
-/// only if it equals the Host header.
-fn check_target<B>(request: &Request<B>) -> Result<(), GatewayError> {
+/// Host in HTTP/1.1, an HTTP/2 `:authority` only if it equals the Host
+/// header, and an absolute-form target only with scheme `https`, an
+/// authority equal to the Host header, and that authority naming this
+/// gateway (see [`ServerNames::matches`]).
+///
+/// Host alone and HTTP/2 `:authority` are not compared with the gateway's
+/// names, because apps may reach the gateway under names it cannot know,
+/// such as a port mapping. Neither reaches the upstream, which receives
+/// its own authority.
+fn check_target<B>(request: &Request<B>, names: &ServerNames, local: SocketAddr) -> Result<(), GatewayError> {
     let hosts: Vec<_> = request.headers().get_all(header::HOST).iter().collect();
     if hosts.len() > 1 {
         return Err(framing(format!("{} Host headers", hosts.len())));
@@ -181,9 +257,12 @@ fn check_target<B>(request: &Request<B>) -> Result<(), GatewayError> {
                 return Err(framing("missing Host header"));
             }
             if let Some(authority) = request.uri().authority() {
-                let authority = authority.as_str().to_ascii_lowercase();
-                if request.uri().scheme_str() != Some("https") || host.as_deref() != Some(authority.as_str()) {
-                    return Err(framing(format!("absolute-form target for {authority:?} does not name this host")));
+                let lower = authority.as_str().to_ascii_lowercase();
+                if request.uri().scheme_str() != Some("https") || host.as_deref() != Some(lower.as_str()) {
+                    return Err(framing(format!("absolute-form target for {lower:?} does not name this host")));
+                }
+                if !names.matches(authority, local) {
+                    return Err(framing(format!("absolute-form target for {lower:?} does not name this gateway")));
                 }
             }
         }
@@ -300,15 +379,65 @@ mod tests {
         }
     }
 
+    const LOCAL: &str = "127.0.0.1:8443";
+
+    fn check(request: &Request<()>) -> Result<(), GatewayError> {
+        check_head(request, 16384, &ServerNames::for_trust_domain("weather.example"), LOCAL.parse().unwrap())
+    }
+
     #[test]
     fn chunked_alone_is_accepted() {
-        assert!(check_head(&request(&[("host", "gw"), ("transfer-encoding", "Chunked")]), 16384).is_ok());
+        assert!(check(&request(&[("host", "gw"), ("transfer-encoding", "Chunked")])).is_ok());
+    }
+
+    #[test]
+    fn absolute_form_must_name_this_gateway() {
+        let mut names = ServerNames::for_trust_domain("weather.example");
+        names.add("Gateway.Internal").unwrap();
+        names.add("192.0.2.7").unwrap();
+        names.add("2001:db8::7").unwrap();
+        let local: SocketAddr = LOCAL.parse().unwrap();
+        let cases = [
+            ("localhost", true),
+            ("LOCALHOST", true),
+            ("localhost:8443", true),
+            ("gateway.weather.example", true),
+            ("gateway.internal", true),
+            ("127.0.0.1", true),
+            ("127.0.0.1:8443", true),
+            ("192.0.2.7:8443", true),
+            ("[2001:db8::7]:8443", true),
+            ("localhost:9101", false),
+            ("127.0.0.1:9101", false),
+            ("evil.example", false),
+            ("localhost.evil.example", false),
+            ("localhost.", false),
+            ("weather.example", false),
+            ("records.weather.example", false),
+            ("127.0.0.2", false),
+            ("192.0.2.8", false),
+            ("[::1]", false),
+            ("user@localhost", false),
+            ("localhost@evil.example", false),
+        ];
+        for (authority, expected) in cases {
+            let parsed: Authority = authority.parse().unwrap();
+            assert_eq!(names.matches(&parsed, local), expected, "{authority}");
+        }
+    }
+
+    #[test]
+    fn invalid_server_names_are_rejected() {
+        let mut names = ServerNames::for_trust_domain("weather.example");
+        for name in ["", "gateway.example:8443", "bad name", "under_score..example"] {
+            let error = names.add(name).unwrap_err();
+            assert!(matches!(error, GatewayError::ServerName { .. }), "{name}: {error}");
+        }
     }
 
     #[test]
     fn length_and_chunked_together_are_rejected() {
-        let result =
-            check_head(&request(&[("host", "gw"), ("transfer-encoding", "chunked"), ("content-length", "3")]), 16384);
+        let result = check(&request(&[("host", "gw"), ("transfer-encoding", "chunked"), ("content-length", "3")]));
         assert_eq!(result.unwrap_err().to_string(), "malformed request: both Content-Length and Transfer-Encoding");
     }
 

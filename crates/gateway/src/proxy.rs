@@ -6,6 +6,7 @@
 //! (401), the route's scope (403), a declared body size (413), then the
 //! upstream (502, 504, or its own status).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,7 +25,7 @@ use crate::body::{BoxError, LimitedBody, PendingEvent, RequestCounters, Response
 use crate::error::GatewayError;
 use crate::events::{AccessEvent, EventSinks, now_ms};
 use crate::framing::{
-    APP_ID_HEADER, REQUEST_ID_HEADER, SCOPES_HEADER, check_head, new_request_id, strip_hop_by_hop,
+    APP_ID_HEADER, REQUEST_ID_HEADER, SCOPES_HEADER, ServerNames, check_head, new_request_id, strip_hop_by_hop,
     strip_request_headers,
 };
 use crate::limits::RateLimits;
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub trust: Arc<TrustCache>,
     pub decisions: DecisionReceiver,
     pub sinks: EventSinks,
+    /// The names an absolute-form request target may use for the gateway.
+    pub server_names: ServerNames,
 }
 
 /// The connection facts the gateway takes from the TLS handshake.
@@ -48,6 +51,9 @@ pub(crate) struct Shared {
 pub(crate) struct Peer {
     pub app_id: String,
     pub serial: String,
+    /// The connection's local address, which an absolute-form request
+    /// target may name instead of one of [`Shared::server_names`].
+    pub local_addr: SocketAddr,
     /// SHA-256 thumbprint of the client certificate (base64url), compared
     /// with the token's `cnf.x5t#S256`.
     pub certificate_thumbprint: String,
@@ -123,7 +129,7 @@ async fn forward(
     event: &mut AccessEvent,
 ) -> Result<UpstreamResponse, GatewayError> {
     let settings = shared.settings.load_full();
-    check_head(&request, settings.max_header_bytes)?;
+    check_head(&request, settings.max_header_bytes, &shared.server_names, peer.local_addr)?;
 
     if shared.trust.is_revoked(&peer.serial) {
         return Err(GatewayError::Revoked { app_id: peer.app_id.clone(), serial: peer.serial.clone() });

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::GatewayError;
 use crate::events::{AccessEvent, EventSinks};
-use crate::framing::REQUEST_ID_HEADER;
+use crate::framing::{REQUEST_ID_HEADER, ServerNames};
 use crate::head::{HeadCheckedIo, Rejection, RejectionSlot};
 use crate::limits::{Rate, RateLimits};
 use crate::pool::{UpstreamPool, UpstreamTls};
@@ -66,7 +66,7 @@ pub struct GatewayTls {
 
 /// A gateway ready to listen.
 pub struct Gateway {
-    shared: Arc<Shared>,
+    shared: Shared,
     acceptor: PlatformAcceptor,
     upstream_tls: UpstreamTls,
     workers: usize,
@@ -102,8 +102,25 @@ impl Gateway {
             trust,
             decisions,
             sinks,
+            server_names: ServerNames::for_trust_domain(&config.trust_domain),
         };
-        Ok(Self { shared: Arc::new(shared), acceptor, upstream_tls, workers })
+        Ok(Self { shared, acceptor, upstream_tls, workers })
+    }
+
+    /// Adds names by which apps reach the gateway, DNS names or IP
+    /// addresses without a port, to those an absolute-form request target
+    /// may use. By default these are `localhost`, `gateway.<trust_domain>`
+    /// (the names of the listener certificate the platform issues) and the
+    /// local address of each connection. Fails on the first name that is
+    /// neither a DNS name nor an IP address.
+    pub fn with_server_names<S: AsRef<str>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Result<Self, GatewayError> {
+        for name in names {
+            self.shared.server_names.add(name.as_ref())?;
+        }
+        Ok(self)
     }
 
     /// Sets the number of worker threads (default: one per core, as
@@ -117,6 +134,8 @@ impl Gateway {
     /// and starts the workers. Must be called inside a tokio runtime, which
     /// runs the housekeeping task.
     pub async fn start(self, address: SocketAddr) -> Result<RunningGateway, GatewayError> {
+        let shared = Arc::new(self.shared);
+
         // The first socket fixes the port, so that a port 0 request gives
         // every worker the same ephemeral port.
         let first = reuse_port_listener(address)?;
@@ -134,7 +153,7 @@ impl Gateway {
             let worker = Worker {
                 listener,
                 acceptor: self.acceptor.clone(),
-                shared: Arc::clone(&self.shared),
+                shared: Arc::clone(&shared),
                 upstream_tls: self.upstream_tls.clone(),
                 stopped: stopped.clone(),
                 forced: forced.clone(),
@@ -146,23 +165,15 @@ impl Gateway {
                 .map_err(|source| GatewayError::Bind { address: local_addr, source })?;
             threads.push(thread);
         }
-        let housekeeping = tokio::spawn(housekeeping(Arc::clone(&self.shared)));
-        let busy_poll_window = self.shared.settings.load().busy_poll_window;
+        let housekeeping = tokio::spawn(housekeeping(Arc::clone(&shared)));
+        let busy_poll_window = shared.settings.load().busy_poll_window;
         tracing::info!(
             address = %local_addr,
             workers = threads.len(),
-            routes = self.shared.routes.load().len(),
+            routes = shared.routes.load().len(),
             "gateway listening"
         );
-        Ok(RunningGateway {
-            shared: self.shared,
-            local_addr,
-            stop,
-            force,
-            all_finished,
-            housekeeping,
-            busy_poll_window,
-        })
+        Ok(RunningGateway { shared, local_addr, stop, force, all_finished, housekeeping, busy_poll_window })
     }
 }
 
@@ -384,6 +395,13 @@ async fn serve_connection(
     _alive: mpsc::Sender<()>,
 ) {
     let settings = shared.settings.load_full();
+    let local_addr = match tcp.local_addr() {
+        Ok(address) => address,
+        Err(error) => {
+            tracing::info!(%remote, %error, "reading the local address of a new connection failed; connection closed");
+            return;
+        }
+    };
     let (tls, verified) = match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(error)) => {
@@ -404,7 +422,7 @@ async fn serve_connection(
         None => return,
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    let peer = Arc::new(Peer { app_id, serial: verified.serial().to_owned(), certificate_thumbprint });
+    let peer = Arc::new(Peer { app_id, serial: verified.serial().to_owned(), certificate_thumbprint, local_addr });
     tracing::debug!(%remote, app_id = %peer.app_id, h2, "connection accepted");
 
     let max_buf_size = (settings.max_header_bytes as usize).max(MIN_READ_BUFFER);

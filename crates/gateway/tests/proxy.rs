@@ -340,6 +340,53 @@ async fn nonstandard_methods_are_rejected() {
     }
 }
 
+/// An absolute-form target is accepted only with an authority that names
+/// the gateway: `localhost`, `gateway.<trust domain>` or the address the
+/// connection arrived on, with the listener's port if a port is given.
+/// The Host header must repeat the authority in every case.
+#[tokio::test]
+async fn absolute_form_must_name_gateway() {
+    let h = Harness::start(|_| {}).await;
+    let token = h.token("weather", &["weather:read"]);
+    let port = h.port();
+    let upstream_port = h.upstream.address.port();
+
+    let cases = [
+        ("localhost".to_owned(), 200),
+        (format!("localhost:{port}"), 200),
+        (format!("LocalHost:{port}"), 200),
+        ("gateway.weather.example".to_owned(), 200),
+        (format!("127.0.0.1:{port}"), 200),
+        ("127.0.0.1".to_owned(), 200),
+        ("evil.example".to_owned(), 400),
+        (format!("evil.example:{port}"), 400),
+        ("localhost.evil.example".to_owned(), 400),
+        ("weather.example".to_owned(), 400),
+        ("records.weather.example".to_owned(), 400),
+        (format!("127.0.0.1:{upstream_port}"), 400),
+        (format!("localhost:{upstream_port}"), 400),
+        ("127.0.0.2".to_owned(), 400),
+        ("[::1]".to_owned(), 400),
+        ("app-a@localhost".to_owned(), 400),
+    ];
+    for (authority, status) in &cases {
+        let bytes = format!(
+            "GET https://{authority}/weather/v1/x HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        let received = h.raw(bytes.as_bytes(), WAIT).await;
+        assert_eq!(status_of(&received), *status, "{authority}: {received}");
+        if *status == 400 {
+            assert!(body_of(&received).contains("\"error\":\"invalid_request\""), "{authority}: {received}");
+        }
+    }
+
+    let accepted = cases.iter().filter(|(_, status)| *status == 200).count();
+    assert_eq!(h.upstream.seen().len(), accepted);
+    for seen in h.upstream.seen() {
+        assert_eq!(seen.target, "/weather/v1/x");
+    }
+}
+
 #[tokio::test]
 async fn ban_and_throttle_from_the_guard() {
     let h = Harness::start(|_| {}).await;
