@@ -113,25 +113,73 @@ impl Body for LimitedBody {
     }
 }
 
-/// The access event of one request, finished when its response ends.
+/// The status in the access event of a request whose app went away before
+/// the response head: 499, which nginx introduced for "client closed
+/// request". No HTTP standard defines a status for this case, and the app
+/// receives no response.
+pub const CLIENT_CLOSED_STATUS: u16 = 499;
+
+/// The reason code in the access event of a request whose app went away
+/// before the response head.
+pub const CLIENT_CLOSED: &str = "client_closed";
+
+/// The access event of one request, from the request head until it is
+/// emitted.
+///
+/// Invariant: the event is emitted exactly once. [`ResponseBody`] emits it
+/// when the response body ends or is dropped. A `PendingEvent` dropped
+/// before that emits it itself with [`CLIENT_CLOSED_STATUS`] and reason
+/// [`CLIENT_CLOSED`]. That happens when hyper drops the handler's future
+/// because the app reset its HTTP/2 stream or closed an HTTP/2 connection,
+/// possibly while the upstream works on the forwarded request.
 pub struct PendingEvent {
-    /// The event with everything known before the response.
+    /// The event, filled in by the handler as the request passes its checks.
     pub event: AccessEvent,
     /// When the request head arrived.
-    pub started: Instant,
+    started: Instant,
     /// Request body counters.
-    pub counters: Arc<RequestCounters>,
+    counters: Arc<RequestCounters>,
     /// The sinks that receive the event.
-    pub sinks: EventSinks,
+    sinks: EventSinks,
+    /// Set once the event went to the sinks.
+    emitted: bool,
 }
 
 impl PendingEvent {
-    fn finish(mut self, bytes_out: u64) {
+    /// Starts the event of a request whose head arrived at `started`.
+    pub fn new(event: AccessEvent, started: Instant, counters: Arc<RequestCounters>, sinks: EventSinks) -> Self {
+        Self { event, started, counters, sinks, emitted: false }
+    }
+
+    /// Completes the event with the byte counts and latency and emits it,
+    /// unless it was emitted already.
+    fn finish(&mut self, bytes_out: u64) {
+        if self.emitted {
+            return;
+        }
+        self.emitted = true;
         self.event.bytes_in = self.counters.bytes_in.load(Ordering::Relaxed);
         self.event.bytes_out = bytes_out;
         self.event.latency_us = self.started.elapsed().as_micros() as u64;
         self.event.at_ms = now_ms();
-        self.sinks.emit(self.event);
+        self.sinks.emit(std::mem::take(&mut self.event));
+    }
+}
+
+impl Drop for PendingEvent {
+    fn drop(&mut self) {
+        if self.emitted {
+            return;
+        }
+        self.event.status = CLIENT_CLOSED_STATUS;
+        self.event.reason = Some(CLIENT_CLOSED.to_owned());
+        tracing::debug!(
+            app_id = %self.event.app_id,
+            request_id = %self.event.request_id,
+            service = %self.event.service,
+            "app closed the request before the response head"
+        );
+        self.finish(0);
     }
 }
 
@@ -234,7 +282,7 @@ impl ResponseBody {
     }
 
     fn finish(&mut self) {
-        if let Some(event) = self.event.take() {
+        if let Some(mut event) = self.event.take() {
             event.finish(self.bytes_out);
         }
     }

@@ -76,7 +76,7 @@ pub(crate) async fn handle(
     let request_span = || tracing::info_span!("request", app_id = %peer.app_id, request_id = %request_id);
     let span = if tracing::enabled!(tracing::Level::DEBUG) { request_span() } else { tracing::Span::none() };
     let counters = Arc::new(RequestCounters::default());
-    let mut event = AccessEvent {
+    let event = AccessEvent {
         at_ms: 0,
         request_id: request_id.clone(),
         app_id: peer.app_id.clone(),
@@ -91,23 +91,27 @@ pub(crate) async fn handle(
         reason: None,
     };
 
-    let result =
-        forward(&shared, &pool, &peer, request, &request_id, &counters, &mut event).instrument(span.clone()).await;
+    // Created before forwarding: if hyper drops this future, the pending
+    // event still records the request, which the upstream may have received.
+    let mut pending = PendingEvent::new(event, started, Arc::clone(&counters), shared.sinks.clone());
+
+    let result = forward(&shared, &pool, &peer, request, &request_id, &counters, &mut pending.event)
+        .instrument(span.clone())
+        .await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
             let span = if span.is_none() { request_span() } else { span };
             let _entered = span.enter();
-            event.reason = Some(error.code().to_owned());
+            pending.event.reason = Some(error.code().to_owned());
             error.to_response(&request_id).map(|body| body.map_err(|never| match never {}).boxed_unsync())
         }
     };
 
-    event.status = response.status().as_u16();
+    pending.event.status = response.status().as_u16();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    let pending = PendingEvent { event, started, counters, sinks: shared.sinks.clone() };
     response.map(|body| ResponseBody::new(body, pending))
 }
 

@@ -480,6 +480,55 @@ async fn unreachable_upstream_is_502_without_detail() {
     assert_eq!(body.as_object().unwrap().len(), 3);
 }
 
+/// An app that resets its HTTP/2 stream, or closes its HTTP/2 connection,
+/// while the upstream works on the request (the recorder delays its
+/// response to `/slow/` requests by 3 s) gets exactly one access event:
+/// status 499 with reason `client_closed`, although no response was sent.
+#[tokio::test]
+async fn client_gone_before_response_is_recorded() {
+    for close_connection in [false, true] {
+        let mut h = Harness::start(|_| {}).await;
+        let token = h.token("weather", &["weather:read"]);
+        let (sender, driver) = http2_client(&h).await;
+
+        let request = http::Request::get(format!("https://localhost:{}/weather/v1/slow/gone", h.port()))
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let mut stream_sender = sender.clone();
+        let stream = tokio::spawn(async move { stream_sender.send_request(request).await.is_ok() });
+
+        let deadline = std::time::Instant::now() + WAIT;
+        while h.upstream.seen().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the upstream never received the request");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // Aborting the task drops the response future, which resets the
+        // stream. Aborting the driver as well closes the connection.
+        stream.abort();
+        if close_connection {
+            driver.abort();
+            drop(sender);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let events = h.guard_events();
+        assert_eq!(events.len(), 1, "close_connection {close_connection}: {events:?}");
+        let GuardEvent::Access { status, .. } = &events[0] else { panic!("{events:?}") };
+        assert_eq!(*status, 499, "close_connection {close_connection}");
+
+        let log = h.access_log().await;
+        assert_eq!(log.len(), 1, "close_connection {close_connection}: {log:?}");
+        assert_eq!(log[0]["status"], 499, "close_connection {close_connection}");
+        assert_eq!(log[0]["reason"], "client_closed", "close_connection {close_connection}");
+        assert_eq!(log[0]["path"], "/weather/v1/slow/gone", "close_connection {close_connection}");
+        assert_eq!(log[0]["service"], "weather", "close_connection {close_connection}");
+        assert_eq!(log[0]["bytes_out"], 0, "close_connection {close_connection}");
+        driver.abort();
+    }
+}
+
 #[tokio::test]
 async fn reload_swaps_routes_without_restart() {
     let h = Harness::start(|_| {}).await;
