@@ -144,6 +144,16 @@ pub enum GatewayError {
         detail: String,
     },
 
+    /// Opening a connection to the upstream (TCP, TLS handshake and, for
+    /// HTTP/2, the connection preface) took longer than the connect timeout.
+    #[error("connecting to the upstream of service {service} timed out after {after:?}")]
+    UpstreamConnectTimeout {
+        /// The service.
+        service: String,
+        /// The connect timeout.
+        after: Duration,
+    },
+
     /// The upstream did not send a response head in time.
     #[error("upstream of service {service} did not respond within {after:?}")]
     UpstreamTimeout {
@@ -162,6 +172,18 @@ pub enum GatewayError {
         url: String,
         /// The problem.
         reason: String,
+    },
+
+    /// A gateway setting given through the [`crate::Gateway`] builder is
+    /// out of range.
+    #[error("invalid gateway setting {setting} = {value}: {reason}")]
+    Setting {
+        /// The builder method.
+        setting: &'static str,
+        /// The value given.
+        value: String,
+        /// The valid range.
+        reason: &'static str,
     },
 
     /// A server name given for the gateway cannot be used.
@@ -204,9 +226,12 @@ impl GatewayError {
     /// Returns where the failure came from.
     pub fn source_class(&self) -> ErrorSource {
         match self {
-            Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } => ErrorSource::Upstream,
+            Self::UpstreamUnreachable { .. } | Self::UpstreamConnectTimeout { .. } | Self::UpstreamTimeout { .. } => {
+                ErrorSource::Upstream
+            }
             Self::UpstreamUrl { .. }
             | Self::ServerName { .. }
+            | Self::Setting { .. }
             | Self::Bind { .. }
             | Self::Tls(_)
             | Self::AccessLog { .. }
@@ -227,7 +252,7 @@ impl GatewayError {
             Self::Token { .. } => StatusCode::UNAUTHORIZED,
             Self::Revoked { .. } | Self::Banned { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnreachable { .. } | Self::UpstreamConnectTimeout { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -251,6 +276,7 @@ impl GatewayError {
             Self::Banned { .. } => "banned",
             Self::RateLimited { .. } => "rate_limited",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
+            Self::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             _ => "internal_error",
         }
@@ -276,6 +302,7 @@ impl GatewayError {
                 "the app's rate limit for this service is exhausted; retry after Retry-After seconds"
             }
             Self::UpstreamUnreachable { .. } => "the service is unreachable",
+            Self::UpstreamConnectTimeout { .. } => "the service did not accept a connection in time",
             Self::UpstreamTimeout { .. } => "the service did not answer in time",
             _ => "the gateway failed; the request id identifies the failure in the platform's logs",
         }

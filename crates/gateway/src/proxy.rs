@@ -222,7 +222,11 @@ async fn forward(
             return Err(GatewayError::BodyTooLarge { max: settings.max_body_bytes });
         }
         Ok(Err(error)) => {
-            return Err(GatewayError::UpstreamUnreachable { service: upstream.service.clone(), detail: error.detail });
+            let service = upstream.service.clone();
+            return Err(match error.connect_timed_out {
+                Some(after) => GatewayError::UpstreamConnectTimeout { service, after },
+                None => GatewayError::UpstreamUnreachable { service, detail: error.detail },
+            });
         }
         Ok(Ok(response)) => response,
     };

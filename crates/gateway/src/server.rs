@@ -38,7 +38,7 @@ use crate::events::{AccessEvent, EventSinks};
 use crate::framing::{REQUEST_ID_HEADER, ServerNames};
 use crate::head::{HeadCheckedIo, Rejection, RejectionSlot};
 use crate::limits::{Rate, RateLimits};
-use crate::pool::{UpstreamPool, UpstreamTls};
+use crate::pool::{DEFAULT_CONNECT_TIMEOUT, UpstreamPool, UpstreamTls};
 use crate::proxy::{Peer, Shared, handle};
 use crate::routes::RouteTable;
 use crate::timer::ConnectionTimer;
@@ -69,6 +69,7 @@ pub struct Gateway {
     shared: Shared,
     acceptor: PlatformAcceptor,
     upstream_tls: UpstreamTls,
+    upstream_connect_timeout: Duration,
     workers: usize,
 }
 
@@ -104,7 +105,7 @@ impl Gateway {
             sinks,
             server_names: ServerNames::for_trust_domain(&config.trust_domain),
         };
-        Ok(Self { shared, acceptor, upstream_tls, workers })
+        Ok(Self { shared, acceptor, upstream_tls, upstream_connect_timeout: DEFAULT_CONNECT_TIMEOUT, workers })
     }
 
     /// Adds names by which apps reach the gateway, DNS names or IP
@@ -120,6 +121,17 @@ impl Gateway {
         for name in names {
             self.shared.server_names.add(name.as_ref())?;
         }
+        Ok(self)
+    }
+
+    /// Sets how long opening an upstream connection may take: TCP, the TLS
+    /// handshake and the HTTP/2 preface (default
+    /// [`DEFAULT_CONNECT_TIMEOUT`], 5 s). Past it the app gets 502 with
+    /// `upstream_connect_timeout`. It takes effect only when shorter than
+    /// `gateway.upstream_timeout`, which otherwise ends the wait first with
+    /// 504. Fails unless `timeout` is between 1 ms and 60 s.
+    pub fn with_upstream_connect_timeout(mut self, timeout: Duration) -> Result<Self, GatewayError> {
+        self.upstream_connect_timeout = valid_connect_timeout(timeout)?;
         Ok(self)
     }
 
@@ -155,6 +167,7 @@ impl Gateway {
                 acceptor: self.acceptor.clone(),
                 shared: Arc::clone(&shared),
                 upstream_tls: self.upstream_tls.clone(),
+                upstream_connect_timeout: self.upstream_connect_timeout,
                 stopped: stopped.clone(),
                 forced: forced.clone(),
                 _finished: finished.clone(),
@@ -175,6 +188,20 @@ impl Gateway {
         );
         Ok(RunningGateway { shared, local_addr, stop, force, all_finished, housekeeping, busy_poll_window })
     }
+}
+
+/// Returns `timeout` if it lies between 1 ms and 60 s. Zero would fail
+/// every new upstream connection, and a connect timeout counts only while
+/// it is shorter than `gateway.upstream_timeout`.
+fn valid_connect_timeout(timeout: Duration) -> Result<Duration, GatewayError> {
+    if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(60) {
+        return Err(GatewayError::Setting {
+            setting: "with_upstream_connect_timeout",
+            value: format!("{timeout:?}"),
+            reason: "give a duration from 1 ms to 60 s",
+        });
+    }
+    Ok(timeout)
 }
 
 /// Opens a listening socket on `address` with `SO_REUSEPORT`, so that each
@@ -199,6 +226,7 @@ struct Worker {
     acceptor: PlatformAcceptor,
     shared: Arc<Shared>,
     upstream_tls: UpstreamTls,
+    upstream_connect_timeout: Duration,
     stopped: watch::Receiver<bool>,
     forced: watch::Receiver<bool>,
     /// Dropped when the thread ends; the shutdown waits for every worker's.
@@ -217,7 +245,16 @@ impl Worker {
                 return;
             }
         };
-        let Worker { listener, acceptor, shared, upstream_tls, stopped, mut forced, _finished } = self;
+        let Worker {
+            listener,
+            acceptor,
+            shared,
+            upstream_tls,
+            upstream_connect_timeout,
+            stopped,
+            mut forced,
+            _finished,
+        } = self;
         runtime.block_on(async move {
             let listener = match TcpListener::from_std(listener) {
                 Ok(listener) => listener,
@@ -226,7 +263,7 @@ impl Worker {
                     return;
                 }
             };
-            let pool = Arc::new(UpstreamPool::new(upstream_tls));
+            let pool = Arc::new(UpstreamPool::new(upstream_tls, upstream_connect_timeout));
             crate::busy_poll::start(shared.settings.load().busy_poll_window);
             let (alive, mut drained) = mpsc::channel::<()>(1);
             accept_loop(listener, acceptor, shared, pool, stopped, alive).await;
@@ -598,5 +635,30 @@ impl AsyncWrite for SharedIo {
 
     fn is_write_vectored(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_timeout_range_is_checked() {
+        let cases = [
+            (Duration::ZERO, false),
+            (Duration::from_micros(999), false),
+            (Duration::from_millis(1), true),
+            (Duration::from_secs(5), true),
+            (Duration::from_secs(60), true),
+            (Duration::from_secs(61), false),
+        ];
+        for (timeout, valid) in cases {
+            assert_eq!(valid_connect_timeout(timeout).is_ok(), valid, "{timeout:?}");
+        }
+        let message = valid_connect_timeout(Duration::ZERO).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "invalid gateway setting with_upstream_connect_timeout = 0ns: give a duration from 1 ms to 60 s"
+        );
     }
 }

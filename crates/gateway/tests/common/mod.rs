@@ -217,6 +217,16 @@ impl Harness {
     /// workers if given. One worker puts every app connection on one
     /// upstream pool, which the pool tests count connections of.
     pub async fn start_with_workers(workers: Option<usize>, adjust: impl FnOnce(&mut PlatformConfig)) -> Self {
+        Self::start_built(workers, adjust, |gateway| gateway).await
+    }
+
+    /// Starts everything like [`Harness::start_with_workers`], with the
+    /// gateway changed by `build` before it starts.
+    pub async fn start_built(
+        workers: Option<usize>,
+        adjust: impl FnOnce(&mut PlatformConfig),
+        build: impl FnOnce(Gateway) -> Gateway,
+    ) -> Self {
         let platform = Platform::new().await;
         let upstream = Recorder::start(&platform).await;
         let mut config = example_config(upstream.address);
@@ -254,7 +264,7 @@ impl Harness {
         if let Some(workers) = workers {
             gateway = gateway.with_workers(workers);
         }
-        let gateway = gateway.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let gateway = build(gateway).start("127.0.0.1:0".parse().unwrap()).await.unwrap();
 
         Self {
             platform,
