@@ -171,6 +171,9 @@ impl Drop for PendingEvent {
         if self.emitted {
             return;
         }
+
+        // NOTE: a request cut off because a shutdown's deadline passed is
+        // also dropped here and recorded as client_closed.
         self.event.status = CLIENT_CLOSED_STATUS;
         self.event.reason = Some(CLIENT_CLOSED.to_owned());
         tracing::debug!(

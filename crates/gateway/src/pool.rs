@@ -53,9 +53,9 @@ const MAX_IDLE_PER_UPSTREAM: usize = 256;
 /// the TCP connection, the TLS handshake and, for HTTP/2, the connection
 /// preface. A request to an upstream that drops SYN packets or never
 /// completes the TLS handshake then gets 502 after this time, not 504
-/// after the whole `gateway.upstream_timeout`. Loopback and data-centre connections open
-/// within milliseconds, so 5 s leaves room for several SYN retransmissions
-/// (Linux waits 1 s, then 2 s).
+/// after the whole `gateway.upstream_timeout`. With Linux's initial
+/// retransmission timeout of 1 s, 5 s leaves room for a lost SYN to be
+/// sent again twice, after 1 s and after 3 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The reason a request got no response from the upstream.
