@@ -80,7 +80,9 @@ impl ServerNames {
             if name.contains(':') {
                 return Err(invalid("a port is not allowed; give the host alone"));
             }
-            DnsName::try_from(name).map_err(|_| invalid("not a DNS name or IP address"))?;
+            DnsName::try_from(name).map_err(|_| {
+                invalid("not a DNS name or IP address; give a name such as gateway.example.org or an address")
+            })?;
         }
         let name = name.to_ascii_lowercase();
         if !self.names.contains(&name) {

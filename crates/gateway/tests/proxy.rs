@@ -342,11 +342,13 @@ async fn nonstandard_methods_are_rejected() {
 
 /// An absolute-form target is accepted only with an authority that names
 /// the gateway: `localhost`, `gateway.<trust domain>` or the address the
-/// connection arrived on, with the listener's port if a port is given.
-/// The Host header must repeat the authority in every case.
+/// connection arrived on, with the listener's port if a port is given, or
+/// a name added with `Gateway::with_server_names`. The Host header must
+/// repeat the authority in every case.
 #[tokio::test]
 async fn absolute_form_must_name_gateway() {
-    let h = Harness::start(|_| {}).await;
+    let h =
+        Harness::start_built(None, |_| {}, |gateway| gateway.with_server_names(["API.Gateway.test"]).unwrap()).await;
     let token = h.token("weather", &["weather:read"]);
     let port = h.port();
     let upstream_port = h.upstream.address.port();
@@ -358,6 +360,9 @@ async fn absolute_form_must_name_gateway() {
         ("gateway.weather.example".to_owned(), 200),
         (format!("127.0.0.1:{port}"), 200),
         ("127.0.0.1".to_owned(), 200),
+        ("api.gateway.test".to_owned(), 200),
+        (format!("api.gateway.test:{port}"), 200),
+        ("gateway.test".to_owned(), 400),
         ("evil.example".to_owned(), 400),
         (format!("evil.example:{port}"), 400),
         ("localhost.evil.example".to_owned(), 400),
