@@ -18,6 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::events::{AccessEvent, EventSinks, now_ms};
+use crate::framing::strip_request_headers;
 
 /// A boxed error of a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -35,8 +36,10 @@ pub struct RequestCounters {
     pub ended: AtomicBool,
 }
 
-/// The request body forwarded upstream: counts bytes and fails once more
-/// than `limit` bytes arrived, which also covers chunked bodies.
+/// The request body forwarded upstream: counts bytes, fails once more
+/// than `limit` bytes arrived (which also covers chunked bodies), and
+/// removes from request trailers what [`strip_request_headers`] removes
+/// from the head.
 pub struct LimitedBody {
     inner: hyper::body::Incoming,
     limit: u64,
@@ -68,7 +71,7 @@ impl Body for LimitedBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let total =
                         this.counters.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
@@ -76,6 +79,13 @@ impl Body for LimitedBody {
                         this.counters.too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded(this.limit)))));
                     }
+                }
+
+                // Trailers (HTTP/2, or a chunked HTTP/1.1 body) follow the
+                // same rule as the request head, so an app cannot place an
+                // identity header behind its body.
+                if let Some(trailers) = frame.trailers_mut() {
+                    strip_request_headers(trailers);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -103,25 +113,76 @@ impl Body for LimitedBody {
     }
 }
 
-/// The access event of one request, finished when its response ends.
+/// The status in the access event of a request whose app went away before
+/// the response head: 499, which nginx introduced for "client closed
+/// request". No HTTP standard defines a status for this case, and the app
+/// receives no response.
+pub const CLIENT_CLOSED_STATUS: u16 = 499;
+
+/// The reason code in the access event of a request whose app went away
+/// before the response head.
+pub const CLIENT_CLOSED: &str = "client_closed";
+
+/// The access event of one request, from the request head until it is
+/// emitted.
+///
+/// Invariant: the event is emitted exactly once. [`ResponseBody`] emits it
+/// when the response body ends or is dropped. A `PendingEvent` dropped
+/// before that emits it itself with [`CLIENT_CLOSED_STATUS`] and reason
+/// [`CLIENT_CLOSED`]. That happens when hyper drops the handler's future
+/// because the app reset its HTTP/2 stream or closed an HTTP/2 connection,
+/// possibly while the upstream works on the forwarded request.
 pub struct PendingEvent {
-    /// The event with everything known before the response.
+    /// The event, filled in by the handler as the request passes its checks.
     pub event: AccessEvent,
     /// When the request head arrived.
-    pub started: Instant,
+    started: Instant,
     /// Request body counters.
-    pub counters: Arc<RequestCounters>,
+    counters: Arc<RequestCounters>,
     /// The sinks that receive the event.
-    pub sinks: EventSinks,
+    sinks: EventSinks,
+    /// Set once the event went to the sinks.
+    emitted: bool,
 }
 
 impl PendingEvent {
-    fn finish(mut self, bytes_out: u64) {
+    /// Starts the event of a request whose head arrived at `started`.
+    pub fn new(event: AccessEvent, started: Instant, counters: Arc<RequestCounters>, sinks: EventSinks) -> Self {
+        Self { event, started, counters, sinks, emitted: false }
+    }
+
+    /// Completes the event with the byte counts and latency and emits it,
+    /// unless it was emitted already.
+    fn finish(&mut self, bytes_out: u64) {
+        if self.emitted {
+            return;
+        }
+        self.emitted = true;
         self.event.bytes_in = self.counters.bytes_in.load(Ordering::Relaxed);
         self.event.bytes_out = bytes_out;
         self.event.latency_us = self.started.elapsed().as_micros() as u64;
         self.event.at_ms = now_ms();
-        self.sinks.emit(self.event);
+        self.sinks.emit(std::mem::take(&mut self.event));
+    }
+}
+
+impl Drop for PendingEvent {
+    fn drop(&mut self) {
+        if self.emitted {
+            return;
+        }
+
+        // NOTE: a request cut off because a shutdown's deadline passed is
+        // also dropped here and recorded as client_closed.
+        self.event.status = CLIENT_CLOSED_STATUS;
+        self.event.reason = Some(CLIENT_CLOSED.to_owned());
+        tracing::debug!(
+            app_id = %self.event.app_id,
+            request_id = %self.event.request_id,
+            service = %self.event.service,
+            "app closed the request before the response head"
+        );
+        self.finish(0);
     }
 }
 
@@ -224,7 +285,7 @@ impl ResponseBody {
     }
 
     fn finish(&mut self) {
-        if let Some(event) = self.event.take() {
+        if let Some(mut event) = self.event.take() {
             event.finish(self.bytes_out);
         }
     }

@@ -43,6 +43,17 @@ pub enum GatewayError {
         reason: String,
     },
 
+    /// The request method is not one of the registered standard methods
+    /// (RFC 9110 section 9.1 and PATCH from RFC 5789). Method names are
+    /// case-sensitive, so `post` is an extension method, not POST.
+    #[error("method {method:?} is not a standard method; use one of {allowed}")]
+    NonStandardMethod {
+        /// The method as received.
+        method: String,
+        /// The accepted methods, space-separated.
+        allowed: &'static str,
+    },
+
     /// The request head is larger than `gateway.max_header_bytes`.
     #[error("request head of {size} bytes exceeds the maximum of {max} bytes")]
     HeadersTooLarge {
@@ -133,6 +144,16 @@ pub enum GatewayError {
         detail: String,
     },
 
+    /// Opening a connection to the upstream (TCP, TLS handshake and, for
+    /// HTTP/2, the connection preface) took longer than the connect timeout.
+    #[error("connecting to the upstream of service {service} timed out after {after:?}")]
+    UpstreamConnectTimeout {
+        /// The service.
+        service: String,
+        /// The connect timeout.
+        after: Duration,
+    },
+
     /// The upstream did not send a response head in time.
     #[error("upstream of service {service} did not respond within {after:?}")]
     UpstreamTimeout {
@@ -150,6 +171,27 @@ pub enum GatewayError {
         /// The URL from the configuration.
         url: String,
         /// The problem.
+        reason: String,
+    },
+
+    /// A gateway setting given through the [`crate::Gateway`] builder is
+    /// out of range.
+    #[error("invalid gateway setting {setting} = {value}: {reason}")]
+    Setting {
+        /// The builder method.
+        setting: &'static str,
+        /// The value given.
+        value: String,
+        /// The valid range.
+        reason: &'static str,
+    },
+
+    /// A server name given for the gateway cannot be used.
+    #[error("invalid gateway server name {name:?}: {reason}")]
+    ServerName {
+        /// The name as given.
+        name: String,
+        /// The problem and how to fix it.
         reason: String,
     },
 
@@ -184,8 +226,12 @@ impl GatewayError {
     /// Returns where the failure came from.
     pub fn source_class(&self) -> ErrorSource {
         match self {
-            Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } => ErrorSource::Upstream,
+            Self::UpstreamUnreachable { .. } | Self::UpstreamConnectTimeout { .. } | Self::UpstreamTimeout { .. } => {
+                ErrorSource::Upstream
+            }
             Self::UpstreamUrl { .. }
+            | Self::ServerName { .. }
+            | Self::Setting { .. }
             | Self::Bind { .. }
             | Self::Tls(_)
             | Self::AccessLog { .. }
@@ -197,7 +243,7 @@ impl GatewayError {
     /// Returns the HTTP status the app receives.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Path { .. } | Self::Framing { .. } => StatusCode::BAD_REQUEST,
+            Self::Path { .. } | Self::Framing { .. } | Self::NonStandardMethod { .. } => StatusCode::BAD_REQUEST,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
@@ -206,7 +252,7 @@ impl GatewayError {
             Self::Token { .. } => StatusCode::UNAUTHORIZED,
             Self::Revoked { .. } | Self::Banned { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnreachable { .. } | Self::UpstreamConnectTimeout { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -219,6 +265,7 @@ impl GatewayError {
         match self {
             Self::Path { .. } => "invalid_path",
             Self::Framing { .. } => "invalid_request",
+            Self::NonStandardMethod { .. } => "invalid_method",
             Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::NoRoute { .. } => "no_route",
@@ -229,6 +276,7 @@ impl GatewayError {
             Self::Banned { .. } => "banned",
             Self::RateLimited { .. } => "rate_limited",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
+            Self::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             _ => "internal_error",
         }
@@ -241,6 +289,7 @@ impl GatewayError {
         match self {
             Self::Path { .. } => "the path is not in canonical form or contains a forbidden spelling",
             Self::Framing { .. } => "the request's framing or headers are malformed",
+            Self::NonStandardMethod { .. } => "the method is not a standard HTTP method in upper case",
             Self::HeadersTooLarge { .. } => "the request headers exceed the gateway's limit",
             Self::BodyTooLarge { .. } => "the request body exceeds the gateway's limit",
             Self::NoRoute { .. } => "no route matches this method and path",
@@ -253,6 +302,7 @@ impl GatewayError {
                 "the app's rate limit for this service is exhausted; retry after Retry-After seconds"
             }
             Self::UpstreamUnreachable { .. } => "the service is unreachable",
+            Self::UpstreamConnectTimeout { .. } => "the service did not accept a connection in time",
             Self::UpstreamTimeout { .. } => "the service did not answer in time",
             _ => "the gateway failed; the request id identifies the failure in the platform's logs",
         }

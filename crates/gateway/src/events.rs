@@ -20,7 +20,7 @@ use crate::error::GatewayError;
 pub const OVERFLOW_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The outcome of one request, as written to the access log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AccessEvent {
     /// When the response ended, milliseconds since the Unix epoch.
     pub at_ms: i64,

@@ -4,7 +4,8 @@
 //! hyper 1 (through httparse) already rejects, with 400 and before any of
 //! this runs: header names with spaces, control characters or other
 //! non-token bytes, whitespace between a name and its colon, obsolete line
-//! folding and bare CR. This module rejects what hyper passes on: comma-listed or
+//! folding and bare CR. This module rejects what hyper passes on: methods
+//! outside the registered standard set, comma-listed or
 //! signed Content-Length values, Transfer-Encoding with any coding besides
 //! `chunked` (such as `gzip, chunked` or `chunked` twice), a missing or
 //! repeated Host, absolute-form targets naming another authority or
@@ -15,8 +16,12 @@
 //! which hyper would accept. [`crate::head`] rejects them on the raw bytes
 //! before hyper parses the head. The same checks here cover HTTP/2.
 
+use std::net::{IpAddr, SocketAddr};
+
 use http::header::{self, HeaderMap, HeaderName};
+use http::uri::Authority;
 use http::{Method, Request, Version};
+use rustls_pki_types::DnsName;
 
 use crate::error::GatewayError;
 
@@ -28,8 +33,9 @@ pub const SCOPES_HEADER: &str = "x-portcullis-scopes";
 /// The request id, also returned to the app.
 pub const REQUEST_ID_HEADER: &str = "x-portcullis-request-id";
 
-/// The prefix of every header the gateway owns.
-const OWN_PREFIX: &str = "x-portcullis-";
+/// The prefix of every header the gateway owns, with `-` as the only
+/// separator.
+const OWN_PREFIX: &[u8] = b"x-portcullis-";
 
 /// Hop-by-hop headers of RFC 9110 section 7.6.1, plus `expect` (hyper
 /// sends `100 Continue` to the app itself) and `host`. Every `proxy-*`
@@ -49,10 +55,77 @@ fn framing(reason: impl Into<String>) -> GatewayError {
     GatewayError::Framing { reason: reason.into() }
 }
 
+/// The names under which the gateway accepts an absolute-form request
+/// target (RFC 9112 section 3.2.2), besides the address a connection
+/// arrived on.
+#[derive(Debug, Clone)]
+pub struct ServerNames {
+    /// Lower-case DNS names and IP addresses, without a port.
+    names: Vec<String>,
+}
+
+impl ServerNames {
+    /// Returns the names the platform issues the gateway's listener
+    /// certificate for: `localhost` and `gateway.<trust_domain>`.
+    pub fn for_trust_domain(trust_domain: &str) -> Self {
+        Self { names: vec!["localhost".to_owned(), format!("gateway.{trust_domain}").to_ascii_lowercase()] }
+    }
+
+    /// Adds `name`, a DNS name or an IP address (IPv6 without brackets)
+    /// by which apps reach the gateway, such as a container host alias or
+    /// an address that is translated before it reaches the listener.
+    pub fn add(&mut self, name: &str) -> Result<(), GatewayError> {
+        let invalid = |reason: &str| GatewayError::ServerName { name: name.to_owned(), reason: reason.to_owned() };
+        if name.parse::<IpAddr>().is_err() {
+            if name.contains(':') {
+                return Err(invalid("a port is not allowed; give the host alone"));
+            }
+            DnsName::try_from(name).map_err(|_| {
+                invalid("not a DNS name or IP address; give a name such as gateway.example.org or an address")
+            })?;
+        }
+        let name = name.to_ascii_lowercase();
+        if !self.names.contains(&name) {
+            self.names.push(name);
+        }
+        Ok(())
+    }
+
+    /// Returns whether `authority` names this gateway as reached at
+    /// `local`, the address of the connection's local end. Its host must be
+    /// one of the names or `local`'s IP address, and a port, if given, must
+    /// be `local`'s port. An authority with user information (RFC 9110
+    /// section 4.2.4) never matches.
+    fn matches(&self, authority: &Authority, local: SocketAddr) -> bool {
+        if authority.as_str().contains('@') {
+            return false;
+        }
+        if authority.port_u16().is_some_and(|port| port != local.port()) {
+            return false;
+        }
+
+        let host = authority.host();
+        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if let Ok(ip) = literal.parse::<IpAddr>() {
+            let local_ip = local.ip().to_canonical();
+            return ip.to_canonical() == local_ip || self.names.iter().any(|name| name.parse::<IpAddr>() == Ok(ip));
+        }
+        let host = host.to_ascii_lowercase();
+        self.names.contains(&host)
+    }
+}
+
 /// Checks the request head: size against `max_header_bytes` (431), then
-/// target and framing (400). `Ok` means the body length is unambiguous
-/// (RFC 9112 section 6.3) and the target names this gateway.
-pub fn check_head<B>(request: &Request<B>, max_header_bytes: u64) -> Result<(), GatewayError> {
+/// method (400), then target and framing (400). `Ok` means the body length
+/// is unambiguous (RFC 9112 section 6.3) and an absolute-form target names
+/// this gateway by one of `names` or `local`, the address the connection
+/// arrived on.
+pub fn check_head<B>(
+    request: &Request<B>,
+    max_header_bytes: u64,
+    names: &ServerNames,
+    local: SocketAddr,
+) -> Result<(), GatewayError> {
     let headers = request.headers();
 
     let size = request.method().as_str().len() as u64
@@ -62,10 +135,11 @@ pub fn check_head<B>(request: &Request<B>, max_header_bytes: u64) -> Result<(), 
         return Err(GatewayError::HeadersTooLarge { size, max: max_header_bytes });
     }
 
+    check_method(request.method())?;
     if request.method() == Method::CONNECT {
         return Err(framing("CONNECT is not supported"));
     }
-    check_target(request)?;
+    check_target(request, names, local)?;
 
     for (name, value) in headers {
         if has_control_character(value.as_bytes()) {
@@ -105,6 +179,38 @@ pub fn check_head<B>(request: &Request<B>, max_header_bytes: u64) -> Result<(), 
     Ok(())
 }
 
+/// The methods the gateway accepts: those of RFC 9110 section 9.1 and
+/// PATCH (RFC 5789). CONNECT is among them here and is rejected later as
+/// unsupported.
+const STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::CONNECT,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::PATCH,
+];
+
+/// Rejects every method outside [`STANDARD_METHODS`] before routing.
+///
+/// Method names are case-sensitive (RFC 9110 section 9.1), and hyper
+/// passes any token on as an extension method. Routes match methods
+/// exactly, yet many upstream frameworks upper-case the method. Without
+/// this check, `post` would miss a POST-only route with a stricter scope,
+/// match a route for every method, and run as POST upstream.
+fn check_method(method: &Method) -> Result<(), GatewayError> {
+    if STANDARD_METHODS.contains(method) {
+        return Ok(());
+    }
+    Err(GatewayError::NonStandardMethod {
+        method: method.as_str().to_owned(),
+        allowed: "GET HEAD POST PUT DELETE OPTIONS TRACE PATCH",
+    })
+}
+
 /// Returns whether `value` contains a control character other than HTAB
 /// (RFC 9110 section 5.5). The loop reads the whole value without an early
 /// exit, which lets the compiler vectorise it. A bearer token is the
@@ -123,9 +229,16 @@ fn target_len(uri: &http::Uri) -> usize {
 }
 
 /// Checks Host and the request target (RFC 9112 section 3.2): exactly one
-/// Host in HTTP/1.1, and an absolute-form target or HTTP/2 `:authority`
-/// only if it equals the Host header.
-fn check_target<B>(request: &Request<B>) -> Result<(), GatewayError> {
+/// Host in HTTP/1.1, an HTTP/2 `:authority` only if it equals the Host
+/// header, and an absolute-form target only with scheme `https`, an
+/// authority equal to the Host header, and that authority naming this
+/// gateway (see [`ServerNames::matches`]).
+///
+/// Host alone and HTTP/2 `:authority` are not compared with the gateway's
+/// names, because apps may reach the gateway under names it cannot know,
+/// such as a port mapping. Neither reaches the upstream, which receives
+/// its own authority.
+fn check_target<B>(request: &Request<B>, names: &ServerNames, local: SocketAddr) -> Result<(), GatewayError> {
     let hosts: Vec<_> = request.headers().get_all(header::HOST).iter().collect();
     if hosts.len() > 1 {
         return Err(framing(format!("{} Host headers", hosts.len())));
@@ -146,9 +259,12 @@ fn check_target<B>(request: &Request<B>) -> Result<(), GatewayError> {
                 return Err(framing("missing Host header"));
             }
             if let Some(authority) = request.uri().authority() {
-                let authority = authority.as_str().to_ascii_lowercase();
-                if request.uri().scheme_str() != Some("https") || host.as_deref() != Some(authority.as_str()) {
-                    return Err(framing(format!("absolute-form target for {authority:?} does not name this host")));
+                let lower = authority.as_str().to_ascii_lowercase();
+                if request.uri().scheme_str() != Some("https") || host.as_deref() != Some(lower.as_str()) {
+                    return Err(framing(format!("absolute-form target for {lower:?} does not name this host")));
+                }
+                if !names.matches(authority, local) {
+                    return Err(framing(format!("absolute-form target for {lower:?} does not name this gateway")));
                 }
             }
         }
@@ -157,10 +273,30 @@ fn check_target<B>(request: &Request<B>) -> Result<(), GatewayError> {
 }
 
 /// Removes hop-by-hop headers, the headers named in `Connection`, every
-/// `Proxy-*` header, `Authorization`, `Host` and any header in the
-/// gateway's own `x-portcullis-` namespace.
+/// `Proxy-*` header, `Authorization`, `Host` and every header that
+/// [`is_own_header`] claims for the gateway. Used for request headers and
+/// for request trailers alike.
 pub fn strip_request_headers(headers: &mut HeaderMap) {
-    strip_headers(headers, |name| *name == header::AUTHORIZATION || name.as_str().starts_with(OWN_PREFIX));
+    strip_headers(headers, |name| *name == header::AUTHORIZATION || is_own_header(name.as_str()));
+}
+
+/// Returns whether `name` falls in the gateway's `x-portcullis-` namespace
+/// once every byte other than an ASCII letter or digit is read as `-` and
+/// letters are compared case-insensitively.
+///
+/// CGI (RFC 3875 section 4.1.18) and the servers built on it (WSGI, Rack,
+/// PHP) turn `-` into `_` and upper-case the name, and some, such as
+/// Apache httpd's environment mapping, turn every other non-alphanumeric
+/// byte into `_` as well. So `x_portcullis_app_id` or `X.Portcullis-App-Id`
+/// would reach such an upstream as the same variable as the gateway's own
+/// `x-portcullis-app-id`.
+pub fn is_own_header(name: &str) -> bool {
+    let name = name.as_bytes();
+    name.len() >= OWN_PREFIX.len()
+        && name.iter().zip(OWN_PREFIX).all(|(&byte, &own)| {
+            let byte = if byte.is_ascii_alphanumeric() { byte.to_ascii_lowercase() } else { b'-' };
+            byte == own
+        })
 }
 
 /// Removes hop-by-hop headers (RFC 9110 section 7.6.1) from a request or
@@ -245,15 +381,65 @@ mod tests {
         }
     }
 
+    const LOCAL: &str = "127.0.0.1:8443";
+
+    fn check(request: &Request<()>) -> Result<(), GatewayError> {
+        check_head(request, 16384, &ServerNames::for_trust_domain("weather.example"), LOCAL.parse().unwrap())
+    }
+
     #[test]
     fn chunked_alone_is_accepted() {
-        assert!(check_head(&request(&[("host", "gw"), ("transfer-encoding", "Chunked")]), 16384).is_ok());
+        assert!(check(&request(&[("host", "gw"), ("transfer-encoding", "Chunked")])).is_ok());
+    }
+
+    #[test]
+    fn absolute_form_must_name_this_gateway() {
+        let mut names = ServerNames::for_trust_domain("weather.example");
+        names.add("Gateway.Internal").unwrap();
+        names.add("192.0.2.7").unwrap();
+        names.add("2001:db8::7").unwrap();
+        let local: SocketAddr = LOCAL.parse().unwrap();
+        let cases = [
+            ("localhost", true),
+            ("LOCALHOST", true),
+            ("localhost:8443", true),
+            ("gateway.weather.example", true),
+            ("gateway.internal", true),
+            ("127.0.0.1", true),
+            ("127.0.0.1:8443", true),
+            ("192.0.2.7:8443", true),
+            ("[2001:db8::7]:8443", true),
+            ("localhost:9101", false),
+            ("127.0.0.1:9101", false),
+            ("evil.example", false),
+            ("localhost.evil.example", false),
+            ("localhost.", false),
+            ("weather.example", false),
+            ("records.weather.example", false),
+            ("127.0.0.2", false),
+            ("192.0.2.8", false),
+            ("[::1]", false),
+            ("user@localhost", false),
+            ("localhost@evil.example", false),
+        ];
+        for (authority, expected) in cases {
+            let parsed: Authority = authority.parse().unwrap();
+            assert_eq!(names.matches(&parsed, local), expected, "{authority}");
+        }
+    }
+
+    #[test]
+    fn invalid_server_names_are_rejected() {
+        let mut names = ServerNames::for_trust_domain("weather.example");
+        for name in ["", "gateway.example:8443", "bad name", "under_score..example"] {
+            let error = names.add(name).unwrap_err();
+            assert!(matches!(error, GatewayError::ServerName { .. }), "{name}: {error}");
+        }
     }
 
     #[test]
     fn length_and_chunked_together_are_rejected() {
-        let result =
-            check_head(&request(&[("host", "gw"), ("transfer-encoding", "chunked"), ("content-length", "3")]), 16384);
+        let result = check(&request(&[("host", "gw"), ("transfer-encoding", "chunked"), ("content-length", "3")]));
         assert_eq!(result.unwrap_err().to_string(), "malformed request: both Content-Length and Transfer-Encoding");
     }
 
@@ -315,5 +501,42 @@ mod tests {
         strip_request_headers(&mut headers);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn only_standard_methods_pass() {
+        let accepted = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "CONNECT"];
+        for method in accepted {
+            assert!(check_method(&Method::from_bytes(method.as_bytes()).unwrap()).is_ok(), "{method}");
+        }
+        let rejected = ["get", "Post", "pAtCh", "GET.", "GETS", "PROPFIND", "MKCOL", "BREW"];
+        for method in rejected {
+            let error = check_method(&Method::from_bytes(method.as_bytes()).unwrap()).unwrap_err();
+            assert_eq!(error.code(), "invalid_method", "{method}");
+        }
+    }
+
+    #[test]
+    fn own_header_spellings_are_recognised() {
+        let cases = [
+            ("x-portcullis-app-id", true),
+            ("x_portcullis_app_id", true),
+            ("X_PORTCULLIS_APP_ID", true),
+            ("x-portcullis_scopes", true),
+            ("x_portcullis-request-id", true),
+            ("x.portcullis.app.id", true),
+            ("x~portcullis~anything", true),
+            ("x-portcullis-", true),
+            ("x-portcullis", false),
+            ("x-portcullisx-app-id", false),
+            ("xx-portcullis-app-id", false),
+            ("x-portculis-app-id", false),
+            ("portcullis-app-id", false),
+            ("accept", false),
+            ("", false),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(is_own_header(name), expected, "{name}");
+        }
     }
 }

@@ -38,5 +38,6 @@ mod timer;
 pub use error::{ErrorSource, GatewayError};
 pub use events::{AccessEvent, EventSinks, FLUSH_INTERVAL, FileSink, FileWriter};
 pub use limits::{Exceeded, Rate, RateLimits};
+pub use pool::DEFAULT_CONNECT_TIMEOUT;
 pub use routes::{Route, RouteTable, Upstream};
 pub use server::{Gateway, GatewayTls, RunningGateway, ShutdownOutcome};

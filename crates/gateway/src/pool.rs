@@ -48,11 +48,24 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// coming back to a full list is closed.
 const MAX_IDLE_PER_UPSTREAM: usize = 256;
 
+/// How long opening an upstream connection may take unless
+/// [`crate::Gateway::with_upstream_connect_timeout`] sets another value:
+/// the TCP connection, the TLS handshake and, for HTTP/2, the connection
+/// preface. A request to an upstream that drops SYN packets or never
+/// completes the TLS handshake then gets 502 after this time, not 504
+/// after the whole `gateway.upstream_timeout`. With Linux's initial
+/// retransmission timeout of 1 s, 5 s leaves room for a lost SYN to be
+/// sent again twice, after 1 s and after 3 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The reason a request got no response from the upstream.
 #[derive(Debug)]
 pub(crate) struct UpstreamError {
     /// The failure with its causes, for the log only.
     pub detail: String,
+    /// Set when opening the connection took longer than the connect
+    /// timeout, which is then the value.
+    pub connect_timed_out: Option<Duration>,
 }
 
 impl UpstreamError {
@@ -64,7 +77,11 @@ impl UpstreamError {
             detail.push_str(&cause.to_string());
             source = cause.source();
         }
-        Self { detail }
+        Self { detail, connect_timed_out: None }
+    }
+
+    fn other(detail: String) -> Self {
+        Self { detail, connect_timed_out: None }
     }
 }
 
@@ -96,6 +113,8 @@ pub(crate) struct UpstreamPool {
 
 struct PoolInner {
     tls: UpstreamTls,
+    /// The maximum time [`UpstreamPool::connect`] may take.
+    connect_timeout: Duration,
     /// foldhash rather than SipHash: the keys come from the configuration,
     /// not from requests.
     idle: Mutex<HashMap<PoolKey, Idle, foldhash::fast::RandomState>>,
@@ -122,9 +141,10 @@ enum Connection {
 }
 
 impl UpstreamPool {
-    /// Creates an empty pool that connects with `tls`.
-    pub(crate) fn new(tls: UpstreamTls) -> Self {
-        Self { inner: Arc::new(PoolInner { tls, idle: Mutex::new(HashMap::default()) }) }
+    /// Creates an empty pool that connects with `tls` and gives up opening
+    /// a connection after `connect_timeout`.
+    pub(crate) fn new(tls: UpstreamTls, connect_timeout: Duration) -> Self {
+        Self { inner: Arc::new(PoolInner { tls, connect_timeout, idle: Mutex::new(HashMap::default()) }) }
     }
 
     /// Sends `request` to `upstream` on a pooled connection, or on a new
@@ -141,7 +161,7 @@ impl UpstreamPool {
         let authority = origin
             .authority()
             .cloned()
-            .ok_or_else(|| UpstreamError { detail: format!("upstream URL {origin} has no host") })?;
+            .ok_or_else(|| UpstreamError::other(format!("upstream URL {origin} has no host")))?;
         let absolute = request.uri().clone();
 
         // A pooled connection first; if it closed before taking the
@@ -195,7 +215,7 @@ impl UpstreamPool {
                 }
             }
         }
-        Err(UpstreamError { detail: "no upstream connection could take the request".to_owned() })
+        Err(UpstreamError::other("no upstream connection could take the request".to_owned()))
     }
 
     /// Takes an open connection to `key`: the shared HTTP/2 one, or the
@@ -247,11 +267,25 @@ impl UpstreamPool {
         }
     }
 
+    /// Opens a connection like [`Self::open`], failing with
+    /// [`UpstreamError::connect_timed_out`] set once that takes longer than
+    /// the pool's connect timeout.
+    async fn connect(&self, upstream: &Upstream, authority: &Authority) -> Result<Connection, UpstreamError> {
+        let limit = self.inner.connect_timeout;
+        match tokio::time::timeout(limit, self.open(upstream, authority)).await {
+            Ok(opened) => opened,
+            Err(_) => Err(UpstreamError {
+                detail: format!("opening a connection to {authority} timed out after {limit:?}"),
+                connect_timed_out: Some(limit),
+            }),
+        }
+    }
+
     /// Opens a connection: TCP, then mutual TLS for `https` origins, then
     /// HTTP/2 if the upstream chose `h2` by ALPN, else HTTP/1.1. The
     /// connection's driver runs as its own task until the connection
     /// closes. A new HTTP/2 connection is shared at once.
-    async fn connect(&self, upstream: &Upstream, authority: &Authority) -> Result<Connection, UpstreamError> {
+    async fn open(&self, upstream: &Upstream, authority: &Authority) -> Result<Connection, UpstreamError> {
         let tls = upstream.origin.scheme() == Some(&Scheme::HTTPS);
         let host = authority.host().trim_start_matches('[').trim_end_matches(']');
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });

@@ -6,6 +6,7 @@
 //! (401), the route's scope (403), a declared body size (413), then the
 //! upstream (502, 504, or its own status).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,7 +25,7 @@ use crate::body::{BoxError, LimitedBody, PendingEvent, RequestCounters, Response
 use crate::error::GatewayError;
 use crate::events::{AccessEvent, EventSinks, now_ms};
 use crate::framing::{
-    APP_ID_HEADER, REQUEST_ID_HEADER, SCOPES_HEADER, check_head, new_request_id, strip_hop_by_hop,
+    APP_ID_HEADER, REQUEST_ID_HEADER, SCOPES_HEADER, ServerNames, check_head, new_request_id, strip_hop_by_hop,
     strip_request_headers,
 };
 use crate::limits::RateLimits;
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub trust: Arc<TrustCache>,
     pub decisions: DecisionReceiver,
     pub sinks: EventSinks,
+    /// The names an absolute-form request target may use for the gateway.
+    pub server_names: ServerNames,
 }
 
 /// The connection facts the gateway takes from the TLS handshake.
@@ -48,6 +51,9 @@ pub(crate) struct Shared {
 pub(crate) struct Peer {
     pub app_id: String,
     pub serial: String,
+    /// The connection's local address, which an absolute-form request
+    /// target may name instead of one of [`Shared::server_names`].
+    pub local_addr: SocketAddr,
     /// SHA-256 thumbprint of the client certificate (base64url), compared
     /// with the token's `cnf.x5t#S256`.
     pub certificate_thumbprint: String,
@@ -70,7 +76,7 @@ pub(crate) async fn handle(
     let request_span = || tracing::info_span!("request", app_id = %peer.app_id, request_id = %request_id);
     let span = if tracing::enabled!(tracing::Level::DEBUG) { request_span() } else { tracing::Span::none() };
     let counters = Arc::new(RequestCounters::default());
-    let mut event = AccessEvent {
+    let event = AccessEvent {
         at_ms: 0,
         request_id: request_id.clone(),
         app_id: peer.app_id.clone(),
@@ -85,23 +91,27 @@ pub(crate) async fn handle(
         reason: None,
     };
 
-    let result =
-        forward(&shared, &pool, &peer, request, &request_id, &counters, &mut event).instrument(span.clone()).await;
+    // Created before forwarding: if hyper drops this future, the pending
+    // event still records the request, which the upstream may have received.
+    let mut pending = PendingEvent::new(event, started, Arc::clone(&counters), shared.sinks.clone());
+
+    let result = forward(&shared, &pool, &peer, request, &request_id, &counters, &mut pending.event)
+        .instrument(span.clone())
+        .await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
             let span = if span.is_none() { request_span() } else { span };
             let _entered = span.enter();
-            event.reason = Some(error.code().to_owned());
+            pending.event.reason = Some(error.code().to_owned());
             error.to_response(&request_id).map(|body| body.map_err(|never| match never {}).boxed_unsync())
         }
     };
 
-    event.status = response.status().as_u16();
+    pending.event.status = response.status().as_u16();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    let pending = PendingEvent { event, started, counters, sinks: shared.sinks.clone() };
     response.map(|body| ResponseBody::new(body, pending))
 }
 
@@ -123,7 +133,7 @@ async fn forward(
     event: &mut AccessEvent,
 ) -> Result<UpstreamResponse, GatewayError> {
     let settings = shared.settings.load_full();
-    check_head(&request, settings.max_header_bytes)?;
+    check_head(&request, settings.max_header_bytes, &shared.server_names, peer.local_addr)?;
 
     if shared.trust.is_revoked(&peer.serial) {
         return Err(GatewayError::Revoked { app_id: peer.app_id.clone(), serial: peer.serial.clone() });
@@ -212,7 +222,11 @@ async fn forward(
             return Err(GatewayError::BodyTooLarge { max: settings.max_body_bytes });
         }
         Ok(Err(error)) => {
-            return Err(GatewayError::UpstreamUnreachable { service: upstream.service.clone(), detail: error.detail });
+            let service = upstream.service.clone();
+            return Err(match error.connect_timed_out {
+                Some(after) => GatewayError::UpstreamConnectTimeout { service, after },
+                None => GatewayError::UpstreamUnreachable { service, detail: error.detail },
+            });
         }
         Ok(Ok(response)) => response,
     };

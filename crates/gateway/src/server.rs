@@ -35,10 +35,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::GatewayError;
 use crate::events::{AccessEvent, EventSinks};
-use crate::framing::REQUEST_ID_HEADER;
+use crate::framing::{REQUEST_ID_HEADER, ServerNames};
 use crate::head::{HeadCheckedIo, Rejection, RejectionSlot};
 use crate::limits::{Rate, RateLimits};
-use crate::pool::{UpstreamPool, UpstreamTls};
+use crate::pool::{DEFAULT_CONNECT_TIMEOUT, UpstreamPool, UpstreamTls};
 use crate::proxy::{Peer, Shared, handle};
 use crate::routes::RouteTable;
 use crate::timer::ConnectionTimer;
@@ -66,9 +66,10 @@ pub struct GatewayTls {
 
 /// A gateway ready to listen.
 pub struct Gateway {
-    shared: Arc<Shared>,
+    shared: Shared,
     acceptor: PlatformAcceptor,
     upstream_tls: UpstreamTls,
+    upstream_connect_timeout: Duration,
     workers: usize,
 }
 
@@ -102,8 +103,36 @@ impl Gateway {
             trust,
             decisions,
             sinks,
+            server_names: ServerNames::for_trust_domain(&config.trust_domain),
         };
-        Ok(Self { shared: Arc::new(shared), acceptor, upstream_tls, workers })
+        Ok(Self { shared, acceptor, upstream_tls, upstream_connect_timeout: DEFAULT_CONNECT_TIMEOUT, workers })
+    }
+
+    /// Adds names by which apps reach the gateway, DNS names or IP
+    /// addresses without a port, to those an absolute-form request target
+    /// may use. By default these are `localhost`, `gateway.<trust_domain>`
+    /// (the names of the listener certificate the platform issues) and the
+    /// local address of each connection. Fails on the first name that is
+    /// neither a DNS name nor an IP address.
+    pub fn with_server_names<S: AsRef<str>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Result<Self, GatewayError> {
+        for name in names {
+            self.shared.server_names.add(name.as_ref())?;
+        }
+        Ok(self)
+    }
+
+    /// Sets how long opening an upstream connection may take: TCP, the TLS
+    /// handshake and the HTTP/2 preface (default
+    /// [`DEFAULT_CONNECT_TIMEOUT`], 5 s). Past it the app gets 502 with
+    /// `upstream_connect_timeout`. It takes effect only when shorter than
+    /// `gateway.upstream_timeout`, which otherwise ends the wait first with
+    /// 504. Fails unless `timeout` is between 1 ms and 60 s.
+    pub fn with_upstream_connect_timeout(mut self, timeout: Duration) -> Result<Self, GatewayError> {
+        self.upstream_connect_timeout = valid_connect_timeout(timeout)?;
+        Ok(self)
     }
 
     /// Sets the number of worker threads (default: one per core, as
@@ -117,6 +146,8 @@ impl Gateway {
     /// and starts the workers. Must be called inside a tokio runtime, which
     /// runs the housekeeping task.
     pub async fn start(self, address: SocketAddr) -> Result<RunningGateway, GatewayError> {
+        let shared = Arc::new(self.shared);
+
         // The first socket fixes the port, so that a port 0 request gives
         // every worker the same ephemeral port.
         let first = reuse_port_listener(address)?;
@@ -134,8 +165,9 @@ impl Gateway {
             let worker = Worker {
                 listener,
                 acceptor: self.acceptor.clone(),
-                shared: Arc::clone(&self.shared),
+                shared: Arc::clone(&shared),
                 upstream_tls: self.upstream_tls.clone(),
+                upstream_connect_timeout: self.upstream_connect_timeout,
                 stopped: stopped.clone(),
                 forced: forced.clone(),
                 _finished: finished.clone(),
@@ -146,24 +178,30 @@ impl Gateway {
                 .map_err(|source| GatewayError::Bind { address: local_addr, source })?;
             threads.push(thread);
         }
-        let housekeeping = tokio::spawn(housekeeping(Arc::clone(&self.shared)));
-        let busy_poll_window = self.shared.settings.load().busy_poll_window;
+        let housekeeping = tokio::spawn(housekeeping(Arc::clone(&shared)));
+        let busy_poll_window = shared.settings.load().busy_poll_window;
         tracing::info!(
             address = %local_addr,
             workers = threads.len(),
-            routes = self.shared.routes.load().len(),
+            routes = shared.routes.load().len(),
             "gateway listening"
         );
-        Ok(RunningGateway {
-            shared: self.shared,
-            local_addr,
-            stop,
-            force,
-            all_finished,
-            housekeeping,
-            busy_poll_window,
-        })
+        Ok(RunningGateway { shared, local_addr, stop, force, all_finished, housekeeping, busy_poll_window })
     }
+}
+
+/// Returns `timeout` if it lies between 1 ms and 60 s. Zero would fail
+/// every new upstream connection, and a connect timeout counts only while
+/// it is shorter than `gateway.upstream_timeout`.
+fn valid_connect_timeout(timeout: Duration) -> Result<Duration, GatewayError> {
+    if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(60) {
+        return Err(GatewayError::Setting {
+            setting: "with_upstream_connect_timeout",
+            value: format!("{timeout:?}"),
+            reason: "give a duration from 1 ms to 60 s",
+        });
+    }
+    Ok(timeout)
 }
 
 /// Opens a listening socket on `address` with `SO_REUSEPORT`, so that each
@@ -188,6 +226,7 @@ struct Worker {
     acceptor: PlatformAcceptor,
     shared: Arc<Shared>,
     upstream_tls: UpstreamTls,
+    upstream_connect_timeout: Duration,
     stopped: watch::Receiver<bool>,
     forced: watch::Receiver<bool>,
     /// Dropped when the thread ends; the shutdown waits for every worker's.
@@ -206,7 +245,16 @@ impl Worker {
                 return;
             }
         };
-        let Worker { listener, acceptor, shared, upstream_tls, stopped, mut forced, _finished } = self;
+        let Worker {
+            listener,
+            acceptor,
+            shared,
+            upstream_tls,
+            upstream_connect_timeout,
+            stopped,
+            mut forced,
+            _finished,
+        } = self;
         runtime.block_on(async move {
             let listener = match TcpListener::from_std(listener) {
                 Ok(listener) => listener,
@@ -215,7 +263,7 @@ impl Worker {
                     return;
                 }
             };
-            let pool = Arc::new(UpstreamPool::new(upstream_tls));
+            let pool = Arc::new(UpstreamPool::new(upstream_tls, upstream_connect_timeout));
             crate::busy_poll::start(shared.settings.load().busy_poll_window);
             let (alive, mut drained) = mpsc::channel::<()>(1);
             accept_loop(listener, acceptor, shared, pool, stopped, alive).await;
@@ -384,6 +432,13 @@ async fn serve_connection(
     _alive: mpsc::Sender<()>,
 ) {
     let settings = shared.settings.load_full();
+    let local_addr = match tcp.local_addr() {
+        Ok(address) => address,
+        Err(error) => {
+            tracing::info!(%remote, %error, "reading the local address of a new connection failed; connection closed");
+            return;
+        }
+    };
     let (tls, verified) = match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(error)) => {
@@ -404,7 +459,7 @@ async fn serve_connection(
         None => return,
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    let peer = Arc::new(Peer { app_id, serial: verified.serial().to_owned(), certificate_thumbprint });
+    let peer = Arc::new(Peer { app_id, serial: verified.serial().to_owned(), certificate_thumbprint, local_addr });
     tracing::debug!(%remote, app_id = %peer.app_id, h2, "connection accepted");
 
     let max_buf_size = (settings.max_header_bytes as usize).max(MIN_READ_BUFFER);
@@ -580,5 +635,30 @@ impl AsyncWrite for SharedIo {
 
     fn is_write_vectored(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_timeout_range_is_checked() {
+        let cases = [
+            (Duration::ZERO, false),
+            (Duration::from_micros(999), false),
+            (Duration::from_millis(1), true),
+            (Duration::from_secs(5), true),
+            (Duration::from_secs(60), true),
+            (Duration::from_secs(61), false),
+        ];
+        for (timeout, valid) in cases {
+            assert_eq!(valid_connect_timeout(timeout).is_ok(), valid, "{timeout:?}");
+        }
+        let message = valid_connect_timeout(Duration::ZERO).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "invalid gateway setting with_upstream_connect_timeout = 0ns: give a duration from 1 ms to 60 s"
+        );
     }
 }

@@ -937,3 +937,86 @@ async fn header_timer_per_request() {
     assert!(!app.closed_within(Duration::from_millis(300)).await, "closed before the timeout");
     assert!(app.closed_within(Duration::from_millis(1200)).await, "still open after the timeout");
 }
+
+/// A task that is aborted when this is dropped, also when a test fails.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts a listener on 127.0.0.1 that accepts TCP connections and keeps
+/// them open without sending a byte of TLS, until the returned task is
+/// dropped.
+async fn silent_upstream() -> (SocketAddr, AbortOnDrop) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut open_connections = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            open_connections.push(tcp);
+        }
+    });
+    (address, AbortOnDrop(task))
+}
+
+/// Starts a listener on 127.0.0.1 with a backlog of 0 whose one queue
+/// slot is taken by a connection it never accepts. Linux then drops further SYN
+/// packets to it, as a filtered or overloaded host does. Both sockets
+/// close when the returned values are dropped.
+fn full_backlog_upstream() -> (SocketAddr, socket2::Socket, std::net::TcpStream) {
+    use socket2::{Domain, Protocol, Socket, Type};
+
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.listen(0).unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    let queued = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).unwrap();
+    (address, socket, queued)
+}
+
+/// An upstream that never completes TCP or TLS gets 502 with
+/// `upstream_connect_timeout` once the connect timeout passes, well before
+/// `gateway.upstream_timeout` would give 504.
+#[tokio::test]
+async fn upstream_connect_timeout_is_502() {
+    let connect_timeout = Duration::from_millis(300);
+    let upstream_timeout = Duration::from_secs(4);
+
+    let (silent, _silent_task) = silent_upstream().await;
+    let (full, _full_listener, _queued) = full_backlog_upstream();
+    let full_probe = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(full)).await;
+    assert!(full_probe.is_err(), "the full backlog accepted a connection: {full_probe:?}");
+
+    for (case, address) in [("TLS never answered", silent), ("SYN dropped", full)] {
+        let mut h = Harness::start_built(
+            Some(1),
+            |config| {
+                config.gateway.upstream_timeout = upstream_timeout;
+                let weather = config.services.iter_mut().find(|service| service.name == "weather").unwrap();
+                weather.upstream = format!("https://{address}");
+            },
+            |gateway| gateway.with_upstream_connect_timeout(connect_timeout).unwrap(),
+        )
+        .await;
+        let token = h.token("weather", &["weather:read"]);
+        let request = format!(
+            "GET /weather/v1/x HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+
+        let started = Instant::now();
+        let received = h.raw(request.as_bytes(), WAIT).await;
+        let elapsed = started.elapsed();
+        assert_eq!(status_of(&received), 502, "{case}: {received}");
+        assert!(received.contains("\"error\":\"upstream_connect_timeout\""), "{case}: {received}");
+        assert!(elapsed >= connect_timeout, "{case}: answered after {elapsed:?}");
+        assert!(elapsed < upstream_timeout / 2, "{case}: answered after {elapsed:?}");
+
+        let log = h.access_log().await;
+        assert_eq!(log.len(), 1, "{case}: {log:?}");
+        assert_eq!(log[0]["status"], 502, "{case}");
+        assert_eq!(log[0]["reason"], "upstream_connect_timeout", "{case}");
+    }
+}

@@ -25,8 +25,11 @@ fn body_of(received: &str) -> &str {
 async fn allowed_call_reaches_upstream_rewritten() {
     let mut h = Harness::start(|_| {}).await;
     let token = h.token("weather", &["weather:read"]);
-    let extra = "X-Portcullis-App-Id: forged\r\nX-Portcullis-Scopes: records:write\r\nKeep-Alive: 5\r\nProxy-Authorization: x\r\nTE: trailers\r\n";
-    let received = h.raw(&request("GET", "/weather/v1/%74oday?city=oslo&x=%2e", &token, extra), WAIT).await;
+    let mut extra = "X-Portcullis-App-Id: forged\r\nX-Portcullis-Scopes: records:write\r\nKeep-Alive: 5\r\nProxy-Authorization: x\r\nTE: trailers\r\n".to_owned();
+    for name in FORGED_IDENTITY_NAMES {
+        extra.push_str(&format!("{name}: admin\r\n"));
+    }
+    let received = h.raw(&request("GET", "/weather/v1/%74oday?city=oslo&x=%2e", &token, &extra), WAIT).await;
 
     assert_eq!(status_of(&received), 200, "{received}");
     assert_eq!(body_of(&received), "saw /weather/v1/today?city=oslo&x=%2e");
@@ -46,6 +49,12 @@ async fn allowed_call_reaches_upstream_rewritten() {
     for removed in ["authorization", "keep-alive", "proxy-authorization", "te"] {
         assert!(seen.headers.get(removed).is_none(), "{removed} forwarded");
     }
+    for name in FORGED_IDENTITY_NAMES {
+        assert!(seen.headers.get(name).is_none(), "{name} forwarded");
+    }
+    let own: Vec<&str> =
+        seen.headers.keys().map(|name| name.as_str()).filter(|name| name.contains("portcullis")).collect();
+    assert_eq!(own, ["x-portcullis-app-id", "x-portcullis-scopes", "x-portcullis-request-id"]);
 
     let events = h.guard_events();
     assert_eq!(events.len(), 1, "{events:?}");
@@ -60,6 +69,68 @@ async fn allowed_call_reaches_upstream_rewritten() {
     assert_eq!(log[0]["status"], 200);
     assert_eq!(log[0]["bytes_out"], body_of(&received).len());
     assert!(log[0]["reason"].is_null());
+}
+
+/// Spellings of the gateway's identity headers that CGI-style upstreams
+/// (RFC 3875 section 4.1.18) read as the same variable, such as
+/// `HTTP_X_PORTCULLIS_APP_ID`. The gateway must remove every one.
+const FORGED_IDENTITY_NAMES: [&str; 8] = [
+    "x_portcullis_app_id",
+    "X_PORTCULLIS_APP_ID",
+    "X_Portcullis_Scopes",
+    "x-portcullis_app-id",
+    "x_portcullis-request_id",
+    "X-PORTCULLIS_scopes",
+    "x.portcullis.app.id",
+    "x_portcullis_",
+];
+
+/// Request trailers follow the rule of the request head: over HTTP/2 to an
+/// HTTP/2 upstream, which forwards trailers, identity names in every
+/// spelling are removed and other trailers pass.
+#[tokio::test]
+async fn identity_trailers_are_stripped() {
+    let h = start_with_records_over_http2().await;
+    let token = h.token("records", &["records:write"]);
+
+    let tls = connect(&h, b"h2", false).await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    trailers.insert("x-portcullis-app-id", "admin".parse().unwrap());
+    for name in FORGED_IDENTITY_NAMES {
+        let name = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).unwrap();
+        trailers.append(name, "admin".parse().unwrap());
+    }
+    let body = http_body_util::BodyExt::with_trailers(
+        http_body_util::Full::new(bytes::Bytes::from_static(b"record")),
+        Box::pin(async move { Some(Ok::<_, std::convert::Infallible>(trailers)) }),
+    );
+    let request = http::Request::post(format!("https://localhost:{}/records/v1/x", h.port()))
+        .header("authorization", format!("Bearer {token}"))
+        .body(body)
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    driver.abort();
+
+    let seen = h.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].version, http::Version::HTTP_2);
+    assert_eq!(seen[0].body, "record");
+    let received = seen[0].trailers.clone().unwrap_or_default();
+    assert_eq!(received.get("x-checksum").map(|v| v.as_bytes()), Some(b"abc".as_slice()));
+    assert!(received.get("x-portcullis-app-id").is_none(), "{received:?}");
+    for name in FORGED_IDENTITY_NAMES {
+        assert!(received.get(name.to_ascii_lowercase()).is_none(), "trailer {name} forwarded");
+    }
 }
 
 /// Starts the example platform with `upstream_http2 = true` for the
@@ -226,6 +297,101 @@ async fn routes_methods_and_longest_prefix() {
     assert_eq!(status_of(&received), 404, "method filter: {received}");
 }
 
+/// Methods outside the standard set are rejected before routing, so `post`
+/// cannot miss the POST-only route below and fall through to the route for
+/// every method, which a read-only token passes.
+#[tokio::test]
+async fn nonstandard_methods_are_rejected() {
+    let mut h = Harness::start(|config| {
+        let records = config.services.iter_mut().find(|service| service.name == "records").unwrap();
+        let mut admin = records.routes[1].clone();
+        admin.prefix = "/records/v1/admin/".into();
+        admin.methods = vec!["POST".into()];
+        records.routes.push(admin);
+        let mut any = records.routes[0].clone();
+        any.prefix = "/records/v1/".into();
+        any.methods = Vec::new();
+        records.routes.retain(|route| route.prefix != "/records/v1/");
+        records.routes.push(any);
+    })
+    .await;
+    let read_only = h.token("records", &["records:read"]);
+
+    let methods = ["post", "Post", "pOST", "get", "Get", "GET.", "GET_", "PROPFIND"];
+    for method in methods {
+        let received = h.raw(&request(method, "/records/v1/admin/x", &read_only, "Content-Length: 0\r\n"), WAIT).await;
+        assert_eq!(status_of(&received), 400, "{method}: {received}");
+        let body: serde_json::Value = serde_json::from_str(body_of(&received)).unwrap();
+        assert_eq!(body["error"], "invalid_method", "{method}");
+        assert_eq!(body["request_id"].as_str().map(str::len), Some(32), "{method}");
+    }
+    assert!(h.upstream.seen().is_empty(), "{:?}", h.upstream.seen());
+
+    // The same method in upper case reaches the POST-only route and its scope.
+    let received = h.raw(&request("POST", "/records/v1/admin/x", &read_only, "Content-Length: 0\r\n"), WAIT).await;
+    assert_eq!(status_of(&received), 403, "{received}");
+
+    let log = h.access_log().await;
+    assert_eq!(log.len(), methods.len() + 1, "{log:?}");
+    for (event, method) in log.iter().zip(methods) {
+        assert_eq!(event["method"], method);
+        assert_eq!(event["status"], 400, "{method}");
+        assert_eq!(event["reason"], "invalid_method", "{method}");
+    }
+}
+
+/// An absolute-form target is accepted only with an authority that names
+/// the gateway: `localhost`, `gateway.<trust domain>` or the address the
+/// connection arrived on, with the listener's port if a port is given, or
+/// a name added with `Gateway::with_server_names`. The Host header must
+/// repeat the authority in every case.
+#[tokio::test]
+async fn absolute_form_must_name_gateway() {
+    let h =
+        Harness::start_built(None, |_| {}, |gateway| gateway.with_server_names(["API.Gateway.test"]).unwrap()).await;
+    let token = h.token("weather", &["weather:read"]);
+    let port = h.port();
+    let upstream_port = h.upstream.address.port();
+
+    let cases = [
+        ("localhost".to_owned(), 200),
+        (format!("localhost:{port}"), 200),
+        (format!("LocalHost:{port}"), 200),
+        ("gateway.weather.example".to_owned(), 200),
+        (format!("127.0.0.1:{port}"), 200),
+        ("127.0.0.1".to_owned(), 200),
+        ("api.gateway.test".to_owned(), 200),
+        (format!("api.gateway.test:{port}"), 200),
+        ("gateway.test".to_owned(), 400),
+        ("evil.example".to_owned(), 400),
+        (format!("evil.example:{port}"), 400),
+        ("localhost.evil.example".to_owned(), 400),
+        ("weather.example".to_owned(), 400),
+        ("records.weather.example".to_owned(), 400),
+        (format!("127.0.0.1:{upstream_port}"), 400),
+        (format!("localhost:{upstream_port}"), 400),
+        ("127.0.0.2".to_owned(), 400),
+        ("[::1]".to_owned(), 400),
+        ("app-a@localhost".to_owned(), 400),
+    ];
+    for (authority, status) in &cases {
+        let bytes = format!(
+            "GET https://{authority}/weather/v1/x HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        let received = h.raw(bytes.as_bytes(), WAIT).await;
+        assert_eq!(status_of(&received), *status, "{authority}: {received}");
+        if *status == 400 {
+            assert!(body_of(&received).contains("\"error\":\"invalid_request\""), "{authority}: {received}");
+        }
+    }
+
+    let accepted = cases.iter().filter(|(_, status)| *status == 200).count();
+    assert_eq!(h.upstream.seen().len(), accepted);
+    for seen in h.upstream.seen() {
+        assert_eq!(seen.target, "/weather/v1/x");
+    }
+}
+
 #[tokio::test]
 async fn ban_and_throttle_from_the_guard() {
     let h = Harness::start(|_| {}).await;
@@ -317,6 +483,55 @@ async fn unreachable_upstream_is_502_without_detail() {
     assert_eq!(body["error"], "upstream_unreachable");
     assert_eq!(body["error_description"], "the service is unreachable");
     assert_eq!(body.as_object().unwrap().len(), 3);
+}
+
+/// An app that resets its HTTP/2 stream, or closes its HTTP/2 connection,
+/// while the upstream works on the request (the recorder delays its
+/// response to `/slow/` requests by 3 s) gets exactly one access event:
+/// status 499 with reason `client_closed`, although no response was sent.
+#[tokio::test]
+async fn client_gone_before_response_is_recorded() {
+    for close_connection in [false, true] {
+        let mut h = Harness::start(|_| {}).await;
+        let token = h.token("weather", &["weather:read"]);
+        let (sender, driver) = http2_client(&h).await;
+
+        let request = http::Request::get(format!("https://localhost:{}/weather/v1/slow/gone", h.port()))
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let mut stream_sender = sender.clone();
+        let stream = tokio::spawn(async move { stream_sender.send_request(request).await.is_ok() });
+
+        let deadline = std::time::Instant::now() + WAIT;
+        while h.upstream.seen().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the upstream never received the request");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // Aborting the task drops the response future, which resets the
+        // stream. Aborting the driver as well closes the connection.
+        stream.abort();
+        if close_connection {
+            driver.abort();
+            drop(sender);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let events = h.guard_events();
+        assert_eq!(events.len(), 1, "close_connection {close_connection}: {events:?}");
+        let GuardEvent::Access { status, .. } = &events[0] else { panic!("{events:?}") };
+        assert_eq!(*status, 499, "close_connection {close_connection}");
+
+        let log = h.access_log().await;
+        assert_eq!(log.len(), 1, "close_connection {close_connection}: {log:?}");
+        assert_eq!(log[0]["status"], 499, "close_connection {close_connection}");
+        assert_eq!(log[0]["reason"], "client_closed", "close_connection {close_connection}");
+        assert_eq!(log[0]["path"], "/weather/v1/slow/gone", "close_connection {close_connection}");
+        assert_eq!(log[0]["service"], "weather", "close_connection {close_connection}");
+        assert_eq!(log[0]["bytes_out"], 0, "close_connection {close_connection}");
+        driver.abort();
+    }
 }
 
 #[tokio::test]

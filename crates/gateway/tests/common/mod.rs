@@ -54,6 +54,8 @@ pub struct Seen {
     pub version: http::Version,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// The request trailers, if any arrived.
+    pub trailers: Option<http::HeaderMap>,
 }
 
 /// An mTLS upstream on 127.0.0.1 that records every request and responds
@@ -101,7 +103,13 @@ impl Recorder {
                         let record = Arc::clone(&record);
                         async move {
                             let (head, body) = request.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let (body, trailers) = match body.collect().await {
+                                Ok(collected) => {
+                                    let trailers = collected.trailers().cloned();
+                                    (collected.to_bytes(), trailers)
+                                }
+                                Err(_) => (Bytes::new(), None),
+                            };
                             let target = head.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
                             record.lock().unwrap().push(Seen {
                                 method: head.method.to_string(),
@@ -109,6 +117,7 @@ impl Recorder {
                                 version: head.version,
                                 headers: head.headers,
                                 body,
+                                trailers,
                             });
                             if target.contains("/slow/") {
                                 tokio::time::sleep(Duration::from_secs(3)).await;
@@ -208,6 +217,16 @@ impl Harness {
     /// workers if given. One worker puts every app connection on one
     /// upstream pool, which the pool tests count connections of.
     pub async fn start_with_workers(workers: Option<usize>, adjust: impl FnOnce(&mut PlatformConfig)) -> Self {
+        Self::start_built(workers, adjust, |gateway| gateway).await
+    }
+
+    /// Starts everything like [`Harness::start_with_workers`], with the
+    /// gateway changed by `build` before it starts.
+    pub async fn start_built(
+        workers: Option<usize>,
+        adjust: impl FnOnce(&mut PlatformConfig),
+        build: impl FnOnce(Gateway) -> Gateway,
+    ) -> Self {
         let platform = Platform::new().await;
         let upstream = Recorder::start(&platform).await;
         let mut config = example_config(upstream.address);
@@ -245,7 +264,7 @@ impl Harness {
         if let Some(workers) = workers {
             gateway = gateway.with_workers(workers);
         }
-        let gateway = gateway.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let gateway = build(gateway).start("127.0.0.1:0".parse().unwrap()).await.unwrap();
 
         Self {
             platform,
