@@ -173,6 +173,36 @@ fn broken_configurations_name_key_path() {
             "xn--bcher-kva.test",
         ),
         (
+            "short IPv4 as host",
+            edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"127.1\"]"),
+            "egress.allow_hosts[0]",
+            "ending in \"1\" as an IPv4 address",
+        ),
+        (
+            "decimal IPv4 as host",
+            edited("deny_hosts = [\"*.forbidden.test\"]", "deny_hosts = [\"2130706433\"]"),
+            "egress.deny_hosts[0]",
+            "allow_cidrs or deny_cidrs",
+        ),
+        (
+            "hex IPv4 as host",
+            edited("deny_hosts = [\"*.forbidden.test\"]", "deny_hosts = [\"0x7f.1\"]"),
+            "egress.deny_hosts[0]",
+            "ending in \"1\"",
+        ),
+        (
+            "numeric last label",
+            edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"*.example.0x1f\"]"),
+            "egress.allow_hosts[0]",
+            "ending in \"0x1f\"",
+        ),
+        (
+            "mapped IPv6 deny range",
+            edited("deny_cidrs = []", "deny_cidrs = [\"::ffff:10.0.0.0/104\"]"),
+            "egress.deny_cidrs[0]",
+            "the IPv4 form \"10.0.0.0/8\"",
+        ),
+        (
             "space widens egress",
             edited("egress_allow_hosts = []", "egress_allow_hosts = [\"evil.test\"]"),
             "spaces.sandbox.egress_allow_hosts[0]",

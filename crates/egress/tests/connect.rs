@@ -101,3 +101,35 @@ async fn connect_uses_only_pinned_address() {
     assert_eq!(second.verdict, Verdict::Deny, "the rebound answer is checked on its own");
     assert_eq!(second.rule, "special:loopback");
 }
+
+#[tokio::test]
+async fn silent_first_address_leaves_time_for_next() {
+    // 127.0.0.1:port has a backlog of 0 whose one slot is taken, so Linux
+    // drops further SYN packets to it, like a filtered host. The same port
+    // on 127.0.0.2 accepts.
+    let full = tokio::net::TcpSocket::new_v4().unwrap();
+    full.bind(SocketAddr::new(ip(LOOPBACK), 0)).unwrap();
+    let port = full.local_addr().unwrap().port();
+    let full = full.listen(0).unwrap();
+    let _queued = std::net::TcpStream::connect_timeout(&full.local_addr().unwrap(), Duration::from_secs(1)).unwrap();
+    let probe =
+        tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(full.local_addr().unwrap()))
+            .await;
+    assert!(probe.is_err(), "the full backlog accepted a connection: {probe:?}");
+    let open = TcpListener::bind((ip("127.0.0.2"), port)).await.expect("bind 127.0.0.2 on the same port");
+
+    let mut settings = settings();
+    settings.allow_cidrs = vec!["127.0.0.0/30".parse().unwrap()];
+    settings.allow_ports = vec![port];
+    let resolver = StaticResolver::new().with("two.example.org", &[ip(LOOPBACK), ip("127.0.0.2")]);
+    let engine = Engine::new(Arc::new(EgressRules::new(settings).unwrap()), Arc::new(resolver));
+    let decision = engine.decide(&app(&engine), "two.example.org", port).await;
+    assert_eq!(decision.verdict, Verdict::Allow, "{}", decision.message);
+    let target = decision.target.expect("allowed");
+
+    let started = std::time::Instant::now();
+    let stream = connect(&target, Duration::from_secs(2)).await.expect("the second address accepts");
+    assert_eq!(stream.peer_addr().unwrap(), SocketAddr::new(ip("127.0.0.2"), port));
+    assert!(started.elapsed() < Duration::from_millis(1900), "took {:?}", started.elapsed());
+    drop(open);
+}

@@ -104,6 +104,17 @@ pub(super) fn host_pattern(check: &Checker, key: &str, text: &str) -> Result<Hos
         return Err(check.invalid(key, quote(text), "a host name; list IP addresses in allow_cidrs or deny_cidrs"));
     }
 
+    if let Some(last) = name.trim_end_matches('.').rsplit('.').next().filter(|label| is_number_label(label)) {
+        return Err(check.invalid(
+            key,
+            quote(text),
+            format!(
+                "a host name whose last label is not a number; clients read a name ending in {} as an IPv4 address, so list addresses in allow_cidrs or deny_cidrs",
+                quote(last)
+            ),
+        ));
+    }
+
     let normalised = idna::domain_to_ascii(name.trim_end_matches('.')).unwrap_or_default();
     let valid = !normalised.is_empty()
         && normalised.len() <= 253
@@ -132,6 +143,17 @@ pub(super) fn host_pattern(check: &Checker, key: &str, text: &str) -> Result<Hos
     Ok(if wildcard { HostPattern::Suffix(name.to_owned()) } else { HostPattern::Exact(name.to_owned()) })
 }
 
+/// Returns true for a label that the WHATWG URL Standard's host parser
+/// reads as a number (decimal digits, or `0x` and hex digits), which makes
+/// the whole host an IPv4 address, as in `127.1` or `0x7f.1`.
+fn is_number_label(label: &str) -> bool {
+    let hex = label.strip_prefix("0x").or_else(|| label.strip_prefix("0X"));
+    match hex {
+        Some(digits) => digits.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
 pub(super) fn host_list(check: &Checker, key: &str, raw: &[String]) -> Result<Vec<HostPattern>> {
     raw.iter().enumerate().map(|(index, host)| host_pattern(check, &format!("{key}[{index}]"), host)).collect()
 }
@@ -152,6 +174,16 @@ pub(super) fn cidr_list(check: &Checker, key: &str, raw: &[String]) -> Result<Ve
         }
         if net.prefix_len() == 0 {
             return Err(check.invalid(&key, quote(text), "a range narrower than every address"));
+        }
+        // The proxy checks IPv4-mapped answers as the IPv4 address they
+        // denote, so a range written in the mapped form would never match.
+        if let IpNet::V6(v6) = net {
+            let mapped: ipnet::Ipv6Net = "::ffff:0:0/96".parse().expect("valid CIDR");
+            if v6.prefix_len() >= 96 && mapped.contains(&v6.network()) {
+                let ipv4 = v6.network().to_ipv4_mapped().expect("inside ::ffff:0:0/96");
+                let suggestion = format!("{ipv4}/{}", v6.prefix_len() - 96);
+                return Err(check.invalid(&key, quote(text), format!("the IPv4 form {}", quote(&suggestion))));
+            }
         }
         nets.push(net);
     }
