@@ -119,6 +119,18 @@ fn broken_configurations_name_key_path() {
             "h2c is not supported",
         ),
         (
+            "plain HTTP upstream over the network",
+            edited("upstream = \"https://127.0.0.1:9101\"", "upstream = \"http://10.1.2.3:9101\""),
+            "services[0].upstream",
+            "http:// is accepted only for a loopback address or localhost",
+        ),
+        (
+            "plain HTTP upstream by name",
+            edited("upstream = \"https://127.0.0.1:9101\"", "upstream = \"http://weather.internal:9101\""),
+            "services[0].upstream",
+            "an https:// URL, because the gateway reaches services over mutual TLS",
+        ),
+        (
             "upstream_http2 not a boolean",
             edited("upstream_http2 = false", "upstream_http2 = \"yes\""),
             "services[0].upstream_http2",

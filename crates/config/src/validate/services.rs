@@ -84,6 +84,23 @@ pub(super) fn upstream(check: &Checker, key: &str, text: &str) -> Result<String>
     if !valid {
         return Err(check.invalid(key, quote(&redact_userinfo(text)), expected));
     }
+
+    // The gateway sends each request's app id and scopes to the service.
+    // Over a network that must be mutual TLS, so plain HTTP is accepted only
+    // where the request never leaves the host.
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    if url.scheme() == "http" && !loopback {
+        return Err(check.invalid(
+            key,
+            quote(text),
+            "an https:// URL, because the gateway reaches services over mutual TLS; http:// is accepted only for a loopback address or localhost",
+        ));
+    }
     Ok(text.trim_end_matches('/').to_owned())
 }
 
