@@ -113,6 +113,21 @@ pub enum GatewayError {
         serial: String,
     },
 
+    /// The connection's client certificate is no longer among the app's
+    /// valid pins, for example because it expired after the handshake.
+    #[error("client certificate {serial} of app {app_id} is no longer pinned")]
+    NotPinned {
+        /// The app.
+        app_id: String,
+        /// Certificate serial, lowercase hex.
+        serial: String,
+    },
+
+    /// The revocations and pins were not reloaded from the store within
+    /// their maximum staleness, so no certificate can be trusted.
+    #[error("the trust data is stale; the store may be unreachable")]
+    TrustStale,
+
     /// A guard ban is in force for the app.
     #[error("app {app_id} is banned: {reason}")]
     Banned {
@@ -235,6 +250,7 @@ impl GatewayError {
             | Self::Bind { .. }
             | Self::Tls(_)
             | Self::AccessLog { .. }
+            | Self::TrustStale
             | Self::Internal(_) => ErrorSource::Internal,
             _ => ErrorSource::Client,
         }
@@ -250,7 +266,8 @@ impl GatewayError {
             Self::MissingToken { .. } | Self::AppMismatch { .. } => StatusCode::UNAUTHORIZED,
             Self::Token { reason, .. } if reason.error_code() == "insufficient_scope" => StatusCode::FORBIDDEN,
             Self::Token { .. } => StatusCode::UNAUTHORIZED,
-            Self::Revoked { .. } | Self::Banned { .. } => StatusCode::FORBIDDEN,
+            Self::Revoked { .. } | Self::NotPinned { .. } | Self::Banned { .. } => StatusCode::FORBIDDEN,
+            Self::TrustStale => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnreachable { .. } | Self::UpstreamConnectTimeout { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -273,6 +290,8 @@ impl GatewayError {
             Self::Token { reason, .. } => reason.error_code(),
             Self::AppMismatch { .. } => "invalid_token",
             Self::Revoked { .. } => "certificate_revoked",
+            Self::NotPinned { .. } => "certificate_not_pinned",
+            Self::TrustStale => "trust_unavailable",
             Self::Banned { .. } => "banned",
             Self::RateLimited { .. } => "rate_limited",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -297,6 +316,10 @@ impl GatewayError {
             Self::Token { reason, .. } => reason.description(),
             Self::AppMismatch { .. } => "the token was issued to another app than the client certificate's",
             Self::Revoked { .. } => "the client certificate was revoked",
+            Self::NotPinned { .. } => {
+                "the client certificate is no longer valid for this app; reconnect with a current one"
+            }
+            Self::TrustStale => "the gateway cannot check certificates right now; retry later",
             Self::Banned { .. } => "the app is banned by the platform",
             Self::RateLimited { .. } => {
                 "the app's rate limit for this service is exhausted; retry after Retry-After seconds"
@@ -351,7 +374,7 @@ impl GatewayError {
             Self::RateLimited { retry_after_secs, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
-            Self::Revoked { .. } | Self::Framing { .. } => {
+            Self::Revoked { .. } | Self::NotPinned { .. } | Self::Framing { .. } => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portcullis_config::GatewaySettings;
 use portcullis_guard::{DecisionReceiver, Verdict};
-use portcullis_identity::TrustCache;
+use portcullis_identity::{TrustCache, TrustVerdict};
 use tracing::Instrument;
 
 use crate::body::{BoxError, LimitedBody, PendingEvent, RequestCounters, ResponseBody, StallLimitedBody};
@@ -57,6 +57,9 @@ pub(crate) struct Peer {
     /// SHA-256 thumbprint of the client certificate (base64url), compared
     /// with the token's `cnf.x5t#S256`.
     pub certificate_thumbprint: String,
+    /// SPKI pin of the client certificate, checked against the app's valid
+    /// pins on each request.
+    pub spki_pin: String,
 }
 
 /// Handles one request; never fails, because every failure becomes a
@@ -135,8 +138,17 @@ async fn forward(
     let settings = shared.settings.load_full();
     check_head(&request, settings.max_header_bytes, &shared.server_names, peer.local_addr)?;
 
-    if shared.trust.is_revoked(&peer.serial) {
-        return Err(GatewayError::Revoked { app_id: peer.app_id.clone(), serial: peer.serial.clone() });
+    // The handshake checked revocation, the pin and staleness once, and a
+    // connection can outlive all three, so each request checks them again.
+    match shared.trust.check(&peer.serial, Some((&peer.app_id, &peer.spki_pin))) {
+        TrustVerdict::Accepted => {}
+        TrustVerdict::Revoked => {
+            return Err(GatewayError::Revoked { app_id: peer.app_id.clone(), serial: peer.serial.clone() });
+        }
+        TrustVerdict::NotPinned => {
+            return Err(GatewayError::NotPinned { app_id: peer.app_id.clone(), serial: peer.serial.clone() });
+        }
+        TrustVerdict::Stale => return Err(GatewayError::TrustStale),
     }
     let verdict = shared.decisions.borrow().verdict(&peer.app_id, now_ms());
     let throttle = match verdict {

@@ -459,7 +459,13 @@ async fn serve_connection(
         None => return,
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    let peer = Arc::new(Peer { app_id, serial: verified.serial().to_owned(), certificate_thumbprint, local_addr });
+    let peer = Arc::new(Peer {
+        app_id,
+        serial: verified.serial().to_owned(),
+        certificate_thumbprint,
+        spki_pin: verified.spki_pin().to_owned(),
+        local_addr,
+    });
     tracing::debug!(%remote, app_id = %peer.app_id, h2, "connection accepted");
 
     let max_buf_size = (settings.max_header_bytes as usize).max(MIN_READ_BUFFER);

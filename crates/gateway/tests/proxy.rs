@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use portcullis_guard::GuardEvent;
-use portcullis_identity::CertificateKind;
+use portcullis_identity::{CertificateKind, LeafRequest, SpiffeId};
 use portcullis_store::DecisionKind;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -572,6 +572,40 @@ async fn revocation_cuts_an_open_connection() {
     let _ = tokio::time::timeout(WAIT, tls.read_to_string(&mut rest)).await;
     assert_eq!(status_of(&rest), 403, "{rest}");
     assert!(rest.contains("certificate_revoked"), "{rest}");
+    assert_eq!(h.upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn expired_pin_cuts_an_open_connection() {
+    let h = Harness::start(|_| {}).await;
+    // A second certificate of the test app that expires 2 s from now.
+    let identity = SpiffeId::new(h.platform.ca.trust_domain(), CertificateKind::App, APP).unwrap();
+    let lifetimes = portcullis_identity::Lifetimes { app: Duration::from_secs(2), ..Default::default() };
+    let short =
+        h.platform.ca.issue_and_record(&h.platform.store, &LeafRequest::new(identity, &lifetimes)).await.unwrap();
+    h.cache.refresh(&h.platform.store).await.unwrap();
+    let token = h.token_for(&short, APP, "weather", &["weather:read"], now());
+    let request = format!("GET /weather/v1/a HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
+
+    let certificate = portcullis_identity::RenewingCertificate::new(&short).unwrap();
+    let config = portcullis_identity::policy::client_config(h.platform.ca.root(), certificate, &[b"http/1.1"]).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.port())).await.unwrap();
+    let mut tls = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let n = tls.read(&mut buffer).await.unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&buffer[..n])), 200);
+
+    // Past the certificate's expiry, the reloaded pins no longer list it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    h.cache.refresh(&h.platform.store).await.unwrap();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut rest = String::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_string(&mut rest)).await;
+    assert_eq!(status_of(&rest), 403, "{rest}");
+    assert!(rest.contains("certificate_not_pinned"), "{rest}");
     assert_eq!(h.upstream.seen().len(), 1);
 }
 
