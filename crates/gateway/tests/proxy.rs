@@ -547,6 +547,39 @@ async fn reload_swaps_routes_without_restart() {
     assert_eq!(h.get("/weather/v1/x", &token).await, 404);
 }
 
+/// Opens an HTTP/1.1 connection over TLS with `leaf`, sends `request` and
+/// checks that it gets 200, and returns the open connection.
+async fn open_http1(
+    h: &Harness,
+    leaf: &portcullis_identity::IssuedLeaf,
+    request: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certificate = portcullis_identity::RenewingCertificate::new(leaf).unwrap();
+    let config = portcullis_identity::policy::client_config(h.platform.ca.root(), certificate, &[b"http/1.1"]).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.port())).await.unwrap();
+    let mut tls = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let n = tls.read(&mut buffer).await.unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&buffer[..n])), 200);
+    tls
+}
+
+/// Sends `request` on `tls` and returns what arrives until the gateway
+/// closes the connection, or [`WAIT`] passes.
+async fn send_and_read_to_end(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    request: &str,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut rest = String::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_string(&mut rest)).await;
+    rest
+}
+
 #[tokio::test]
 async fn revocation_cuts_an_open_connection() {
     let h = Harness::start(|_| {}).await;
@@ -554,22 +587,10 @@ async fn revocation_cuts_an_open_connection() {
     let first = format!("GET /weather/v1/a HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
 
     // One connection: a request, then revocation, then a second request.
-    let certificate = portcullis_identity::RenewingCertificate::new(&h.app).unwrap();
-    let config = portcullis_identity::policy::client_config(h.platform.ca.root(), certificate, &[b"http/1.1"]).unwrap();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.port())).await.unwrap();
-    let mut tls = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tls.write_all(first.as_bytes()).await.unwrap();
-    let mut buffer = vec![0u8; 4096];
-    let n = tls.read(&mut buffer).await.unwrap();
-    assert_eq!(status_of(&String::from_utf8_lossy(&buffer[..n])), 200);
-
+    let mut tls = open_http1(&h, &h.app, &first).await;
     h.platform.store.revoke_certificate(h.app.serial(), "test", now() * 1000).await.unwrap();
     h.cache.refresh(&h.platform.store).await.unwrap();
-    tls.write_all(first.as_bytes()).await.unwrap();
-    let mut rest = String::new();
-    let _ = tokio::time::timeout(WAIT, tls.read_to_string(&mut rest)).await;
+    let rest = send_and_read_to_end(&mut tls, &first).await;
     assert_eq!(status_of(&rest), 403, "{rest}");
     assert!(rest.contains("certificate_revoked"), "{rest}");
     assert_eq!(h.upstream.seen().len(), 1);
@@ -587,23 +608,12 @@ async fn expired_pin_cuts_an_open_connection() {
     let token = h.token_for(&short, APP, "weather", &["weather:read"], now());
     let request = format!("GET /weather/v1/a HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
 
-    let certificate = portcullis_identity::RenewingCertificate::new(&short).unwrap();
-    let config = portcullis_identity::policy::client_config(h.platform.ca.root(), certificate, &[b"http/1.1"]).unwrap();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.port())).await.unwrap();
-    let mut tls = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut buffer = vec![0u8; 4096];
-    let n = tls.read(&mut buffer).await.unwrap();
-    assert_eq!(status_of(&String::from_utf8_lossy(&buffer[..n])), 200);
+    let mut tls = open_http1(&h, &short, &request).await;
 
     // Past the certificate's expiry, the reloaded pins no longer list it.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     h.cache.refresh(&h.platform.store).await.unwrap();
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut rest = String::new();
-    let _ = tokio::time::timeout(WAIT, tls.read_to_string(&mut rest)).await;
+    let rest = send_and_read_to_end(&mut tls, &request).await;
     assert_eq!(status_of(&rest), 403, "{rest}");
     assert!(rest.contains("certificate_not_pinned"), "{rest}");
     assert_eq!(h.upstream.seen().len(), 1);
