@@ -20,10 +20,13 @@
 //! A head is passed on only whole and only after the check. A rejected
 //! head and everything after it are never passed on.
 //!
-//! The scanner stops checking and passes bytes through when it cannot
-//! follow the stream: a head that httparse rejects or that is longer than
-//! hyper's buffer, or a chunked body that hyper would reject. hyper then
-//! rejects the same bytes and closes the connection.
+//! A head that httparse rejects (a space or control character in a header
+//! name, obsolete line folding, a bare CR) or that does not end within
+//! hyper's buffer is held back the same way, so the gateway answers it
+//! with its own JSON refusal and access event rather than hyper's empty
+//! 400 or 431. The scanner stops checking and passes bytes through only
+//! inside a chunked body that hyper would reject, and hyper then rejects
+//! the same bytes and closes the connection.
 
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -45,11 +48,15 @@ const MAX_LENGTH_DIGITS: usize = 19;
 /// A request head the scanner rejected, with what the access event needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Rejection {
+    /// The method, or empty if the head could not be parsed.
     pub method: String,
-    /// The request target up to `?`, lossily decoded.
+    /// The request target up to `?`, lossily decoded, or empty if the head
+    /// could not be parsed.
     pub path: String,
     /// Why, naming the header (for the log, not the app).
     pub reason: String,
+    /// The head did not end within `max_head` bytes (431, not 400).
+    pub too_large: Option<usize>,
 }
 
 /// The place where the scanner leaves a rejection for the connection task,
@@ -60,11 +67,21 @@ pub(crate) struct RejectionSlot {
     /// Set when hyper has read every byte before the rejected head and
     /// asked for more, so the head is the next request it would have read.
     reached: std::sync::atomic::AtomicBool,
+    /// Set while part of a request head has arrived but not yet gone to
+    /// hyper, which then sees an idle connection.
+    head_pending: std::sync::atomic::AtomicBool,
 }
 
 impl RejectionSlot {
     fn set(&self, rejection: Rejection) {
         *self.rejection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(rejection);
+    }
+
+    /// Returns whether part of a request head has arrived and waits for
+    /// the rest, so a header read timeout now cuts a request, not an idle
+    /// keep-alive connection.
+    pub fn head_pending(&self) -> bool {
+        self.head_pending.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn mark_reached(&self) {
@@ -158,11 +175,22 @@ impl Scanner {
         self.state == State::Rejected
     }
 
-    /// Stops checking, for a head that does not complete within hyper's
-    /// buffer and that hyper therefore rejects.
+    /// Stops checking, for a stream that ends inside a head.
     fn give_up(&mut self) {
         if self.state != State::Rejected {
             self.state = State::Passthrough;
+        }
+    }
+
+    /// Rejects the waiting head because it did not end within `max_head`
+    /// bytes.
+    fn reject_too_large(&mut self, max_head: usize) -> Rejection {
+        self.state = State::Rejected;
+        Rejection {
+            method: String::new(),
+            path: String::new(),
+            reason: format!("request head does not end within {max_head} bytes"),
+            too_large: Some(max_head),
         }
     }
 
@@ -184,7 +212,16 @@ impl Scanner {
                         self.head_checked = bytes.len() - at;
                         break;
                     }
-                    HeadCheck::Unparsable => self.state = State::Passthrough,
+                    HeadCheck::Unparsable(error) => {
+                        self.state = State::Rejected;
+                        let rejection = Rejection {
+                            method: String::new(),
+                            path: String::new(),
+                            reason: format!("malformed request head: {error}"),
+                            too_large: None,
+                        };
+                        return Scanned { approved: at, rejection: Some(rejection) };
+                    }
                     HeadCheck::Rejected(rejection) => {
                         self.state = State::Rejected;
                         return Scanned { approved: at, rejection: Some(rejection) };
@@ -272,8 +309,8 @@ fn step_chunked(chunk: Chunk, byte: u8) -> State {
 enum HeadCheck {
     /// More bytes are needed.
     Partial,
-    /// httparse rejects the head, so hyper rejects it too.
-    Unparsable,
+    /// httparse rejects the head, so hyper would reject it too.
+    Unparsable(httparse::Error),
     Rejected(Rejection),
     /// A head of `length` bytes followed by a body framed as `body`.
     Complete {
@@ -294,7 +331,7 @@ fn check_head(bytes: &[u8]) -> HeadCheck {
     let length = match request.parse(bytes) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return HeadCheck::Partial,
-        Err(_) => return HeadCheck::Unparsable,
+        Err(error) => return HeadCheck::Unparsable(error),
     };
 
     let mut lengths = Vec::new();
@@ -312,6 +349,7 @@ fn check_head(bytes: &[u8]) -> HeadCheck {
             method: request.method.unwrap_or_default().to_owned(),
             path: target.split('?').next().unwrap_or_default().to_owned(),
             reason,
+            too_large: None,
         })
     };
 
@@ -402,8 +440,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadCheckedIo<S> {
                 this.buf.resize(grown, 0);
             }
             if this.end == this.buf.len() {
-                this.scanner.give_up();
-                this.approved = this.end;
+                // Only a head waits unapproved, and it does not end within
+                // hyper's buffer.
+                let rejection = this.scanner.reject_too_large(this.max_head);
+                tracing::info!(reason = %rejection.reason, "request head rejected");
+                this.slot.set(rejection);
                 continue;
             }
             let mut read = ReadBuf::new(&mut this.buf[this.end..]);
@@ -423,6 +464,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadCheckedIo<S> {
 
             let scanned = this.scanner.scan(&this.buf[this.approved..this.end]);
             this.approved += scanned.approved;
+            let pending = this.approved < this.end && !this.scanner.rejected();
+            this.slot.head_pending.store(pending, std::sync::atomic::Ordering::Relaxed);
             if let Some(rejection) = scanned.rejection {
                 tracing::info!(reason = %rejection.reason, method = %rejection.method, "request head rejected");
                 this.slot.set(rejection);
@@ -544,7 +587,8 @@ mod tests {
         for (name, lines, reason) in cases {
             let stream = format!("{first}POST /y?q=1 HTTP/1.1\r\nHost: h\r\n{lines}\r\n\r\nabc{GET}");
             let scanned = scan_all(stream.as_bytes());
-            let rejection = Rejection { method: "POST".into(), path: "/y".into(), reason: (*reason).into() };
+            let rejection =
+                Rejection { method: "POST".into(), path: "/y".into(), reason: (*reason).into(), too_large: None };
             assert_eq!(scanned, Scanned { approved: first.len(), rejection: Some(rejection) }, "{name}");
         }
     }
@@ -558,10 +602,29 @@ mod tests {
     }
 
     #[test]
+    fn scanner_rejects_malformed_heads() {
+        // (case, second head, httparse's reason)
+        let cases: &[(&str, &str, &str)] = &[
+            ("space in name", "GET / HTTP/1.1\r\nX A: b\r\n\r\n", "invalid header name"),
+            ("space before colon", "GET / HTTP/1.1\r\nX-A : b\r\n\r\n", "invalid header name"),
+            ("obs-fold", "GET / HTTP/1.1\r\nX-A: b\r\n c\r\n\r\n", "invalid header name"),
+            ("control in name", "GET / HTTP/1.1\r\nX\x01A: b\r\n\r\n", "invalid header name"),
+            ("bare CR", "GET / HTTP/1.1\r\nX-A: b\rc\r\n\r\n", "invalid header value"),
+            ("bad version", "GET / HTTP/9.9\r\n\r\n", "invalid HTTP version"),
+        ];
+        for (name, head, reason) in cases {
+            let stream = format!("{GET}{head}{GET}");
+            let scanned = scan_all(stream.as_bytes());
+            assert_eq!(scanned.approved, GET.len(), "{name}: the first request passes");
+            let rejection = scanned.rejection.unwrap_or_else(|| panic!("{name}: not rejected"));
+            assert_eq!(rejection.reason, format!("malformed request head: {reason}"), "{name}");
+            assert_eq!(rejection.too_large, None, "{name}");
+        }
+    }
+
+    #[test]
     fn scanner_passes_hyper_errors_through() {
         let cases: &[(&str, String)] = &[
-            ("space in name", format!("GET / HTTP/1.1\r\nX A: b\r\n\r\n{GET}")),
-            ("obs-fold", format!("GET / HTTP/1.1\r\nX-A: b\r\n c\r\n\r\n{GET}")),
             (
                 "bad chunk size",
                 "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"

@@ -515,19 +515,32 @@ async fn serve_connection(
     if let Err(error) = result {
         let timed_out = error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
         if timed_out {
-            // hyper closes a connection whose head did not arrive in time
-            // without a response; send 408 (RFC 9110 section 15.5.9) first.
-            tracing::info!(%remote, "request head not received in time");
-            let body =
-                serde_json::json!({ "error": "request_timeout", "request_id": crate::framing::new_request_id() })
-                    .to_string();
-            let headers = [("content-type", "application/json"), ("connection", "close")];
-            let response = encode_response(StatusCode::REQUEST_TIMEOUT, headers, body.as_bytes());
-            write_and_close(&mut io, &response).await;
+            answer_head_timeout(&mut io, &shared, &peer, remote, rejections.head_pending()).await;
         } else {
             tracing::debug!(%remote, %error, "connection ended with an error");
         }
     }
+}
+
+/// Sends 408 (RFC 9110 section 15.5.9) on a connection whose request head
+/// did not arrive within `gateway.header_read_timeout`, which hyper closes
+/// without a response. Records an access event only if part of a head had
+/// arrived (`head_started`), because hyper's timer also ends idle
+/// keep-alive connections, which are not requests.
+async fn answer_head_timeout(io: &mut SharedIo, shared: &Shared, peer: &Peer, remote: SocketAddr, head_started: bool) {
+    let request_id = crate::framing::new_request_id();
+    tracing::info!(%remote, app_id = %peer.app_id, %request_id, head_started, "request head not received in time");
+    let body = serde_json::json!({ "error": "request_timeout", "request_id": request_id }).to_string();
+    let headers =
+        [("content-type", "application/json"), ("connection", "close"), (REQUEST_ID_HEADER, request_id.as_str())];
+    let response = encode_response(StatusCode::REQUEST_TIMEOUT, headers, body.as_bytes());
+    write_and_close(io, &response).await;
+    if !head_started {
+        return;
+    }
+
+    let event = head_event(peer, request_id, (String::new(), String::new()), StatusCode::REQUEST_TIMEOUT, body.len());
+    shared.sinks.emit(AccessEvent { reason: Some("request_timeout".to_owned()), ..event });
 }
 
 /// Sends 400 for a request head that [`crate::head`] held back, after
@@ -536,7 +549,10 @@ async fn serve_connection(
 async fn answer_rejected_head(io: &mut SharedIo, shared: &Shared, peer: &Peer, rejection: Rejection) {
     let request_id = crate::framing::new_request_id();
     let span = tracing::info_span!("request", app_id = %peer.app_id, request_id = %request_id);
-    let error = GatewayError::Framing { reason: rejection.reason };
+    let error = match rejection.too_large {
+        Some(max) => GatewayError::HeadersTooLarge { size: max as u64, max: max as u64 },
+        None => GatewayError::Framing { reason: rejection.reason },
+    };
     let response = span.in_scope(|| error.to_response(&request_id));
     let body = response.body().clone().collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
 
@@ -548,20 +564,33 @@ async fn answer_rejected_head(io: &mut SharedIo, shared: &Shared, peer: &Peer, r
     let bytes = encode_response(response.status(), headers, &body);
     write_and_close(io, &bytes).await;
 
-    shared.sinks.emit(AccessEvent {
+    let event = head_event(peer, request_id, (rejection.method, rejection.path), response.status(), body.len());
+    shared.sinks.emit(AccessEvent { reason: Some(error.code().to_owned()), ..event });
+}
+
+/// Builds the access event of a response the gateway wrote itself for a
+/// request head that never reached a route: no service, route or latency.
+fn head_event(
+    peer: &Peer,
+    request_id: String,
+    (method, path): (String, String),
+    status: StatusCode,
+    bytes_out: usize,
+) -> AccessEvent {
+    AccessEvent {
         at_ms: crate::events::now_ms(),
         request_id,
         app_id: peer.app_id.clone(),
         service: String::new(),
         route: String::new(),
-        method: rejection.method,
-        path: rejection.path,
-        status: response.status().as_u16(),
+        method,
+        path,
+        status: status.as_u16(),
         bytes_in: 0,
-        bytes_out: body.len() as u64,
+        bytes_out: bytes_out as u64,
         latency_us: 0,
-        reason: Some(error.code().to_owned()),
-    });
+        reason: None,
+    }
 }
 
 /// Encodes an HTTP/1.1 response that the gateway writes itself, after hyper

@@ -450,7 +450,7 @@ async fn body_limits_for_length_and_chunked() {
 
 #[tokio::test]
 async fn header_limits_and_timeouts() {
-    let h = Harness::start(|config| {
+    let mut h = Harness::start(|config| {
         config.gateway.max_header_bytes = 2048;
         config.gateway.header_read_timeout = Duration::from_millis(500);
         config.gateway.upstream_timeout = Duration::from_secs(1);
@@ -463,14 +463,35 @@ async fn header_limits_and_timeouts() {
     assert_eq!(status_of(&received), 431, "handler check below hyper's buffer: {received}");
     let huge = format!("X-Big: {}\r\n", "a".repeat(20000));
     let received = h.raw(&request("GET", "/weather/v1/x", &token, &huge), WAIT).await;
-    assert_eq!(status_of(&received), 431, "hyper's own check: {received}");
+    assert_eq!(status_of(&received), 431, "a head longer than hyper's buffer: {received}");
+    assert!(body_of(&received).contains("\"error\":\"headers_too_large\""), "{received}");
+    assert!(received.contains("x-portcullis-request-id: "), "{received}");
 
     let received = h.raw(b"GET /weather/v1/x HTTP/1.1\r\nHost: loc", WAIT).await;
+    assert_eq!(status_of(&received), 408, "{received}");
+    assert!(received.contains("x-portcullis-request-id: "), "{received}");
+
+    // An idle keep-alive connection also ends with 408, but it carried no
+    // request, so it records no access event.
+    let received = h.raw(b"", WAIT).await;
     assert_eq!(status_of(&received), 408, "{received}");
 
     let received = h.raw(&request("GET", "/weather/v1/slow/x", &token, ""), WAIT).await;
     assert_eq!(status_of(&received), 504, "{received}");
     assert!(!body_of(&received).contains("127.0.0.1"), "{received}");
+
+    let log = h.access_log().await;
+    let outcomes: Vec<(u64, Option<&str>)> =
+        log.iter().map(|event| (event["status"].as_u64().unwrap(), event["reason"].as_str())).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (431, Some("headers_too_large")),
+            (431, Some("headers_too_large")),
+            (408, Some("request_timeout")),
+            (504, Some("upstream_timeout")),
+        ]
+    );
 }
 
 #[tokio::test]

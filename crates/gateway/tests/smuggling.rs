@@ -329,6 +329,43 @@ async fn pipelined_ambiguous_head_is_rejected() {
     assert!(received.contains(&format!("x-portcullis-request-id: {rejected_id}")), "{received}");
 }
 
+/// Heads that httparse, and so hyper, cannot parse get the gateway's own
+/// 400 with a JSON body and request id after the request before them, and
+/// one access event each, so the guard sees malformed requests.
+#[tokio::test]
+async fn malformed_heads_get_json_and_events() {
+    let mut h = Harness::start(|_| {}).await;
+    let token = h.token("records", &["records:read", "records:write"]);
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let first = format!("GET /records/v1/first HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n");
+    let cases = [
+        ("obs-fold", "X-A: b\r\n c\r\n"),
+        ("space in name", "X A: b\r\n"),
+        ("space before colon", "X-A : b\r\n"),
+        ("control in name", "X\x01A: b\r\n"),
+        ("bare CR in value", "X-A: b\rc\r\n"),
+    ];
+
+    for (name, line) in cases {
+        let stream = format!("{first}GET /records/v1/second HTTP/1.1\r\nHost: localhost\r\n{auth}{line}\r\n");
+        let received = h.raw(stream.as_bytes(), WAIT).await;
+        assert_eq!(statuses(&received), [200, 400], "{name}: {received}");
+        assert!(received.contains("{\"error\":\"invalid_request\""), "{name}: {received}");
+        assert_eq!(received.matches("x-portcullis-request-id: ").count(), 2, "{name}: {received}");
+    }
+
+    let log = h.access_log().await;
+    let rejected: Vec<(u64, Option<&str>)> = log
+        .iter()
+        .filter(|event| event["status"] != 200)
+        .map(|event| (event["status"].as_u64().unwrap(), event["reason"].as_str()))
+        .collect();
+    assert_eq!(rejected, vec![(400, Some("invalid_request")); cases.len()]);
+    assert_eq!(log.len(), 2 * cases.len(), "one event per request");
+    let targets: Vec<String> = h.upstream.seen().into_iter().map(|seen| seen.target).collect();
+    assert_eq!(targets, vec!["/records/v1/first".to_owned(); cases.len()], "no malformed head reached the upstream");
+}
+
 /// Three pipelined GETs and then an ambiguous head, written at once: each
 /// GET gets its own 200 in order, then the 400.
 #[tokio::test]
