@@ -34,6 +34,12 @@ pub struct RequestCounters {
     /// the upstream connection is still writing the request, so the pool
     /// must not hand it to another request.
     pub ended: AtomicBool,
+    /// Set while the last read of the body waited for the app, so a stalled
+    /// exchange is the app's doing, not the upstream's.
+    pub waiting_for_app: AtomicBool,
+    /// Set when the app's body failed: a reset stream, a closed connection
+    /// or a malformed chunk.
+    pub failed: AtomicBool,
 }
 
 /// The request body forwarded upstream: counts bytes, fails once more
@@ -70,7 +76,9 @@ impl Body for LimitedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.counters.waiting_for_app.store(polled.is_pending(), Ordering::Relaxed);
+        match polled {
             Poll::Ready(Some(Ok(mut frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let total =
@@ -89,7 +97,10 @@ impl Body for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+            Poll::Ready(Some(Err(error))) => {
+                this.counters.failed.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(error))))
+            }
             Poll::Ready(None) => {
                 this.counters.ended.store(true, Ordering::Relaxed);
                 Poll::Ready(None)

@@ -70,6 +70,22 @@ pub enum GatewayError {
         max: u64,
     },
 
+    /// The app stopped sending its request body for the upstream timeout
+    /// while the upstream waited for it.
+    #[error("request body stalled for {after:?}")]
+    BodyStalled {
+        /// The upstream timeout that passed.
+        after: std::time::Duration,
+    },
+
+    /// The app's request body failed before its end: the app reset the
+    /// stream or closed the connection, or sent a malformed chunk.
+    #[error("request body failed: {detail}")]
+    BodyAborted {
+        /// What failed, for the log only.
+        detail: String,
+    },
+
     /// No route covers the path with this method.
     #[error("no route for {method} {path}")]
     NoRoute {
@@ -262,6 +278,8 @@ impl GatewayError {
             Self::Path { .. } | Self::Framing { .. } | Self::NonStandardMethod { .. } => StatusCode::BAD_REQUEST,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyAborted { .. } => StatusCode::BAD_REQUEST,
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::MissingToken { .. } | Self::AppMismatch { .. } => StatusCode::UNAUTHORIZED,
             Self::Token { reason, .. } if reason.error_code() == "insufficient_scope" => StatusCode::FORBIDDEN,
@@ -285,6 +303,8 @@ impl GatewayError {
             Self::NonStandardMethod { .. } => "invalid_method",
             Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyStalled { .. } => "request_body_timeout",
+            Self::BodyAborted { .. } => "invalid_request_body",
             Self::NoRoute { .. } => "no_route",
             Self::MissingToken { .. } => "missing_token",
             Self::Token { reason, .. } => reason.error_code(),
@@ -311,6 +331,8 @@ impl GatewayError {
             Self::NonStandardMethod { .. } => "the method is not a standard HTTP method in upper case",
             Self::HeadersTooLarge { .. } => "the request headers exceed the gateway's limit",
             Self::BodyTooLarge { .. } => "the request body exceeds the gateway's limit",
+            Self::BodyStalled { .. } => "the request body did not arrive in time",
+            Self::BodyAborted { .. } => "the request body ended before it was complete",
             Self::NoRoute { .. } => "no route matches this method and path",
             Self::MissingToken { .. } => "exactly one Authorization: Bearer header is required",
             Self::Token { reason, .. } => reason.description(),

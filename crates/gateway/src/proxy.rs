@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -223,15 +224,24 @@ async fn forward(
     let in_flight = crate::busy_poll::request_started();
     let sent = tokio::time::timeout(settings.upstream_timeout, pool.send(&upstream, upstream_request)).await;
     drop(in_flight);
+    // A stalled or failed request body is the app's doing and gets a 4xx,
+    // so the guard does not count it against the service.
+    let body_pending = !counters.ended.load(Ordering::Relaxed);
     let response = match sent {
+        Err(_) if body_pending && counters.waiting_for_app.load(Ordering::Relaxed) => {
+            return Err(GatewayError::BodyStalled { after: settings.upstream_timeout });
+        }
         Err(_) => {
             return Err(GatewayError::UpstreamTimeout {
                 service: upstream.service.clone(),
                 after: settings.upstream_timeout,
             });
         }
-        Ok(Err(_)) if counters.too_large.load(std::sync::atomic::Ordering::Relaxed) => {
+        Ok(Err(_)) if counters.too_large.load(Ordering::Relaxed) => {
             return Err(GatewayError::BodyTooLarge { max: settings.max_body_bytes });
+        }
+        Ok(Err(error)) if counters.failed.load(Ordering::Relaxed) => {
+            return Err(GatewayError::BodyAborted { detail: error.detail });
         }
         Ok(Err(error)) => {
             let service = upstream.service.clone();

@@ -495,6 +495,32 @@ async fn header_limits_and_timeouts() {
 }
 
 #[tokio::test]
+async fn stalled_and_broken_bodies_are_client_errors() {
+    let mut h = Harness::start(|config| config.gateway.upstream_timeout = Duration::from_millis(800)).await;
+    let token = h.token("records", &["records:read", "records:write"]);
+
+    // 10 of 100 announced bytes, then nothing: the app stalls, not the
+    // upstream, which waits for the rest.
+    let mut stalled = request("POST", "/records/v1/stalled", &token, "Content-Length: 100\r\n");
+    stalled.extend_from_slice(b"0123456789");
+    let received = h.raw(&stalled, WAIT).await;
+    assert_eq!(status_of(&received), 408, "{received}");
+    assert!(body_of(&received).contains("\"error\":\"request_body_timeout\""), "{received}");
+
+    // A chunked body with a malformed second chunk size.
+    let mut broken = request("POST", "/records/v1/broken", &token, "Transfer-Encoding: chunked\r\n");
+    broken.extend_from_slice(b"5\r\nhello\r\nzz\r\n");
+    let received = h.raw(&broken, WAIT).await;
+    assert_eq!(status_of(&received), 400, "{received}");
+    assert!(body_of(&received).contains("\"error\":\"invalid_request_body\""), "{received}");
+
+    let log = h.access_log().await;
+    let outcomes: Vec<(u64, Option<&str>)> =
+        log.iter().map(|event| (event["status"].as_u64().unwrap(), event["reason"].as_str())).collect();
+    assert_eq!(outcomes, [(408, Some("request_body_timeout")), (400, Some("invalid_request_body"))]);
+}
+
+#[tokio::test]
 async fn unreachable_upstream_is_502_without_detail() {
     let h = Harness::start(|config| config.services[0].upstream = "https://127.0.0.1:1".into()).await;
     let token = h.token("weather", &["weather:read"]);
