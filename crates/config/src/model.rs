@@ -147,6 +147,12 @@ pub struct Service {
     /// decides). When false it speaks HTTP/1.1 over a pool of kept-alive
     /// connections, as a reverse proxy usually does.
     pub upstream_http2: bool,
+    /// Sustained requests per second per app to this service, overriding
+    /// `gateway.rate_per_second`.
+    pub rate_per_second: Option<f64>,
+    /// Requests per app allowed at once to this service, overriding
+    /// `gateway.rate_burst`.
+    pub rate_burst: Option<u32>,
     /// Scopes this service defines, each `<name>:<action>`.
     pub scopes: Vec<String>,
     /// Routes; each route's scope is one of `scopes`.

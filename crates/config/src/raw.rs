@@ -73,6 +73,8 @@ pub(crate) struct RawService {
     pub name: String,
     pub upstream: String,
     pub upstream_http2: Option<bool>,
+    pub rate_per_second: Option<f64>,
+    pub rate_burst: Option<i64>,
     pub scopes: Vec<String>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,

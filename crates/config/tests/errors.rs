@@ -131,6 +131,12 @@ fn broken_configurations_name_key_path() {
             "an https:// URL, because the gateway reaches services over mutual TLS",
         ),
         (
+            "service rate out of range",
+            edited("upstream_http2 = false", "upstream_http2 = false\nrate_per_second = 0.0"),
+            "services[0].rate_per_second",
+            "a number from 0.001 to 1000000 (requests per second)",
+        ),
+        (
             "upstream_http2 not a boolean",
             edited("upstream_http2 = false", "upstream_http2 = \"yes\""),
             "services[0].upstream_http2",

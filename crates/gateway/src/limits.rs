@@ -39,42 +39,87 @@ impl Rate {
     }
 }
 
-/// The configured limiter, rebuilt when its rate changes.
+/// One configured limiter, rebuilt when its rate changes.
 struct Configured {
     rate: Rate,
     limiter: DefaultKeyedRateLimiter<(String, String)>,
 }
 
+impl Configured {
+    fn new(rate: Rate) -> Arc<Self> {
+        Arc::new(Self { rate, limiter: RateLimiter::keyed(rate.quota()) })
+    }
+}
+
+/// The configured rates: `gateway.rate_per_second` and `gateway.rate_burst`
+/// for every service, and the services that set their own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRates {
+    /// The rate of services without their own.
+    pub default: Rate,
+    /// Rates of services that set `rate_per_second` or `rate_burst`, by
+    /// service name.
+    pub services: HashMap<String, Rate>,
+}
+
+/// The limiter of every service with its own rate, and the one shared by
+/// the others.
+struct Limiters {
+    default: Arc<Configured>,
+    services: HashMap<String, Arc<Configured>>,
+}
+
+impl Limiters {
+    /// Builds limiters for `rates`, keeping those of `previous` whose rate
+    /// did not change, so their counts go on.
+    fn new(rates: &ServiceRates, previous: Option<&Limiters>) -> Self {
+        let reuse = |rate: Rate, old: Option<&Arc<Configured>>| match old {
+            Some(old) if old.rate == rate => Arc::clone(old),
+            _ => Configured::new(rate),
+        };
+        let default = reuse(rates.default, previous.map(|p| &p.default));
+        let services = rates
+            .services
+            .iter()
+            .map(|(service, &rate)| (service.clone(), reuse(rate, previous.and_then(|p| p.services.get(service)))))
+            .collect();
+        Self { default, services }
+    }
+
+    fn of(&self, service: &str) -> &Configured {
+        self.services.get(service).unwrap_or(&self.default)
+    }
+}
+
 /// The gateway's rate limits. Keys are the app id from the verified client
 /// certificate and the routed service, never a header the app chose.
 pub struct RateLimits {
-    configured: ArcSwap<Configured>,
+    configured: ArcSwap<Limiters>,
     throttles: Mutex<HashMap<String, (f64, Arc<DefaultDirectRateLimiter>)>>,
     clock: DefaultClock,
 }
 
 impl std::fmt::Debug for RateLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimits").field("rate", &self.configured.load().rate).finish_non_exhaustive()
+        f.debug_struct("RateLimits").field("default", &self.configured.load().default.rate).finish_non_exhaustive()
     }
 }
 
 impl RateLimits {
-    /// Creates limits of `rate` per app and service.
-    pub fn new(rate: Rate) -> Self {
+    /// Creates limits per app and service at `rates`.
+    pub fn new(rates: &ServiceRates) -> Self {
         Self {
-            configured: ArcSwap::from_pointee(Configured { rate, limiter: RateLimiter::keyed(rate.quota()) }),
+            configured: ArcSwap::from_pointee(Limiters::new(rates, None)),
             throttles: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
         }
     }
 
-    /// Replaces the configured rate. Counts restart only if the rate
-    /// changed, so a reload with the same settings keeps every app's state.
-    pub fn set_rate(&self, rate: Rate) {
-        if self.configured.load().rate != rate {
-            self.configured.store(Arc::new(Configured { rate, limiter: RateLimiter::keyed(rate.quota()) }));
-        }
+    /// Replaces the configured rates. A service's counts restart only if
+    /// its rate changed, so a reload keeps the state of every other service.
+    pub fn set_rates(&self, rates: &ServiceRates) {
+        let previous = self.configured.load();
+        self.configured.store(Arc::new(Limiters::new(rates, Some(&previous))));
     }
 
     /// Counts one request of `app_id` to `service`. With `throttle`
@@ -89,7 +134,7 @@ impl RateLimits {
         }
 
         let configured = self.configured.load();
-        match configured.limiter.check_key(&(app_id.to_owned(), service.to_owned())) {
+        match configured.of(service).limiter.check_key(&(app_id.to_owned(), service.to_owned())) {
             Ok(()) => Ok(()),
             Err(not_until) => Err(self.exceeded("configured", not_until.wait_time_from(self.clock.now()))),
         }
@@ -120,8 +165,10 @@ impl RateLimits {
     /// bounded by the apps seen recently.
     pub fn retain_recent(&self, active_throttles: impl Fn(&str) -> bool) {
         let configured = self.configured.load();
-        configured.limiter.retain_recent();
-        configured.limiter.shrink_to_fit();
+        for limiter in configured.services.values().chain([&configured.default]) {
+            limiter.limiter.retain_recent();
+            limiter.limiter.shrink_to_fit();
+        }
         let mut throttles = self.throttles.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         throttles.retain(|app_id, _| active_throttles(app_id));
     }
@@ -131,9 +178,40 @@ impl RateLimits {
 mod tests {
     use super::*;
 
+    fn rates(default: Rate, services: &[(&str, Rate)]) -> ServiceRates {
+        ServiceRates { default, services: services.iter().map(|(name, rate)| ((*name).to_owned(), *rate)).collect() }
+    }
+
+    #[test]
+    fn service_rate_overrides_default() {
+        let slow = Rate { per_second: 0.5, burst: 1 };
+        let limits = RateLimits::new(&rates(Rate { per_second: 0.5, burst: 3 }, &[("records", slow)]));
+        assert_eq!(limits.check("app-a", "records", None), Ok(()));
+        assert_eq!(limits.check("app-a", "records", None).unwrap_err().limit, "configured", "records allows 1");
+        for _ in 0..3 {
+            assert_eq!(limits.check("app-a", "weather", None), Ok(()), "weather keeps the default burst of 3");
+        }
+        assert!(limits.check("app-a", "weather", None).is_err());
+    }
+
+    #[test]
+    fn reload_keeps_counts_of_unchanged_services() {
+        let default = Rate { per_second: 0.5, burst: 1 };
+        let limits = RateLimits::new(&rates(default, &[("records", default)]));
+        assert_eq!(limits.check("app-a", "weather", None), Ok(()));
+        assert_eq!(limits.check("app-a", "records", None), Ok(()));
+
+        // records gets a new rate, weather keeps the default.
+        limits.set_rates(&rates(default, &[("records", Rate { per_second: 0.5, burst: 2 })]));
+        assert!(limits.check("app-a", "weather", None).is_err(), "weather's count went on");
+        assert_eq!(limits.check("app-a", "records", None), Ok(()), "records' count restarted");
+        assert_eq!(limits.check("app-a", "records", None), Ok(()));
+        assert!(limits.check("app-a", "records", None).is_err());
+    }
+
     #[test]
     fn burst_then_refusal_with_retry_after() {
-        let limits = RateLimits::new(Rate { per_second: 0.5, burst: 3 });
+        let limits = RateLimits::new(&rates(Rate { per_second: 0.5, burst: 3 }, &[]));
         for _ in 0..3 {
             assert_eq!(limits.check("app-a", "weather", None), Ok(()));
         }
@@ -146,7 +224,7 @@ mod tests {
 
     #[test]
     fn throttle_uses_its_own_rate() {
-        let limits = RateLimits::new(Rate { per_second: 1000.0, burst: 1000 });
+        let limits = RateLimits::new(&rates(Rate { per_second: 1000.0, burst: 1000 }, &[]));
         assert_eq!(limits.check("app-a", "weather", Some(1.0)), Ok(()));
         let refused = limits.check("app-a", "weather", Some(1.0)).unwrap_err();
         assert_eq!(refused.limit, "throttle");

@@ -37,7 +37,7 @@ use crate::error::GatewayError;
 use crate::events::{AccessEvent, EventSinks};
 use crate::framing::{REQUEST_ID_HEADER, ServerNames};
 use crate::head::{HeadCheckedIo, Rejection, RejectionSlot};
-use crate::limits::{Rate, RateLimits};
+use crate::limits::{Rate, RateLimits, ServiceRates};
 use crate::pool::{DEFAULT_CONNECT_TIMEOUT, UpstreamPool, UpstreamTls};
 use crate::proxy::{Peer, Shared, handle};
 use crate::routes::RouteTable;
@@ -98,7 +98,7 @@ impl Gateway {
         let shared = Shared {
             routes: ArcSwap::from_pointee(routes),
             settings: ArcSwap::from_pointee(config.gateway.clone()),
-            limits: RateLimits::new(rate_of(config)),
+            limits: RateLimits::new(&rates_of(config)),
             tokens,
             trust,
             decisions,
@@ -275,8 +275,24 @@ impl Worker {
     }
 }
 
-fn rate_of(config: &PlatformConfig) -> Rate {
-    Rate { per_second: config.gateway.rate_per_second, burst: config.gateway.rate_burst }
+/// Returns the configured rates: the gateway's for every service, and a
+/// service's own where it sets `rate_per_second` or `rate_burst` (the
+/// other then comes from the gateway).
+fn rates_of(config: &PlatformConfig) -> ServiceRates {
+    let default = Rate { per_second: config.gateway.rate_per_second, burst: config.gateway.rate_burst };
+    let services = config
+        .services
+        .iter()
+        .filter(|service| service.rate_per_second.is_some() || service.rate_burst.is_some())
+        .map(|service| {
+            let rate = Rate {
+                per_second: service.rate_per_second.unwrap_or(default.per_second),
+                burst: service.rate_burst.unwrap_or(default.burst),
+            };
+            (service.name.clone(), rate)
+        })
+        .collect();
+    ServiceRates { default, services }
 }
 
 /// A gateway that is accepting connections. Dropping it without
@@ -324,7 +340,7 @@ impl RunningGateway {
         }
         self.shared.routes.store(Arc::new(routes));
         self.shared.settings.store(Arc::new(config.gateway.clone()));
-        self.shared.limits.set_rate(rate_of(config));
+        self.shared.limits.set_rates(&rates_of(config));
         tracing::info!(routes = count, "gateway configuration reloaded");
         Ok(())
     }

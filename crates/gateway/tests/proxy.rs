@@ -428,6 +428,28 @@ async fn rate_limit_answers_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn service_rate_overrides_gateway_rate() {
+    let h = Harness::start(|config| {
+        config.gateway.rate_per_second = 0.2;
+        config.gateway.rate_burst = 3;
+        let records = config.services.iter_mut().find(|service| service.name == "records").unwrap();
+        records.rate_burst = Some(1);
+    })
+    .await;
+    let weather = h.token("weather", &["weather:read"]);
+    let records = h.token("records", &["records:read"]);
+
+    assert_eq!(h.get("/records/v1/x", &records).await, 200);
+    let received = h.raw(&request("GET", "/records/v1/x", &records, ""), WAIT).await;
+    assert_eq!(status_of(&received), 429, "records allows a burst of 1: {received}");
+    assert!(received.to_ascii_lowercase().contains("retry-after: 5\r\n"), "{received}");
+    for attempt in 1..=3 {
+        assert_eq!(h.get("/weather/v1/x", &weather).await, 200, "weather request {attempt} of the default burst");
+    }
+    assert_eq!(h.get("/weather/v1/x", &weather).await, 429);
+}
+
+#[tokio::test]
 async fn body_limits_for_length_and_chunked() {
     let h = Harness::start(|config| config.gateway.max_body_bytes = 10).await;
     let token = h.token("records", &["records:write"]);

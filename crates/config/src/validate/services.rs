@@ -53,7 +53,34 @@ pub(super) fn services(check: &Checker, raw: &[RawService]) -> Result<Vec<Servic
             routes.push(route);
         }
 
-        services.push(Service { name: service.name.clone(), upstream, upstream_http2, scopes, routes });
+        // The same ranges as gateway.rate_per_second and gateway.rate_burst.
+        let rate_per_second = match service.rate_per_second {
+            Some(rate) => Some(check.float(
+                &format!("{key}.rate_per_second"),
+                Some(rate),
+                rate,
+                0.001,
+                1_000_000.0,
+                "requests per second",
+            )?),
+            None => None,
+        };
+        let rate_burst = match service.rate_burst {
+            Some(burst) => {
+                Some(check.integer(&format!("{key}.rate_burst"), Some(burst), burst, 1, 1_000_000, "requests")? as u32)
+            }
+            None => None,
+        };
+
+        services.push(Service {
+            name: service.name.clone(),
+            upstream,
+            upstream_http2,
+            rate_per_second,
+            rate_burst,
+            scopes,
+            routes,
+        });
     }
 
     // A route for every method overlaps every method-specific route of the
