@@ -450,6 +450,57 @@ async fn busy_until_closed(stream: &mut TcpStream, limit: Duration) -> Duration 
     panic!("the tunnel was still open after {limit:?}");
 }
 
+/// A client that stops reading a large forwarded response loses the
+/// connection once nothing has moved for the idle timeout, and its slot is
+/// freed.
+#[tokio::test]
+async fn stalled_reader_frees_slot() {
+    // An HTTP server that answers one request with up to 1 GiB, for at
+    // most 20 s, written as fast as the proxy takes it.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let Ok((mut stream, _)) = upstream.accept().await else { return };
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).await;
+        let chunk = vec![0u8; 64 * 1024];
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n").await;
+        let started = Instant::now();
+        for _ in 0..(1 << 14) {
+            if started.elapsed() > Duration::from_secs(20) || stream.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut options = Options::new(&[port]);
+    options.idle_timeout = Duration::from_secs(1);
+    let proxy = Harness::start(options).await;
+    let app_id = AppId::parse(WEATHER_APP).unwrap();
+
+    let mut client = TcpStream::connect(proxy.address).await.unwrap();
+    let request = format!(
+        "GET http://feed.weather.test:{port}/big HTTP/1.1\r\nHost: feed.weather.test:{port}\r\nProxy-Authorization: {}\r\n\r\n",
+        proxy.basic(WEATHER_APP)
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.proxy.tunnels().open(&app_id) == 0 {
+        assert!(Instant::now() < deadline, "the exchange never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The client reads nothing; the socket buffers fill and stay full.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while proxy.proxy.tunnels().open(&app_id) > 0 {
+        assert!(Instant::now() < deadline, "a client that stopped reading kept its slot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(client);
+    server.abort();
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn tunnel_lifetime_enforced() {
     let silent = SilentServer::start().await;

@@ -61,10 +61,9 @@ type CapFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// reaches its byte cap, and keeps the exchange's tunnel slot while it
 /// lives.
 ///
-/// NOTE: the limits act only while hyper polls the body. A client that
-/// stops reading a response stops the polling, so the exchange, its
-/// upstream connection and its slot stay until the client closes. An app
-/// can hold at most `egress.max_tunnels_per_app` of them.
+/// The limits act only while hyper polls the body. A client that stops
+/// reading a response stops the polling, and the connection's own idle
+/// watchdog in [`serve`](super::serve) then closes it.
 pub(crate) struct MeteredBody<B> {
     inner: B,
     meter: Meter,

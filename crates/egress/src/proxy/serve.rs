@@ -1,17 +1,22 @@
 //! The accept loop and graceful shutdown.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{self, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handle::handle;
+use super::tunnel::{Activity, idle_watchdog};
 use super::{Context, Proxy};
 
 /// Pause after a failed accept, such as when the process is out of file
@@ -58,6 +63,11 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             let limits = connection_context.proxy.limits;
             let service_context = Arc::clone(&connection_context);
             let service = service_fn(move |request| handle(Arc::clone(&service_context), peer, request));
+            let activity = Activity::new();
+            let stream = ActiveStream { inner: stream, activity: Arc::clone(&activity) };
+            // One second past the idle timeout, so that an exchange's own
+            // idle timeout can still answer 504 first.
+            let idle = connection_context.proxy.engine.rules().settings().idle_timeout + Duration::from_secs(1);
 
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -70,6 +80,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
 
             let result = tokio::select! {
                 result = connection.as_mut() => result,
+                () = idle_watchdog(&activity, idle) => {
+                    tracing::debug!(%peer, ?idle, "egress proxy connection closed: no byte moved");
+                    Ok(())
+                }
                 () = connection_context.draining.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     tokio::select! {
@@ -102,4 +116,60 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         }
     }
     tracing::info!(address = ?local, "egress proxy stopped");
+}
+
+/// The app's connection, marking in `activity` each read or write that
+/// moved bytes. The connection task closes a connection on which nothing
+/// moved for longer than `egress.idle_timeout`. Without that, a client
+/// that stops reading a forwarded response would hold the exchange, its
+/// upstream connection and its tunnel slot, because hyper then stops
+/// polling the response body and the body's own timers with it.
+struct ActiveStream<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ActiveStream<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ActiveStream<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, bytes);
+        if matches!(polled, Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut task::Context<'_>,
+        buffers: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, buffers);
+        if matches!(polled, Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
