@@ -555,3 +555,23 @@ fn serve_reloads_configuration_on_sighup() {
     running.signal("TERM");
     assert_eq!(running.wait_for_exit(), Some(0));
 }
+
+/// A request in flight when SIGTERM arrives gets its response before the
+/// process exits 0.
+#[test]
+fn serve_drains_request_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start(Duration::from_secs(1));
+    let mut running = start_platform(dir.path(), upstream.port);
+
+    let mut request = Server(running.gateway_request("/weather/v1/slow").stdout(Stdio::piped()).spawn().unwrap());
+    let arrived = upstream.arrived.recv_timeout(Duration::from_secs(10)).expect("the request reached the upstream");
+    assert_eq!(arrived, "/weather/v1/slow");
+    running.signal("TERM");
+
+    let mut output = String::new();
+    std::io::Read::read_to_string(request.0.stdout.as_mut().unwrap(), &mut output).unwrap();
+    assert_eq!(split_status(&output), ("200".into(), "ok /weather/v1/slow\n".into()));
+    assert_eq!(running.wait_for_exit(), Some(0));
+    running.log.wait_for_line(&["gateway stopped", "Drained"]);
+}
