@@ -55,24 +55,62 @@ const CASES: &[(&str, u16, Option<&str>)] = &[
     ("/records/v1/%2e%2e/x", 400, None),
 ];
 
-#[tokio::test]
-async fn path_spellings_never_reach_records() {
+/// The HTTP version the table is sent with.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Sends every case of [`CASES`] over `protocol` and returns a line for
+/// each case whose status or upstream target differs from the table.
+async fn table_failures(protocol: Protocol) -> Vec<String> {
     let h = Harness::start(|_| {}).await;
     let token = h.token("weather", &["weather:read"]);
-    assert!(CASES.len() >= 30);
 
     let mut failures = Vec::new();
     for (target, status, reaches) in CASES {
         h.upstream.clear();
-        let got = h.get(target, &token).await;
+        let got = match protocol {
+            Protocol::Http1 => Ok(h.get(target, &token).await),
+            Protocol::Http2 => get_over_http2(&h, target, &token).await,
+        };
         let seen: Vec<String> = h.upstream.seen().into_iter().map(|s| s.target).collect();
         let expected_seen: Vec<String> = reaches.iter().map(|s| s.to_string()).collect();
-        if got != *status || seen != expected_seen {
+        if got != Ok(*status) || seen != expected_seen {
             failures.push(format!(
-                "{target}: status {got} (expected {status}), upstream saw {seen:?} (expected {expected_seen:?})"
+                "{protocol:?} {target}: {got:?} (expected {status}), upstream saw {seen:?} (expected {expected_seen:?})"
             ));
         }
     }
+    failures
+}
+
+/// Sends `GET target` with `token` over a new HTTP/2 connection, where the
+/// target travels as the `:path` pseudo-header, and returns the status.
+async fn get_over_http2(h: &Harness, target: &str, token: &str) -> Result<u16, String> {
+    let (mut sender, driver) = http2_client(h).await;
+    let request = http::Request::get(format!("https://localhost:{}{target}", h.port()))
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|error| format!("the client cannot build the request: {error}"))?;
+    let sent = sender.send_request(request).await;
+    driver.abort();
+    sent.map(|response| response.status().as_u16()).map_err(|error| format!("no response: {error}"))
+}
+
+#[tokio::test]
+async fn path_spellings_never_reach_records() {
+    assert!(CASES.len() >= 30);
+    let failures = table_failures(Protocol::Http1).await;
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+}
+
+/// The path table over HTTP/2: every spelling gets the status it gets over
+/// HTTP/1.1, and the upstream receives the same target.
+#[tokio::test]
+async fn path_spellings_over_http2() {
+    let failures = table_failures(Protocol::Http2).await;
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), CASES.len(), failures.join("\n"));
 }
 
