@@ -53,6 +53,28 @@ const CASES: &[(&str, u16, Option<&str>)] = &[
     ("/records/v1/x", 403, None),
     ("/%72ecords/v1/x", 403, None),
     ("/records/v1/%2e%2e/x", 400, None),
+    // Percent-encoded compatibility look-alikes of `.`, `/`, `\`, `%`, `;`,
+    // `?` and `#`: an upstream that applies NFKC would read them as the
+    // ASCII character.
+    ("/weather/v1/%EF%BC%8E%EF%BC%8E/%EF%BC%8E%EF%BC%8E/records/v1/x", 400, None),
+    ("/weather/v1/%ef%bc%8e%ef%bc%8e/x", 400, None),
+    ("/weather/v1/..%EF%BC%8F..%EF%BC%8Frecords%EF%BC%8Fv1%EF%BC%8Fx", 400, None),
+    ("/weather%EF%BC%8Fv1%EF%BC%8F..%EF%BC%8F..%EF%BC%8Frecords/v1/x", 400, None),
+    ("/weather/v1/%EF%BC%BC..%EF%BC%BCrecords", 400, None),
+    ("/weather/v1/%E2%80%A5/%E2%80%A5/records/v1/x", 400, None),
+    ("/weather/v1/%E2%80%A4%E2%80%A4/records/v1/x", 400, None),
+    ("/weather/v1/%E2%80%A6/records/v1/x", 400, None),
+    ("/weather/v1/%EF%B9%92%EF%B9%92/records/v1/x", 400, None),
+    ("/weather/v1/%EF%B9%A8..%EF%B9%A8records", 400, None),
+    ("/weather/v1/%EF%BC%85%32%65%EF%BC%85%32%65/records", 400, None),
+    ("/weather/v1/x%EF%BC%9Bjsessionid=1", 400, None),
+    ("/weather/v1/x%EF%BC%9Fa=1", 400, None),
+    ("/weather/v1/x%EF%BC%83fragment", 400, None),
+    // Non-ASCII characters that NFKC does not turn into a structural
+    // character stay escaped, and a look-alike of a letter routes nowhere.
+    ("/weather/v1/%E2%81%84records", 200, Some("/weather/v1/%E2%81%84records")),
+    ("/weather/v1/caf%c3%a9", 200, Some("/weather/v1/caf%C3%A9")),
+    ("/%EF%BD%92ecords/v1/x", 404, None),
 ];
 
 /// The HTTP version the table is sent with.
