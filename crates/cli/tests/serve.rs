@@ -38,6 +38,22 @@ fn wait_for_port(port: u16, server: &mut Server) {
     }
 }
 
+/// Fetches a `weather:read` token over mutual TLS with curl, with the app
+/// certificate in `app_dir`, from the token service on `port`, and returns
+/// the token response.
+fn fetch_token(app_dir: &Path, port: u16) -> serde_json::Value {
+    let file = |name: &str| app_dir.join(name).display().to_string();
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(["--cacert", &file("ca-bundle.pem"), "--cert", &file("cert.pem"), "--key", &file("key.pem")])
+        .args(["--data", "grant_type=client_credentials&scope=weather:read"])
+        .arg(format!("https://127.0.0.1:{port}/oauth2/token"))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
 /// Issues an egress proxy secret for `app` in the platform's store, as the
 /// runtime does at deploy, and returns it.
 fn issue_proxy_secret(data: &Path, app: &str) -> String {
@@ -70,14 +86,7 @@ fn serve_runs_token_service_until_sigterm() {
     let data = dir.path().join("data");
     let ports = free_ports(6);
     let config = dir.path().join("platform.toml");
-    let text = EXAMPLE
-        .replace("127.0.0.1:8443", &format!("127.0.0.1:{}", ports[0]))
-        .replace("127.0.0.1:8444", &format!("127.0.0.1:{}", ports[1]))
-        .replace("127.0.0.1:8445", &format!("127.0.0.1:{}", ports[2]))
-        .replace("127.0.0.1:8446", &format!("127.0.0.1:{}", ports[3]))
-        .replace("127.0.0.1:8447", &format!("127.0.0.1:{}", ports[4]))
-        .replace("https://127.0.0.1:9101", &format!("http://127.0.0.1:{}", ports[5]));
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(&config, example_with_ports(&ports, ports[5])).unwrap();
     let config = config.to_str().unwrap();
 
     // Without a CA, serve refuses with the fix.
@@ -118,15 +127,7 @@ fn serve_runs_token_service_until_sigterm() {
 
     // An app fetches a token with curl over mutual TLS.
     let file = |name: &str| app_dir.join(name).display().to_string();
-    let token = Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "10"])
-        .args(["--cacert", &file("ca-bundle.pem"), "--cert", &file("cert.pem"), "--key", &file("key.pem")])
-        .args(["--data", "grant_type=client_credentials&scope=weather:read"])
-        .arg(format!("https://127.0.0.1:{}/oauth2/token", ports[2]))
-        .output()
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&token.stdout)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&token.stdout)));
+    let body = fetch_token(&app_dir, ports[2]);
     assert_eq!(body["token_type"], "Bearer", "{body}");
     assert_eq!(body["scope"], "weather:read");
 
@@ -289,4 +290,288 @@ fn serve_runs_token_service_until_sigterm() {
     std::io::Read::read_to_string(server.0.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert!(log.contains("\"platform started\""), "{log}");
     assert!(log.contains("\"platform stopped\""), "{log}");
+}
+
+/// An HTTP/1.1 upstream on 127.0.0.1 in place of the weather service.
+/// It responds to every request with 200 and `ok <target>` after
+/// `delay`, reports each target on `arrived` when the head is read, and
+/// stops when dropped.
+struct Upstream {
+    port: u16,
+    arrived: std::sync::mpsc::Receiver<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    fn start(delay: Duration) -> Self {
+        use std::io::{BufRead, Write};
+        use std::sync::atomic::Ordering;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (report, arrived) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let report = report.clone();
+                std::thread::spawn(move || {
+                    stream.set_nonblocking(false).unwrap();
+                    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                    let mut writer = stream;
+                    // Keep-alive connections from the gateway's pool carry
+                    // one request after another.
+                    loop {
+                        let mut request_line = String::new();
+                        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut header = String::new();
+                        while reader.read_line(&mut header).is_ok_and(|n| n > 0) && header != "\r\n" {
+                            header.clear();
+                        }
+                        let target = request_line.split(' ').nth(1).unwrap_or_default().to_owned();
+                        let _ = report.send(target.clone());
+                        std::thread::sleep(delay);
+                        let body = format!("ok {target}\n");
+                        let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                        if writer.write_all(response.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, arrived, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The server's standard error (JSON log lines), collected by a thread.
+struct Log(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Log {
+    fn collect(server: &mut Server) -> Self {
+        use std::io::BufRead;
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let lines = std::io::BufReader::new(server.0.stderr.take().unwrap());
+        let sink = std::sync::Arc::clone(&text);
+        std::thread::spawn(move || {
+            for line in lines.lines().map_while(Result::ok) {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Self(text)
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits up to 10 s for a log line containing every one of `parts`
+    /// and returns it.
+    fn wait_for_line(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.text();
+            if let Some(line) = text.lines().find(|line| parts.iter().all(|part| line.contains(part))) {
+                return line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no log line with {parts:?} within 10 s:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A running `portcullis serve` with one registered app, `weather-app`,
+/// and its token for the weather service.
+struct Running {
+    server: Server,
+    log: Log,
+    ports: Vec<u16>,
+    config: std::path::PathBuf,
+    app_dir: std::path::PathBuf,
+    token: String,
+}
+
+/// Returns the example configuration with free loopback ports for the listeners
+/// (`ports[0..5]`: gateway, egress, token, operator, consent) and the
+/// weather service at `http://127.0.0.1:<upstream>`.
+fn example_with_ports(ports: &[u16], upstream: u16) -> String {
+    EXAMPLE
+        .replace("127.0.0.1:8443", &format!("127.0.0.1:{}", ports[0]))
+        .replace("127.0.0.1:8444", &format!("127.0.0.1:{}", ports[1]))
+        .replace("127.0.0.1:8445", &format!("127.0.0.1:{}", ports[2]))
+        .replace("127.0.0.1:8446", &format!("127.0.0.1:{}", ports[3]))
+        .replace("127.0.0.1:8447", &format!("127.0.0.1:{}", ports[4]))
+        .replace("https://127.0.0.1:9101", &format!("http://127.0.0.1:{upstream}"))
+}
+
+/// Starts `portcullis serve --init` in `dir` with [`example_with_ports`],
+/// registers `weather-app` with a grant of `weather:read`, issues its
+/// certificate and fetches its token.
+fn start_platform(dir: &Path, upstream: u16) -> Running {
+    let data = dir.join("data");
+    let ports = free_ports(5);
+    let config = dir.join("platform.toml");
+    std::fs::write(&config, example_with_ports(&ports, upstream)).unwrap();
+    let config_text = config.to_str().unwrap();
+
+    for args in [
+        vec!["app", "register", "--id", "weather-app", "--name", "Weather", "--owner", "acme"],
+        vec!["grant", "add", "--app", "weather-app", "--service", "weather", "--scope", "weather:read"],
+    ] {
+        let args: Vec<&str> =
+            if args[0] == "grant" { args.into_iter().chain(["--config", config_text]).collect() } else { args };
+        let output = portcullis(&data, &args);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    let mut server = start_serve(&data, config_text, &["--init"]);
+    let log = Log::collect(&mut server);
+    wait_for_port(ports[2], &mut server);
+    wait_for_port(ports[0], &mut server);
+    let app_dir = dir.join("app");
+    let output = portcullis(&data, &["ca", "issue", "--app", "weather-app", "--out", app_dir.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // The trust cache reloads within a second and then accepts the new
+    // certificate.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let body = fetch_token(&app_dir, ports[2]);
+    let token = body["access_token"].as_str().unwrap_or_else(|| panic!("no access token: {body}")).to_owned();
+
+    Running { server, log, ports, config, app_dir, token }
+}
+
+impl Running {
+    /// Builds the curl command for `GET path` through the gateway with the app's
+    /// certificate and token.
+    fn gateway_request(&self, path: &str) -> Command {
+        let file = |name: &str| self.app_dir.join(name).display().to_string();
+        let mut command = Command::new("curl");
+        command
+            .args(["--silent", "--max-time", "20", "--write-out", "\n%{http_code}"])
+            .args(["--cacert", &file("ca-bundle.pem"), "--cert", &file("cert.pem"), "--key", &file("key.pem")])
+            .args(["--header", &format!("Authorization: Bearer {}", self.token)])
+            .arg(format!("https://127.0.0.1:{}{path}", self.ports[0]));
+        command
+    }
+
+    /// Sends `GET path` through the gateway and returns the status and body.
+    fn get(&self, path: &str) -> (String, String) {
+        split_status(&String::from_utf8_lossy(&self.gateway_request(path).output().unwrap().stdout))
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`) to the server.
+    fn signal(&self, signal: &str) {
+        let pid = self.server.0.id().to_string();
+        assert!(Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
+    }
+
+    /// Waits up to 20 s for the server to exit and returns its exit code.
+    fn wait_for_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.server.0.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "serve did not stop within 20 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Splits curl's output written with `--write-out "\n%{http_code}"` into
+/// the status and the body.
+fn split_status(text: &str) -> (String, String) {
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", text));
+    (status.to_owned(), body.to_owned())
+}
+
+/// SIGHUP re-reads the configuration file: a new route is served without a
+/// restart, a changed listener is named in a warning, and an invalid file
+/// is logged with the file and the problem while the running routes stay.
+#[test]
+fn serve_reloads_configuration_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start(Duration::ZERO);
+    let mut running = start_platform(dir.path(), upstream.port);
+    let original = std::fs::read_to_string(&running.config).unwrap();
+
+    assert_eq!(running.get("/weather/v1/today"), ("200".into(), "ok /weather/v1/today\n".into()));
+    let (status, body) = running.get("/weather/v2/today");
+    assert_eq!(status, "404", "{body}");
+    assert!(body.contains("\"no_route\""), "{body}");
+
+    // Widen the weather route to /weather/ and move the consent listener,
+    // which needs a restart.
+    let spare = free_ports(1)[0];
+    let widened = original
+        .replace("prefix = \"/weather/v1/\"", "prefix = \"/weather/\"")
+        .replace(&format!("127.0.0.1:{}", running.ports[4]), &format!("127.0.0.1:{spare}"));
+    assert_ne!(widened, original);
+    std::fs::write(&running.config, &widened).unwrap();
+    running.signal("HUP");
+    running.log.wait_for_line(&["configuration reloaded"]);
+
+    assert_eq!(running.get("/weather/v2/today"), ("200".into(), "ok /weather/v2/today\n".into()));
+    let warning = running.log.wait_for_line(&["not applied", "\"setting\":\"listeners\""]);
+    assert!(warning.contains("WARN"), "{warning}");
+
+    // An invalid file that would also remove /weather/v2/ is not applied
+    // at all.
+    let invalid = original.replace("rate_per_second = 50.0", "rate_per_second = -1.0");
+    assert_ne!(invalid, original);
+    std::fs::write(&running.config, &invalid).unwrap();
+    running.signal("HUP");
+    let config_path = running.config.display().to_string();
+    let error = running.log.wait_for_line(&["configuration reload failed"]);
+    assert!(error.contains("ERROR"), "{error}");
+    assert!(error.contains(&config_path), "the error names the file: {error}");
+    assert!(error.contains("gateway.rate_per_second"), "the error names the key: {error}");
+
+    assert_eq!(running.get("/weather/v2/today"), ("200".into(), "ok /weather/v2/today\n".into()));
+    assert_eq!(running.get("/weather/v1/today"), ("200".into(), "ok /weather/v1/today\n".into()));
+
+    running.signal("TERM");
+    assert_eq!(running.wait_for_exit(), Some(0));
+}
+
+/// A request in flight when SIGTERM arrives gets its response before the
+/// process exits 0.
+#[test]
+fn serve_drains_request_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start(Duration::from_secs(1));
+    let mut running = start_platform(dir.path(), upstream.port);
+
+    let mut request = Server(running.gateway_request("/weather/v1/slow").stdout(Stdio::piped()).spawn().unwrap());
+    let arrived = upstream.arrived.recv_timeout(Duration::from_secs(10)).expect("the request reached the upstream");
+    assert_eq!(arrived, "/weather/v1/slow");
+    running.signal("TERM");
+
+    let mut output = String::new();
+    std::io::Read::read_to_string(request.0.stdout.as_mut().unwrap(), &mut output).unwrap();
+    assert_eq!(split_status(&output), ("200".into(), "ok /weather/v1/slow\n".into()));
+    assert_eq!(running.wait_for_exit(), Some(0));
+    running.log.wait_for_line(&["gateway stopped", "Drained"]);
 }

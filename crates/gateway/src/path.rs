@@ -20,6 +20,15 @@
 //!    upper-case hex digits (section 6.2.2.1).
 //! 4. The escaped bytes of each segment decode to valid UTF-8, so overlong
 //!    forms such as `%c0%ae` and lone continuation bytes are rejected.
+//!    No decoded character is a compatibility look-alike of a character
+//!    that changes how a path splits or decodes: its NFKC form (Unicode
+//!    Standard Annex 15) contains none of `.`, `/`, `\`, `%`, `;`, `?`,
+//!    `#` or a control character. So `%EF%BC%8E` (U+FF0E FULLWIDTH FULL
+//!    STOP), `%EF%BC%8F` (U+FF0F FULLWIDTH SOLIDUS) and `%E2%80%A5`
+//!    (U+2025 TWO DOT LEADER, NFKC `..`) are rejected, because an
+//!    upstream that normalises paths with NFKC would read them as dot
+//!    segments or separators. Other non-ASCII characters, such as `é` or
+//!    U+2044 FRACTION SLASH (which NFKC leaves as it is), stay escaped.
 //! 5. No segment is empty except the last one (no `//`; a trailing `/` is
 //!    kept), and no segment consists only of dots (`.` and `..`, which
 //!    RFC 3986 section 5.2.4 would remove, and `...`).
@@ -72,6 +81,15 @@ pub enum PathRejection {
     /// Escaped bytes that are not valid UTF-8, such as overlong forms.
     #[error("percent escapes are not valid UTF-8")]
     InvalidUtf8,
+    /// Escaped bytes that decode to a character whose NFKC form contains
+    /// a byte that [`PathRejection::ForbiddenEscape`] rejects, or `?` or `#`.
+    #[error("percent escapes decode to U+{:04X}, which NFKC normalisation turns into {normalised:?}", u32::from(*character))]
+    LookAlike {
+        /// The decoded character.
+        character: char,
+        /// The first character of its NFKC form that the rule rejects.
+        normalised: char,
+    },
     /// `//` inside the path.
     #[error("empty path segment")]
     EmptySegment,
@@ -154,12 +172,27 @@ fn canonical_segment(segment: &[u8]) -> Result<String, PathRejection> {
     Ok(out)
 }
 
-/// Checks that `run` is valid UTF-8 (which excludes overlong forms) and
-/// empties it.
+/// Checks that `run` is valid UTF-8 (which excludes overlong forms) with no
+/// look-alike character (rule 4), and empties it.
 fn check_utf8(run: &mut Vec<u8>) -> Result<(), PathRejection> {
-    let valid = std::str::from_utf8(run).is_ok();
+    let checked = match std::str::from_utf8(run) {
+        Ok(text) => text.chars().try_for_each(check_look_alike),
+        Err(_) => Err(PathRejection::InvalidUtf8),
+    };
     run.clear();
-    if valid { Ok(()) } else { Err(PathRejection::InvalidUtf8) }
+    checked
+}
+
+/// Rejects a decoded character whose NFKC form contains a character that
+/// splits or re-decodes a path, or starts its query or fragment.
+fn check_look_alike(character: char) -> Result<(), PathRejection> {
+    use unicode_normalization::UnicodeNormalization;
+
+    let structural = |c: &char| matches!(c, '.' | '/' | '\\' | '%' | ';' | '?' | '#') || c.is_control();
+    match std::iter::once(character).nfkc().find(structural) {
+        Some(normalised) => Err(PathRejection::LookAlike { character, normalised }),
+        None => Ok(()),
+    }
 }
 
 /// Returns whether `byte` may appear raw in a path segment: an RFC 3986
@@ -212,6 +245,8 @@ mod tests {
     fn other_escapes_are_upper_cased() {
         assert_eq!(ok("/a/%3f%20b"), "/a/%3F%20b");
         assert_eq!(ok("/caf%c3%a9"), "/caf%C3%A9");
+        assert_eq!(ok("/a/%e2%81%84"), "/a/%E2%81%84", "U+2044 FRACTION SLASH has no NFKC mapping to /");
+        assert_eq!(ok("/a/%ef%bd%98"), "/a/%EF%BD%98", "U+FF58 FULLWIDTH X is not structural");
     }
 
     #[test]
@@ -244,6 +279,11 @@ mod tests {
             ("/a/%e0%80%ae", PathRejection::InvalidUtf8),
             ("/a/%c3", PathRejection::InvalidUtf8),
             ("/a/%c3x%a9", PathRejection::InvalidUtf8),
+            ("/a/%ef%bc%8e", PathRejection::LookAlike { character: '\u{ff0e}', normalised: '.' }),
+            ("/a%EF%BC%8Fb", PathRejection::LookAlike { character: '\u{ff0f}', normalised: '/' }),
+            ("/a/%E2%80%A5", PathRejection::LookAlike { character: '\u{2025}', normalised: '.' }),
+            ("/a/%EF%BC%85", PathRejection::LookAlike { character: '\u{ff05}', normalised: '%' }),
+            ("/a/x%EF%BC%9F", PathRejection::LookAlike { character: '\u{ff1f}', normalised: '?' }),
         ];
         for (raw, expected) in cases {
             assert_eq!(canonicalise(raw), Err(expected), "{raw:?}");

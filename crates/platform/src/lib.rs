@@ -22,12 +22,17 @@
 //! - the operator API on `listeners.operator` (platform certificates only):
 //!   status, bans, grants and Prometheus metrics.
 //!
+//! [`Platform::reload`] applies a new configuration's routes and gateway
+//! limits without a restart (see [`reload`] for what needs a restart), and
 //! [`Platform::shutdown`] stops accepting, drains the listeners and stops
 //! the guard.
 
 mod egress_apps;
 mod operator;
+pub mod reload;
 pub mod report;
+
+pub use reload::ReloadOutcome;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -183,6 +188,9 @@ impl Parts {
 
 /// The running platform.
 pub struct Platform {
+    /// The configuration the platform started with. Reloads compare
+    /// against it, because the settings they cannot apply keep these values.
+    config: PlatformConfig,
     addresses: Addresses,
     gateway: Option<portcullis_gateway::RunningGateway>,
     access_writer: Option<portcullis_gateway::FileWriter>,
@@ -447,6 +455,7 @@ impl Platform {
             "platform started"
         );
         Ok(Self {
+            config: config.clone(),
             addresses,
             gateway,
             access_writer,
@@ -473,6 +482,38 @@ impl Platform {
     /// Returns the token service, unless this process runs only the egress proxy.
     pub fn token(&self) -> Option<&TokenService> {
         self.token.as_ref()
+    }
+
+    /// Applies the settings of `config` that can change at run time: the
+    /// gateway's routes, upstreams and limits, through
+    /// [`portcullis_gateway::RunningGateway::reload`]. Requests already
+    /// routed finish with the routes they started with.
+    ///
+    /// Settings that need a restart, such as `listeners`, keep their running
+    /// value. Each one that changed is logged as a warning and returned in
+    /// [`ReloadOutcome::restart_required`]. On an error nothing was applied
+    /// and the running configuration stays in force.
+    pub fn reload(&self, config: &PlatformConfig) -> Result<ReloadOutcome, PlatformError> {
+        let restart_required = reload::restart_required_changes(&self.config, config);
+
+        if let Some(gateway) = &self.gateway {
+            gateway.reload(config)?;
+        }
+
+        for setting in &restart_required {
+            tracing::warn!(
+                setting,
+                config = %config.source.display(),
+                "setting changed in the configuration file but not applied; restart the platform to apply it"
+            );
+        }
+        tracing::info!(
+            config = %config.source.display(),
+            services = config.services.len(),
+            not_applied = restart_required.len(),
+            "configuration reloaded"
+        );
+        Ok(ReloadOutcome { restart_required })
     }
 
     /// Stops accepting connections, drains the listeners and stops the guard.

@@ -1,6 +1,6 @@
 //! `portcullis serve`: validate the configuration and run the platform.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use portcullis_config::{Action, Mode, PlatformConfig, SpaceName};
@@ -74,6 +74,10 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
 
+    // Installed before the platform starts, so that a SIGHUP or SIGTERM
+    // sent during the start is queued instead of ending the process.
+    let mut signals = Signals::install()?;
+
     let data_dir = global.ensure_data_dir(config.data_dir.as_deref())?;
     let ca_dir = data_dir.join("ca");
     if args.init && !ca_dir.join(portcullis_identity::INTERMEDIATE_CERT).exists() {
@@ -92,22 +96,76 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     let platform = portcullis_platform::Platform::start_parts(&config, &data_dir, store.clone(), parts)
         .await
         .context("starting the platform")?;
-    wait_for_stop_signal().await?;
+    while signals.next().await? == Signal::Reload {
+        reload(&args.config, &platform);
+    }
+    tracing::info!("stop signal received");
     platform.shutdown().await;
     store.close().await;
     Ok(EXIT_OK)
 }
 
-/// Waits for Ctrl-C (SIGINT) or SIGTERM.
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
-        _ = terminate.recv() => {}
+/// The action a signal requests from `serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGHUP: read the configuration file again.
+    Reload,
+    /// SIGINT (Ctrl-C) or SIGTERM: drain and exit.
+    Stop,
+}
+
+/// The signal handlers of `serve`.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            hangup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
     }
-    tracing::info!("stop signal received");
-    Ok(())
+
+    /// Waits for the next signal.
+    async fn next(&mut self) -> anyhow::Result<Signal> {
+        let signal = tokio::select! {
+            received = self.interrupt.recv() => received.map(|()| Signal::Stop),
+            received = self.terminate.recv() => received.map(|()| Signal::Stop),
+            received = self.hangup.recv() => received.map(|()| Signal::Reload),
+        };
+        signal.context("the signal handlers stopped")
+    }
+}
+
+/// Reads and validates `path` again and applies it to `platform`. An
+/// invalid file is logged as an error naming the file and the problem, and
+/// the platform keeps its running configuration, because a half-applied
+/// configuration could open routes the operator did not mean to open.
+fn reload(path: &Path, platform: &portcullis_platform::Platform) {
+    tracing::info!(config = %path.display(), "SIGHUP received; reloading the configuration");
+    let config = match portcullis_config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(
+                config = %path.display(),
+                %error,
+                "configuration reload failed: the file is invalid; the previous configuration stays in force"
+            );
+            return;
+        }
+    };
+    if let Err(error) = platform.reload(&config) {
+        tracing::error!(
+            config = %path.display(),
+            %error,
+            "configuration reload failed; the previous configuration stays in force"
+        );
+    }
 }
 
 /// Formats the short summary printed by `serve --check`.
