@@ -111,22 +111,6 @@ pub enum GatewayError {
         reason: portcullis_token::RejectReason,
     },
 
-    /// The token passed every check but the audience: it is authentic,
-    /// current and bound to this connection's certificate, but was issued
-    /// for another service. The app presented no token for the routed
-    /// service, which is what an app without a grant for it holds, so this
-    /// is the RFC 6750 section 3.1 `insufficient_scope` (403), not
-    /// `invalid_token`.
-    #[error("app {app_id} presented a token for {token_audience} on a route of service {service}")]
-    NoGrant {
-        /// The app.
-        app_id: String,
-        /// The routed service.
-        service: String,
-        /// The token's `aud`.
-        token_audience: String,
-    },
-
     /// The token belongs to another app than the client certificate.
     #[error("token of app {token_app} presented on a connection of app {certificate_app}")]
     AppMismatch {
@@ -300,9 +284,7 @@ impl GatewayError {
             Self::MissingToken { .. } | Self::AppMismatch { .. } => StatusCode::UNAUTHORIZED,
             Self::Token { reason, .. } if reason.error_code() == "insufficient_scope" => StatusCode::FORBIDDEN,
             Self::Token { .. } => StatusCode::UNAUTHORIZED,
-            Self::NoGrant { .. } | Self::Revoked { .. } | Self::NotPinned { .. } | Self::Banned { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            Self::Revoked { .. } | Self::NotPinned { .. } | Self::Banned { .. } => StatusCode::FORBIDDEN,
             Self::TrustStale => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnreachable { .. } | Self::UpstreamConnectTimeout { .. } => StatusCode::BAD_GATEWAY,
@@ -326,7 +308,6 @@ impl GatewayError {
             Self::NoRoute { .. } => "no_route",
             Self::MissingToken { .. } => "missing_token",
             Self::Token { reason, .. } => reason.error_code(),
-            Self::NoGrant { .. } => "insufficient_scope",
             Self::AppMismatch { .. } => "invalid_token",
             Self::Revoked { .. } => "certificate_revoked",
             Self::NotPinned { .. } => "certificate_not_pinned",
@@ -355,7 +336,6 @@ impl GatewayError {
             Self::NoRoute { .. } => "no route matches this method and path",
             Self::MissingToken { .. } => "exactly one Authorization: Bearer header is required",
             Self::Token { reason, .. } => reason.description(),
-            Self::NoGrant { .. } => "the token was issued for another service; request a token for this service",
             Self::AppMismatch { .. } => "the token was issued to another app than the client certificate's",
             Self::Revoked { .. } => "the client certificate was revoked",
             Self::NotPinned { .. } => {
@@ -407,7 +387,7 @@ impl GatewayError {
             Self::MissingToken { .. } => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::Token { .. } | Self::NoGrant { .. } | Self::AppMismatch { .. } => {
+            Self::Token { .. } | Self::AppMismatch { .. } => {
                 let value = format!("Bearer error=\"{}\", error_description=\"{}\"", self.code(), self.description());
                 if let Ok(value) = HeaderValue::from_str(&value) {
                     headers.insert(header::WWW_AUTHENTICATE, value);

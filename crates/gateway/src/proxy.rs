@@ -3,8 +3,8 @@
 //! Order, first failure wins: head size and framing (431, 400), a revoked
 //! client certificate (403), a guard ban (403), the path rule (400), the
 //! route (404), the rate limits (429), the bearer token and its binding
-//! (401), the token's service and the route's scope (403), a declared body
-//! size (413), then the upstream (502, 504, or its own status).
+//! (401), the route's scope (403), a declared body size (413), then the
+//! upstream (502, 504, or its own status).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +20,6 @@ use hyper::body::Incoming;
 use portcullis_config::GatewaySettings;
 use portcullis_guard::{DecisionReceiver, Verdict};
 use portcullis_identity::{TrustCache, TrustVerdict};
-use portcullis_token::RejectReason;
 use tracing::Instrument;
 
 use crate::body::{BoxError, LimitedBody, PendingEvent, RequestCounters, ResponseBody, StallLimitedBody};
@@ -182,14 +181,10 @@ async fn forward(
     let token = bearer_token(request.headers())?;
     let now_secs = now_ms() / 1000;
     let token_error = |reason| GatewayError::Token { service: upstream.service.clone(), reason };
-    let verified =
-        match shared.tokens.verify_for_thumbprint(token, &upstream.audience, &peer.certificate_thumbprint, now_secs) {
-            Ok(verified) => verified,
-            Err(RejectReason::Audience { .. }) => {
-                return Err(audience_rejection(shared, peer, token, &upstream.service, now_secs));
-            }
-            Err(reason) => return Err(token_error(reason)),
-        };
+    let verified = shared
+        .tokens
+        .verify_for_thumbprint(token, &upstream.audience, &peer.certificate_thumbprint, now_secs)
+        .map_err(token_error)?;
     if verified.app_id() != peer.app_id {
         return Err(GatewayError::AppMismatch {
             certificate_app: peer.app_id.clone(),
@@ -263,29 +258,6 @@ async fn forward(
     head.version = http::Version::HTTP_11;
     let body = StallLimitedBody::new(body.map_err(|e| Box::new(e) as BoxError), settings.upstream_timeout);
     Ok(Response::from_parts(head, body.boxed_unsync()))
-}
-
-/// Classifies a token that the verifier rejected for its audience alone.
-///
-/// The verifier checks the audience before the certificate binding, and
-/// the gateway checks the token's app after both, so this function checks
-/// the binding and the app itself. A token of another certificate or app
-/// stays 401 `invalid_token` (RFC 6750 section 3.1). Only the app's own
-/// valid token for another service becomes [`GatewayError::NoGrant`], 403
-/// `insufficient_scope`.
-fn audience_rejection(shared: &Shared, peer: &Peer, token: &str, service: &str, now_secs: i64) -> GatewayError {
-    let token_error = |reason| GatewayError::Token { service: service.to_owned(), reason };
-    let claims = match shared.tokens.inspect(token, now_secs) {
-        Ok(claims) => claims,
-        Err(reason) => return token_error(reason),
-    };
-    if claims.cnf.x5t_s256 != peer.certificate_thumbprint {
-        return token_error(RejectReason::CertificateMismatch);
-    }
-    if claims.sub != peer.app_id {
-        return GatewayError::AppMismatch { certificate_app: peer.app_id.clone(), token_app: claims.sub };
-    }
-    GatewayError::NoGrant { app_id: peer.app_id.clone(), service: service.to_owned(), token_audience: claims.aud }
 }
 
 /// Returns the token of the one `Authorization: Bearer` header

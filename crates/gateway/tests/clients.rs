@@ -45,8 +45,8 @@ async fn curl_over_http1_and_http2() {
     assert_eq!(body, "saw /weather/v1/today?x=1");
 
     let (body, status) = curl(&h, "--http2", "/records/v1/x", &token).await;
-    assert_eq!(status, "403 2");
-    assert!(body.starts_with("{\"error\":\"insufficient_scope\""), "{body}");
+    assert_eq!(status, "401 2");
+    assert!(body.starts_with("{\"error\":\"invalid_token\""), "{body}");
 
     // curl removes dot-segments itself unless told not to.
     let (_, status) = curl(&h, "--path-as-is", "/weather/v1/../../records/v1/x", &token).await;
@@ -93,7 +93,7 @@ async fn python_requests_as_the_app() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "stdout {stdout}\nstderr {}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(lines[0], "200 True saw /weather/v1/today");
-    assert!(lines[1].starts_with("403 True {\"error\":\"insufficient_scope\""), "{}", lines[1]);
+    assert!(lines[1].starts_with("401 True {\"error\":\"invalid_token\""), "{}", lines[1]);
     assert!(lines[2].starts_with("400 True {\"error\":\"invalid_path\""), "{}", lines[2]);
     assert_eq!(h.upstream.seen().len(), 1);
 }

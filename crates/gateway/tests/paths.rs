@@ -50,8 +50,8 @@ const CASES: &[(&str, u16, Option<&str>)] = &[
     ("/weather/v1/x?/../../records/v1/x", 200, Some("/weather/v1/x?/../../records/v1/x")),
     ("/weather/v1/x?a=%2e%2e%2frecords", 200, Some("/weather/v1/x?a=%2e%2e%2frecords")),
     ("/weather/v1/%78", 200, Some("/weather/v1/x")),
-    ("/records/v1/x", 403, None),
-    ("/%72ecords/v1/x", 403, None),
+    ("/records/v1/x", 401, None),
+    ("/%72ecords/v1/x", 401, None),
     ("/records/v1/%2e%2e/x", 400, None),
     // Percent-encoded compatibility look-alikes of `.`, `/`, `\`, `%`, `;`,
     // `?` and `#`: an upstream that applies NFKC would read them as the
@@ -149,5 +149,5 @@ async fn fragment_is_dropped_before_routing() {
     assert_eq!(seen, ["/weather/v1/x"]);
 
     let status = h.get("/records/v1/x#/weather/v1/x", &token).await;
-    assert_eq!(status, 403, "the fragment does not change the route");
+    assert_eq!(status, 401, "the fragment does not change the route");
 }

@@ -227,9 +227,9 @@ async fn token_failures_are_refused_with_reason() {
         (
             "wrong audience",
             h.token("records", &["weather:read"]),
-            403,
-            "insufficient_scope",
-            "the token was issued for another service; request a token for this service",
+            401,
+            "invalid_token",
+            "the token was issued for another service",
         ),
         (
             "other certificate",
@@ -289,7 +289,7 @@ async fn routes_methods_and_longest_prefix() {
     let weather = h.token("weather", &["weather:read"]);
     let records = h.token("records", &["records:read"]);
 
-    assert_eq!(h.get("/weather/v1/admin/x", &weather).await, 403, "longest prefix routes to records");
+    assert_eq!(h.get("/weather/v1/admin/x", &weather).await, 401, "longest prefix routes to records");
     assert_eq!(h.get("/weather/v1/admin/x", &records).await, 200);
     assert_eq!(h.get("/weather/v2/x", &weather).await, 404);
     assert_eq!(h.get("/weather/v1", &weather).await, 404);

@@ -234,7 +234,7 @@ async fn ban_expires_escalates_and_survives_restart() {
     let good_token = token(&harness, &platform, &leaf).await;
     let mut app = App::connect(&harness.ca, &leaf, platform.addresses().gateway).await;
 
-    // A token for the weather service used on the records service: 403
+    // A token for the weather service used on the records service: 401
     // each time, twenty times, crosses the "unauthorised" policy.
     let offend = async |app: &mut App| {
         for _ in 0..20 {
