@@ -1,10 +1,12 @@
 //! Checks of request framing and target that hyper leaves to the
 //! application, and the header rewriting between app and upstream.
 //!
-//! hyper 1 (through httparse) already rejects, with 400 and before any of
-//! this runs: header names with spaces, control characters or other
-//! non-token bytes, whitespace between a name and its colon, obsolete line
-//! folding and bare CR. This module rejects what hyper passes on: methods
+//! Before any of this runs, heads that httparse (and so hyper) cannot parse
+//! are rejected with 400: header names with spaces, control characters or
+//! other non-token bytes, whitespace between a name and its colon,
+//! obsolete line folding and bare CR. Over HTTP/1.1 [`crate::head`] does
+//! that on the raw bytes, and over HTTP/2 the h2 library does. This module
+//! rejects what hyper passes on: methods
 //! outside the registered standard set, comma-listed or
 //! signed Content-Length values, Transfer-Encoding with any coding besides
 //! `chunked` (such as `gzip, chunked` or `chunked` twice), a missing or
