@@ -434,8 +434,15 @@ async fn hold(dir: &tempfile::TempDir, app: &IssuedLeaf, token: &str, ports: [u1
         key.display(),
         token_file.display()
     );
-    println!("holding; Ctrl-C stops everything");
-    let _ = tokio::signal::ctrl_c().await;
+    println!("holding; Ctrl-C or SIGTERM stops everything");
+    // The child processes end when their handles drop, so SIGTERM must end
+    // this function too instead of killing the process outright.
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
 }
 
 /// The app's certificate files, as oha reads them.
