@@ -450,28 +450,37 @@ async fn busy_until_closed(stream: &mut TcpStream, limit: Duration) -> Duration 
     panic!("the tunnel was still open after {limit:?}");
 }
 
-/// A client that stops reading a large forwarded response loses the
-/// connection once nothing has moved for the idle timeout, and its slot is
-/// freed.
-#[tokio::test]
-async fn stalled_reader_frees_slot() {
-    // An HTTP server that answers one request with up to 1 GiB, for at
-    // most 20 s, written as fast as the proxy takes it.
+/// Starts an HTTP server on loopback that answers one request with
+/// `count` chunks of `chunk` bytes, pausing `pause` after each, for at most
+/// 20 s. Returns its port and task.
+async fn streaming_upstream(chunk: usize, count: usize, pause: Duration) -> (u16, tokio::task::JoinHandle<()>) {
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = upstream.local_addr().unwrap().port();
     let server = tokio::spawn(async move {
         let Ok((mut stream, _)) = upstream.accept().await else { return };
         let mut head = [0u8; 4096];
         let _ = stream.read(&mut head).await;
-        let chunk = vec![0u8; 64 * 1024];
-        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n").await;
+        let data = vec![b'x'; chunk];
+        let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", chunk * count);
+        let _ = stream.write_all(response.as_bytes()).await;
         let started = Instant::now();
-        for _ in 0..(1 << 14) {
-            if started.elapsed() > Duration::from_secs(20) || stream.write_all(&chunk).await.is_err() {
+        for _ in 0..count {
+            if started.elapsed() > Duration::from_secs(20) || stream.write_all(&data).await.is_err() {
                 return;
             }
+            tokio::time::sleep(pause).await;
         }
     });
+    (port, server)
+}
+
+/// A client that stops reading a large forwarded response loses the
+/// connection once nothing has moved for the idle timeout, and its slot is
+/// freed.
+#[tokio::test]
+async fn stalled_reader_frees_slot() {
+    // Up to 1 GiB, written as fast as the proxy takes it.
+    let (port, server) = streaming_upstream(64 * 1024, 1 << 14, Duration::ZERO).await;
 
     let mut options = Options::new(&[port]);
     options.idle_timeout = Duration::from_secs(1);
@@ -497,6 +506,55 @@ async fn stalled_reader_frees_slot() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(client);
+    server.abort();
+    proxy.stop().await;
+}
+
+/// A ban ends a forwarded exchange that is still streaming.
+#[tokio::test]
+async fn ban_ends_forwarded_exchange() {
+    // 1 KiB every 100 ms, for 15 s.
+    let (port, server) = streaming_upstream(1024, 150, Duration::from_millis(100)).await;
+
+    let proxy = Harness::start(Options::new(&[port])).await;
+    let app_id = AppId::parse(WEATHER_APP).unwrap();
+    let mut client = TcpStream::connect(proxy.address).await.unwrap();
+    let request = format!(
+        "GET http://feed.weather.test:{port}/slow HTTP/1.1\r\nHost: feed.weather.test:{port}\r\nProxy-Authorization: {}\r\n\r\n",
+        proxy.basic(WEATHER_APP)
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    // Read the body for 1.5 s, so the exchange's ban checks have run
+    // before the ban.
+    let mut buffer = vec![0u8; 4096];
+    let mut before_ban = 0;
+    let reading = Instant::now();
+    while reading.elapsed() < Duration::from_millis(1500) {
+        match tokio::time::timeout(Duration::from_secs(1), client.read(&mut buffer)).await {
+            Ok(Ok(read)) if read > 0 => before_ban += read,
+            other => panic!("the response stopped before the ban: {other:?}"),
+        }
+    }
+    assert!(before_ban > 10 * 1024, "only {before_ban} bytes before the ban");
+
+    proxy.banned.lock().unwrap().push(WEATHER_APP.to_owned());
+    let banned_at = Instant::now();
+    loop {
+        assert!(banned_at.elapsed() < Duration::from_secs(5), "the exchange went on 5 s after the ban");
+        match tokio::time::timeout(Duration::from_secs(5), client.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("no byte and no close within 5 s"),
+        }
+    }
+    let open_for = banned_at.elapsed();
+    assert!(open_for < Duration::from_millis(2500), "closed {open_for:?} after the ban, expected within 2 checks");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.proxy.tunnels().open(&app_id) > 0 {
+        assert!(Instant::now() < deadline, "slot freed within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.abort();
     proxy.stop().await;
 }

@@ -15,7 +15,8 @@ use portcullis_config::AppId;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
-use super::tunnel::Activity;
+use super::BanCheck;
+use super::tunnel::{Activity, ban_watch};
 use crate::limits::{AppUsage, ByteAccounting, CapWatch, Direction, TunnelGuard};
 
 /// The error type of proxied bodies.
@@ -54,11 +55,29 @@ impl Meter {
     }
 }
 
-type CapFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Resolves, with the reason, when an exchange must end before its bodies
+/// do: the app reached its byte cap or was banned.
+pub(crate) type StopFuture = Pin<Box<dyn Future<Output = &'static str> + Send>>;
+
+/// Builds the [`StopFuture`] of one body of an exchange of `app_id`.
+pub(crate) fn stop_when(cap: Option<CapWatch>, bans: Arc<dyn BanCheck>, app_id: AppId) -> StopFuture {
+    Box::pin(async move {
+        let cap_reached = async move {
+            match cap {
+                Some(cap) => cap.reached().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cap_reached => "the app reached egress.max_bytes_per_app",
+            () = ban_watch(bans.as_ref(), &app_id) => "the app was banned",
+        }
+    })
+}
 
 /// A body that records its data bytes, marks the exchange's activity,
-/// fails after `idle` without a frame, at `deadline` or when the app
-/// reaches its byte cap, and keeps the exchange's tunnel slot while it
+/// fails after `idle` without a frame, at `deadline` or when its
+/// [`StopFuture`] resolves, and keeps the exchange's tunnel slot while it
 /// lives.
 ///
 /// The limits act only while hyper polls the body. A client that stops
@@ -73,7 +92,7 @@ pub(crate) struct MeteredBody<B> {
     deadline: Pin<Box<Sleep>>,
     /// In a mutex only so the body is `Sync`, as `BoxBody` needs; it is
     /// reached through `&mut self` and never locked.
-    cap_reached: Option<Mutex<CapFuture>>,
+    stop: Mutex<StopFuture>,
     _slot: Arc<TunnelGuard>,
 }
 
@@ -84,7 +103,7 @@ impl<B> MeteredBody<B> {
         limits: (Duration, Instant),
         activity: Arc<Activity>,
         slot: Arc<TunnelGuard>,
-        cap: Option<CapWatch>,
+        stop: StopFuture,
     ) -> Self {
         let (idle, deadline) = limits;
         Self {
@@ -94,7 +113,7 @@ impl<B> MeteredBody<B> {
             idle,
             idle_timer: Box::pin(sleep(idle)),
             deadline: Box::pin(sleep_until(deadline)),
-            cap_reached: cap.map(|cap| Mutex::new(Box::pin(cap.reached()) as CapFuture)),
+            stop: Mutex::new(stop),
             _slot: slot,
         }
     }
@@ -111,12 +130,9 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
 
-        let cap_reached = this.cap_reached.as_mut().is_some_and(|reached| {
-            let reached = reached.get_mut().unwrap_or_else(PoisonError::into_inner);
-            reached.as_mut().poll(cx).is_ready()
-        });
-        if cap_reached {
-            return Poll::Ready(Some(Err("the app reached egress.max_bytes_per_app".into())));
+        let stop = this.stop.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Poll::Ready(reason) = stop.as_mut().poll(cx) {
+            return Poll::Ready(Some(Err(reason.into())));
         }
         // Checked before the inner body, so a body that always has data
         // ready still ends at the deadline.
@@ -188,7 +204,8 @@ mod tests {
         };
         let deadline = Instant::now() + Duration::from_millis(50);
         let limits = (Duration::from_secs(60), deadline);
-        let mut body = MeteredBody::new(EndlessBody, meter, limits, Activity::new(), Arc::new(slot), None);
+        let stop: StopFuture = Box::pin(std::future::pending());
+        let mut body = MeteredBody::new(EndlessBody, meter, limits, Activity::new(), Arc::new(slot), stop);
 
         let mut frames = 0_u64;
         let error = loop {

@@ -12,7 +12,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::Context;
 use super::auth::Caller;
-use super::body::{MeteredBody, ProxyBody};
+use super::body::{MeteredBody, ProxyBody, stop_when};
 use super::error::ProxyError;
 use super::handle::{Upstream, open_upstream};
 use super::tunnel::{Activity, idle_watchdog};
@@ -94,7 +94,9 @@ pub(crate) async fn forward(
     parts.version = Version::HTTP_11;
     let request_line = parts.method.as_str().len() + 1 + parts.uri.to_string().len() + " HTTP/1.1".len();
     sent.record(head_bytes(request_line, &parts.headers));
-    let body = MeteredBody::new(body, sent, (idle, deadline), Arc::clone(&activity), Arc::clone(&slot), request_cap);
+    let bans = Arc::clone(&context.proxy.bans);
+    let request_stop = stop_when(request_cap, Arc::clone(&bans), caller.app_id.clone());
+    let body = MeteredBody::new(body, sent, (idle, deadline), Arc::clone(&activity), Arc::clone(&slot), request_stop);
     let outgoing = Request::from_parts(parts, body);
 
     let (mut sender, connection) =
@@ -128,7 +130,8 @@ pub(crate) async fn forward(
         "HTTP/1.1 ".len() + parts.status.as_str().len() + 1 + parts.status.canonical_reason().map_or(0, str::len);
     received.record(head_bytes(status_line, &parts.headers));
     tracing::debug!(%host, port, status = parts.status.as_u16(), "egress response head forwarded");
-    let body = MeteredBody::new(body, received, (idle, deadline), activity, slot, response_cap);
+    let response_stop = stop_when(response_cap, bans, caller.app_id.clone());
+    let body = MeteredBody::new(body, received, (idle, deadline), activity, slot, response_stop);
     Ok(Response::from_parts(parts, body.boxed()))
 }
 

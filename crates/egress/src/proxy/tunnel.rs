@@ -158,7 +158,7 @@ where
 
 /// Returns once `check` reports `app_id` as banned, asking every
 /// [`BAN_CHECK_INTERVAL`].
-async fn ban_watch(check: &dyn BanCheck, app_id: &AppId) {
+pub(crate) async fn ban_watch(check: &dyn BanCheck, app_id: &AppId) {
     let mut interval = tokio::time::interval(BAN_CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
