@@ -208,6 +208,9 @@ pub struct GatewaySettings {
     pub max_body_bytes: u64,
     /// Time allowed to receive the request head (response: 408).
     pub header_read_timeout: Duration,
+    /// Time after which a connection on which no byte moved either way is
+    /// shut down gracefully: requests in flight finish, then it closes.
+    pub idle_timeout: Duration,
     /// Time allowed for the upstream to send the response head (response:
     /// 504), and for each wait for more of the response body (the response
     /// is cut).

@@ -13,6 +13,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -521,6 +522,11 @@ async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             connection.as_mut().await
         }
+        () = io.idle(settings.idle_timeout) => {
+            tracing::debug!(%remote, app_id = %peer.app_id, idle = ?settings.idle_timeout, "idle connection shut down");
+            connection.as_mut().graceful_shutdown();
+            connection.as_mut().await
+        }
     };
 
     let mut io = io;
@@ -639,33 +645,64 @@ async fn write_and_close(io: &mut SharedIo, bytes: &[u8]) {
 
 /// The TLS stream shared between hyper and the connection task, so the
 /// task can still write a 408 or 400 after hyper has let go of the
-/// connection.
+/// connection. It also counts the reads and writes that moved bytes, for
+/// the idle timeout.
 /// Each poll locks the mutex briefly; only one task uses it at a time.
 #[derive(Clone)]
 struct SharedIo {
     inner: Arc<Mutex<tokio_rustls::server::TlsStream<TcpStream>>>,
+    /// Reads and writes that moved at least one byte. A counter, not a
+    /// time, so that the request path reads no clock for it.
+    moves: Arc<AtomicU64>,
 }
 
 impl SharedIo {
     fn new(stream: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
-        Self { inner: Arc::new(Mutex::new(stream)) }
+        Self { inner: Arc::new(Mutex::new(stream)), moves: Arc::new(AtomicU64::new(0)) }
     }
 
     fn with<R>(&self, f: impl FnOnce(Pin<&mut tokio_rustls::server::TlsStream<TcpStream>>) -> R) -> R {
         let mut guard = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         f(Pin::new(&mut *guard))
     }
+
+    fn moved(&self) {
+        self.moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Returns once no byte has moved during one whole `idle` period, so
+    /// between `idle` and twice `idle` after the last byte.
+    async fn idle(&self, idle: Duration) {
+        let mut seen = self.moves.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(idle).await;
+            let now = self.moves.load(Ordering::Relaxed);
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    }
 }
 
 impl AsyncRead for SharedIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        self.with(|stream| stream.poll_read(cx, buf))
+        let before = buf.filled().len();
+        let polled = self.with(|stream| stream.poll_read(cx, buf));
+        if buf.filled().len() > before {
+            self.moved();
+        }
+        polled
     }
 }
 
 impl AsyncWrite for SharedIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.with(|stream| stream.poll_write(cx, buf))
+        let polled = self.with(|stream| stream.poll_write(cx, buf));
+        if matches!(polled, Poll::Ready(Ok(written)) if written > 0) {
+            self.moved();
+        }
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -681,7 +718,11 @@ impl AsyncWrite for SharedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.with(|stream| stream.poll_write_vectored(cx, bufs))
+        let polled = self.with(|stream| stream.poll_write_vectored(cx, bufs));
+        if matches!(polled, Poll::Ready(Ok(written)) if written > 0) {
+            self.moved();
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -542,6 +542,37 @@ async fn stalled_and_broken_bodies_are_client_errors() {
     assert_eq!(outcomes, [(408, Some("request_body_timeout")), (400, Some("invalid_request_body"))]);
 }
 
+/// An HTTP/2 connection that carries requests stays open, and one on which
+/// nothing moves is shut down after one to two idle timeouts.
+#[tokio::test]
+async fn idle_http2_connection_is_closed() {
+    let h = Harness::start(|config| config.gateway.idle_timeout = Duration::from_secs(1)).await;
+    let token = h.token("weather", &["weather:read"]);
+    let (mut sender, driver) = http2_client(&h).await;
+    let request = || {
+        http::Request::get(format!("https://localhost:{}/weather/v1/x", h.port()))
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Empty::new())
+            .unwrap()
+    };
+
+    // A request every 300 ms for 2.5 s: the connection stays open.
+    let busy = std::time::Instant::now();
+    while busy.elapsed() < Duration::from_millis(2500) {
+        let response = sender.send_request(request()).await.expect("the busy connection stays open");
+        assert_eq!(response.status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!driver.is_finished(), "a busy connection was closed");
+
+    // Then nothing: the gateway ends the connection within two timeouts.
+    let idle = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(4), driver).await.expect("the idle connection was not closed").unwrap();
+    let after = idle.elapsed();
+    assert!(after >= Duration::from_millis(900), "closed after {after:?}, before the idle timeout");
+    assert!(after < Duration::from_millis(2500), "closed after {after:?}");
+}
+
 #[tokio::test]
 async fn unreachable_upstream_is_502_without_detail() {
     let h = Harness::start(|config| config.services[0].upstream = "https://127.0.0.1:1".into()).await;

@@ -140,6 +140,13 @@ pub(super) fn gateway(check: &Checker, raw: &RawGateway) -> Result<GatewaySettin
             Duration::from_millis(100),
             MINUTE * 5,
         )?,
+        idle_timeout: check.duration(
+            "gateway.idle_timeout",
+            raw.idle_timeout.as_deref(),
+            MINUTE,
+            Duration::from_secs(1),
+            HOUR,
+        )?,
         upstream_timeout: check.duration(
             "gateway.upstream_timeout",
             raw.upstream_timeout.as_deref(),
