@@ -450,7 +450,7 @@ async fn busy_until_closed(stream: &mut TcpStream, limit: Duration) -> Duration 
     panic!("the tunnel was still open after {limit:?}");
 }
 
-/// Starts an HTTP server on loopback that answers one request with
+/// Starts an HTTP server on loopback that responds to one request with
 /// `count` chunks of `chunk` bytes, pausing `pause` after each, for at most
 /// 20 s. Returns its port and task.
 async fn streaming_upstream(chunk: usize, count: usize, pause: Duration) -> (u16, tokio::task::JoinHandle<()>) {

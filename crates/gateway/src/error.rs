@@ -82,7 +82,7 @@ pub enum GatewayError {
     /// stream or closed the connection, or sent a malformed chunk.
     #[error("request body failed: {detail}")]
     BodyAborted {
-        /// What failed, for the log only.
+        /// The failure, for the log only.
         detail: String,
     },
 

@@ -22,8 +22,8 @@
 //!
 //! A head that httparse rejects (a space or control character in a header
 //! name, obsolete line folding, a bare CR) or that does not end within
-//! hyper's buffer is held back the same way, so the gateway answers it
-//! with its own JSON refusal and access event rather than hyper's empty
+//! hyper's buffer is held back the same way. The gateway then responds
+//! with its own JSON error body and access event rather than hyper's empty
 //! 400 or 431. The scanner stops checking and passes bytes through only
 //! inside a chunked body that hyper would reject, and hyper then rejects
 //! the same bytes and closes the connection.
@@ -68,7 +68,7 @@ pub(crate) struct RejectionSlot {
     /// asked for more, so the head is the next request it would have read.
     reached: std::sync::atomic::AtomicBool,
     /// Set while part of a request head has arrived but not yet gone to
-    /// hyper, which then sees an idle connection.
+    /// hyper. For hyper the connection then looks idle.
     head_pending: std::sync::atomic::AtomicBool,
 }
 

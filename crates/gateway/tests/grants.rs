@@ -1,9 +1,9 @@
-//! Tokens of an app that holds no grant for the routed service, or lacks
+//! Tokens of an app that has no grant for the routed service, or lacks
 //! the route's scope, or whose grant was withdrawn after the token was
 //! issued. None reaches the upstream.
 //!
 //! The token service issues a token only for a service and scopes the app
-//! holds grants for, so an app without a grant for a service can present
+//! has grants for, so an app without a grant for a service can present
 //! only a token issued for another service, or one without the route's
 //! scope. A token for another service is not a token for this resource
 //! at all, so it is 401 `invalid_token` (RFC 6750 section 3.1), like any

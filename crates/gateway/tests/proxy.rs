@@ -586,9 +586,9 @@ async fn unreachable_upstream_is_502_without_detail() {
 }
 
 /// An app that resets its HTTP/2 stream, or closes its HTTP/2 connection,
-/// while the upstream works on the request (the recorder delays its
-/// response to `/slow/` requests by 3 s) gets exactly one access event:
-/// status 499 with reason `client_closed`, although no response was sent.
+/// while the upstream works on the request gets exactly one access event.
+/// It has status 499 and reason `client_closed`, although no response was
+/// sent. The recorder delays its response to `/slow/` requests by 3 s.
 #[tokio::test]
 async fn client_gone_before_response_is_recorded() {
     for close_connection in [false, true] {

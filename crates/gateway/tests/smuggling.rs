@@ -331,7 +331,7 @@ async fn pipelined_ambiguous_head_is_rejected() {
 
 /// Heads that httparse, and so hyper, cannot parse get the gateway's own
 /// 400 with a JSON body and request id after the request before them, and
-/// one access event each, so the guard sees malformed requests.
+/// one access event each, so the guard counts malformed requests.
 #[tokio::test]
 async fn malformed_heads_get_json_and_events() {
     let mut h = Harness::start(|_| {}).await;

@@ -17,15 +17,15 @@ use portcullis_store::{AppRecord, AppState, Store};
 pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Builds the rules of every app that may use the egress proxy, with one
-/// problem message per app whose rules fell back to no host names. Apps
-/// that are banned, suspended, rejected or retired in the store get no
-/// rules, so the proxy refuses them with 403, as the token service refuses
-/// them tokens.
+/// problem message, keyed by the stored app id, per app whose rules fell
+/// back to fewer host names or none. Apps that are banned, suspended,
+/// rejected or retired in the store get no rules, so the proxy rejects them
+/// with 403, as the token service rejects their token requests.
 pub(crate) async fn load(
     config: &PlatformConfig,
     rules: &EgressRules,
     store: &Store,
-) -> Result<(Vec<AppRules>, HashMap<AppId, String>), portcullis_store::StoreError> {
+) -> Result<(Vec<AppRules>, HashMap<String, String>), portcullis_store::StoreError> {
     let manifests = store.all_app_egress_hosts().await?;
     let mut loaded = Vec::new();
     let mut problems = HashMap::new();
@@ -35,14 +35,14 @@ pub(crate) async fn load(
             continue;
         }
         let Ok(app_id) = AppId::parse(&app.id) else {
-            tracing::warn!(app_id = %app.id, "registered app id is not valid; the egress proxy skips it");
+            problems.insert(app.id.clone(), "the registered app id is not valid, so the app gets no rules".to_owned());
             continue;
         };
         match app_rules(config, rules, &app, app_id.clone(), manifests.get(&app.id)) {
             Ok(app_rules) => loaded.push(app_rules),
             Err((fallback, problem)) => {
                 loaded.extend(fallback);
-                problems.insert(app_id, problem);
+                problems.insert(app_id.to_string(), problem);
             }
         }
     }
@@ -82,7 +82,7 @@ pub(crate) async fn refresh(
     rules: Arc<EgressRules>,
     store: Store,
     directory: Arc<AppDirectory>,
-    mut reported: HashMap<AppId, String>,
+    mut reported: HashMap<String, String>,
 ) {
     let mut interval = tokio::time::interval(REFRESH_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -111,7 +111,7 @@ pub(crate) async fn refresh(
 }
 
 /// Logs each problem that is not in `reported` with the same text.
-pub(crate) fn report_problems(problems: &HashMap<AppId, String>, reported: &HashMap<AppId, String>) {
+pub(crate) fn report_problems(problems: &HashMap<String, String>, reported: &HashMap<String, String>) {
     for (app_id, problem) in problems {
         if reported.get(app_id) != Some(problem) {
             tracing::error!(app_id = %app_id, problem = %problem, "egress rules of app fall back to none; fix the manifest or the configuration");
@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(by_id["trial"].space(), SpaceName::Sandbox, "an app in a trial runs in the sandbox space");
 
         assert_eq!(by_id["widening"].hosts(), Some(&[][..]), "a widening list falls back to no host names");
-        let problem = &problems[&AppId::parse("widening").unwrap()];
+        let problem = &problems["widening"];
         assert!(problem.contains("\"evil.test\""), "{problem}");
         assert_eq!(problems.len(), 1, "{problems:?}");
     }
@@ -201,7 +201,7 @@ mod tests {
 
         let (loaded, problems) = load(&config, &rules, &store).await.unwrap();
         assert!(loaded.is_empty(), "{loaded:?}");
-        let problem = &problems[&AppId::parse("trial").unwrap()];
+        let problem = &problems["trial"];
         assert!(problem.contains("[spaces.sandbox]"), "{problem}");
     }
 

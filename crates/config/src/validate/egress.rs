@@ -175,8 +175,8 @@ pub(super) fn cidr_list(check: &Checker, key: &str, raw: &[String]) -> Result<Ve
         if net.prefix_len() == 0 {
             return Err(check.invalid(&key, quote(text), "a range narrower than every address"));
         }
-        // The proxy checks IPv4-mapped answers as the IPv4 address they
-        // denote, so a range written in the mapped form would never match.
+        // The proxy checks an IPv4-mapped address in a DNS response as the
+        // IPv4 address it denotes, so a range in the mapped form never matches.
         if let IpNet::V6(v6) = net {
             let mapped: ipnet::Ipv6Net = "::ffff:0:0/96".parse().expect("valid CIDR");
             if v6.prefix_len() >= 96 && mapped.contains(&v6.network()) {

@@ -92,7 +92,8 @@ pub(crate) async fn forward(
     parts.headers.append(VIA, HeaderValue::from_static(VIA_ENTRY));
     parts.uri = origin_form;
     parts.version = Version::HTTP_11;
-    let request_line = parts.method.as_str().len() + 1 + parts.uri.to_string().len() + " HTTP/1.1".len();
+    let target_len = parts.uri.path_and_query().map_or(1, |target| target.as_str().len());
+    let request_line = parts.method.as_str().len() + 1 + target_len + " HTTP/1.1".len();
     sent.record(head_bytes(request_line, &parts.headers));
     let bans = Arc::clone(&context.proxy.bans);
     let request_stop = stop_when(request_cap, Arc::clone(&bans), caller.app_id.clone());

@@ -115,7 +115,7 @@ impl AppDirectory {
         apps.insert(rules.app_id().clone(), Arc::new(rules));
     }
 
-    /// Replaces every app's rules with `rules` in one step, so a lookup sees
+    /// Replaces every app's rules with `rules` in one step, so a lookup gets
     /// either the whole old directory or the whole new one. Returns the ids
     /// of the apps whose rules were added, changed or removed, sorted.
     pub fn replace_all(&self, rules: Vec<AppRules>) -> Vec<AppId> {

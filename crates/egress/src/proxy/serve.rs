@@ -66,7 +66,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             let activity = Activity::new();
             let stream = ActiveStream { inner: stream, activity: Arc::clone(&activity) };
             // One second past the idle timeout, so that an exchange's own
-            // idle timeout can still answer 504 first.
+            // idle timeout can still send its 504 first.
             let idle = connection_context.proxy.engine.rules().settings().idle_timeout + Duration::from_secs(1);
 
             let connection = http1::Builder::new()

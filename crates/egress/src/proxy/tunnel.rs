@@ -22,7 +22,7 @@ use crate::limits::CapWatch;
 /// read fills it, up to `egress.tunnel_buffer_bytes`.
 const START_BUFFER_BYTES: usize = 4 * 1024;
 
-/// How often an open tunnel asks the ban check whether its app is banned.
+/// How often an open tunnel calls the ban check for its app.
 /// A ban closes the app's tunnels within this time.
 pub(crate) const BAN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
