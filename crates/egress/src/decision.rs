@@ -74,6 +74,13 @@ pub enum ReasonCode {
     /// The app already has `egress.max_tunnels_per_app` tunnels and
     /// exchanges open.
     TunnelLimit,
+    /// The request target is not a valid CONNECT or `http://` target, so
+    /// no host could be checked.
+    InvalidTarget,
+    /// The guard has banned the app.
+    AppBanned,
+    /// No egress rules are registered for the app.
+    NoRules,
 }
 
 impl ReasonCode {
@@ -95,18 +102,23 @@ impl ReasonCode {
             ReasonCode::HostAllowed => "host_allowed",
             ReasonCode::ByteLimit => "byte_limit",
             ReasonCode::TunnelLimit => "tunnel_limit",
+            ReasonCode::InvalidTarget => "invalid_target",
+            ReasonCode::AppBanned => "app_banned",
+            ReasonCode::NoRules => "no_rules",
         }
     }
 
     /// Returns true for a denial caused by what the app chose to request: a
-    /// malformed or denied host, a forbidden address, port or country, or a
-    /// name outside the allow-lists. A failed or empty DNS answer, an
-    /// address missing from the country database and the byte cap are not
-    /// violations, because they follow from the state of DNS, the database
-    /// or the app's quotas. The guard counts only violations toward bans.
+    /// malformed target or host, a denied host, a forbidden address, port or
+    /// country, or a name outside the allow-lists. A failed or empty DNS
+    /// answer, an address missing from the country database, the byte cap,
+    /// the tunnel limit, a ban and missing rules are not violations, because
+    /// they follow from the state of DNS, the database, the app's quotas or
+    /// the platform. The guard counts only violations toward bans.
     pub fn is_violation(self) -> bool {
         match self {
             ReasonCode::InvalidHost
+            | ReasonCode::InvalidTarget
             | ReasonCode::HostDenied
             | ReasonCode::CidrDenied
             | ReasonCode::SpecialAddress
@@ -120,7 +132,9 @@ impl ReasonCode {
             | ReasonCode::CidrAllowed
             | ReasonCode::HostAllowed
             | ReasonCode::ByteLimit
-            | ReasonCode::TunnelLimit => false,
+            | ReasonCode::TunnelLimit
+            | ReasonCode::AppBanned
+            | ReasonCode::NoRules => false,
         }
     }
 }
@@ -132,6 +146,17 @@ pub const BYTE_LIMIT_RULE: &str = "limit:bytes";
 /// The rule id of a refusal by the per-app tunnel limit,
 /// `egress.max_tunnels_per_app`.
 pub const TUNNEL_LIMIT_RULE: &str = "max_tunnels_per_app";
+
+/// The rule id of a refusal of a request target that names no checkable
+/// host and port.
+pub const INVALID_TARGET_RULE: &str = "malformed:target";
+
+/// The rule id of a refusal because the guard has banned the app.
+pub const BANNED_RULE: &str = "guard:ban";
+
+/// The rule id of a refusal because no egress rules are registered for the
+/// app.
+pub const NO_RULES_RULE: &str = "app:no-rules";
 
 /// The addresses a permitted connection may go to: every address the name
 /// resolved to (or the literal), each checked, with the requested port.
@@ -222,6 +247,7 @@ mod tests {
         // (reason, counts toward a ban)
         let cases = [
             (ReasonCode::InvalidHost, true),
+            (ReasonCode::InvalidTarget, true),
             (ReasonCode::HostDenied, true),
             (ReasonCode::CidrDenied, true),
             (ReasonCode::SpecialAddress, true),
@@ -234,6 +260,8 @@ mod tests {
             (ReasonCode::CountryUnknown, false),
             (ReasonCode::ByteLimit, false),
             (ReasonCode::TunnelLimit, false),
+            (ReasonCode::AppBanned, false),
+            (ReasonCode::NoRules, false),
             (ReasonCode::CidrAllowed, false),
             (ReasonCode::HostAllowed, false),
         ];

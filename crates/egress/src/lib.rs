@@ -42,7 +42,10 @@ pub mod special;
 
 pub use connect::connect;
 pub use country::CountryDb;
-pub use decision::{BYTE_LIMIT_RULE, CheckedTarget, Decision, ReasonCode, TUNNEL_LIMIT_RULE, Verdict};
+pub use decision::{
+    BANNED_RULE, BYTE_LIMIT_RULE, CheckedTarget, Decision, INVALID_TARGET_RULE, NO_RULES_RULE, ReasonCode,
+    TUNNEL_LIMIT_RULE, Verdict,
+};
 pub use engine::Engine;
 pub use error::{EgressError, HostError};
 pub use event::EgressEvent;

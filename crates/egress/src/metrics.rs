@@ -16,6 +16,7 @@ use portcullis_config::AppId;
 
 use crate::decision::Verdict;
 use crate::limits::Direction;
+use crate::proxy::ProxyError;
 
 /// Labels of the decision counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,11 +38,20 @@ pub struct ByteLabels {
     pub direction: String,
 }
 
+/// Labels of the counter of failed authentications.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthenticationLabels {
+    /// `missing_credentials` or `wrong_secret`. The claimed app id is not
+    /// a label: it is not proven, and a client could create any number.
+    pub problem: String,
+}
+
 /// The proxy's counters. Cheap to clone; clones share the counters.
 #[derive(Debug, Clone, Default)]
 pub struct EgressMetrics {
     decisions: Family<DecisionLabels, Counter>,
     bytes: Family<ByteLabels, Counter>,
+    authentication_failures: Family<AuthenticationLabels, Counter>,
 }
 
 impl EgressMetrics {
@@ -50,8 +60,9 @@ impl EgressMetrics {
         Self::default()
     }
 
-    /// Registers `portcullis_egress_decisions_total` and
-    /// `portcullis_egress_bytes_total` in `registry`.
+    /// Registers `portcullis_egress_decisions_total`,
+    /// `portcullis_egress_bytes_total` and
+    /// `portcullis_egress_authentication_failures_total` in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "portcullis_egress_decisions",
@@ -63,6 +74,23 @@ impl EgressMetrics {
             "Bytes copied through the egress proxy by app and direction",
             self.bytes.clone(),
         );
+        registry.register(
+            "portcullis_egress_authentication_failures",
+            "Egress proxy requests refused with 407, by problem",
+            self.authentication_failures.clone(),
+        );
+    }
+
+    /// Counts one failed authentication, labelled `missing_credentials`
+    /// or `wrong_secret`. Other errors are not counted here.
+    pub(crate) fn count_authentication_failure(&self, error: &ProxyError) {
+        let problem = match error {
+            ProxyError::MissingCredentials { .. } => "missing_credentials",
+            ProxyError::WrongSecret { .. } => "wrong_secret",
+            _ => return,
+        };
+        let labels = AuthenticationLabels { problem: problem.to_owned() };
+        self.authentication_failures.get_or_create(&labels).inc();
     }
 
     /// Counts one decision.

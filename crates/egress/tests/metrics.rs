@@ -1,5 +1,6 @@
 //! Prometheus counters of the running proxy: decisions by app, verdict and
-//! rule, and bytes by app and direction, encoded as a scrape would see them.
+//! rule, bytes by app and direction, and failed authentications, encoded as
+//! a scrape would see them.
 
 mod harness;
 
@@ -67,5 +68,55 @@ async fn metrics_count_decisions_and_bytes() {
         )),
         "{text}"
     );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_before_a_decision_are_counted() {
+    let target = TargetServer::start().await;
+    let mut proxy = Harness::start(Options::new(&[target.port])).await;
+    let url = format!("http://feed.weather.test:{}/", target.port);
+    let other = portcullis_config::AppId::parse(OTHER_APP).unwrap();
+    assert!(proxy.apps.remove(&other), "the harness registers rules for {OTHER_APP}");
+
+    // (what the client sends, status, body part, the event's reason and
+    // rule, or None for a refusal before authentication)
+    let anonymous = format!("http://{}", proxy.address);
+    let wrong_secret = format!("http://{WEATHER_APP}:not-the-secret@{}", proxy.address);
+    let cases = [
+        (anonymous.clone(), 407, "proxy_authentication_required", None),
+        (wrong_secret.clone(), 407, "proxy_authentication_required", None),
+        (proxy.proxy_url(BANNED_APP, BANNED_APP), 403, r#""rule":"guard:ban""#, Some((BANNED_APP, "app_banned"))),
+        (proxy.proxy_url(OTHER_APP, OTHER_APP), 403, r#""rule":"app:no-rules""#, Some((OTHER_APP, "no_rules"))),
+    ];
+    for (proxy_url, status, body, event) in cases {
+        let result = curl(&["--proxy", &proxy_url, &url]).await;
+        assert_eq!(result.status, status, "{proxy_url}: {result:?}");
+        assert!(result.body.contains(body), "{proxy_url}: {result:?}");
+
+        let events = proxy.drain_events();
+        match event {
+            None => assert!(events.is_empty(), "{proxy_url}: {events:?}"),
+            Some((app, reason)) => {
+                assert_eq!(events.len(), 1, "{proxy_url}: {events:?}");
+                assert_eq!(events[0].app_id.as_str(), app);
+                assert_eq!(events[0].reason.as_str(), reason);
+                assert_eq!(events[0].requested_host, "feed.weather.test");
+                assert_eq!(events[0].port, target.port);
+                assert!(!events[0].reason.is_violation(), "{reason} must not count toward a ban");
+            }
+        }
+    }
+    assert!(target.requests().is_empty(), "no refused request reached the target");
+
+    let text = scrape(&proxy);
+    for expected in [
+        r#"portcullis_egress_authentication_failures_total{problem="missing_credentials"} 1"#,
+        r#"portcullis_egress_authentication_failures_total{problem="wrong_secret"} 1"#,
+        r#"portcullis_egress_decisions_total{app_id="banned-app",verdict="deny",rule="guard:ban"} 1"#,
+        r#"portcullis_egress_decisions_total{app_id="other-app",verdict="deny",rule="app:no-rules"} 1"#,
+    ] {
+        assert!(text.contains(expected), "{expected} missing from\n{text}");
+    }
     proxy.stop().await;
 }

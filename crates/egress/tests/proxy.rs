@@ -151,12 +151,24 @@ async fn proxy_cases_with_curl() {
         (
             "banned app",
             vec!["-x".into(), banned.clone(), format!("http://feed.weather.test:{port}/")],
-            Expected { status: 403, connect_status: 0, body: "app_banned", event: None, target_saw: &[] },
+            Expected {
+                status: 403,
+                connect_status: 0,
+                body: r#""rule":"guard:ban""#,
+                event: Some((Verdict::Deny, "guard:ban")),
+                target_saw: &[],
+            },
         ),
         (
             "origin-form request to the proxy",
             vec!["-H".into(), authorization.clone(), origin_form.clone()],
-            Expected { status: 400, connect_status: 0, body: "absolute-form", event: None, target_saw: &[] },
+            Expected {
+                status: 400,
+                connect_status: 0,
+                body: "absolute-form",
+                event: Some((Verdict::Deny, "malformed:target")),
+                target_saw: &[],
+            },
         ),
         (
             "https target in absolute form",
@@ -167,7 +179,13 @@ async fn proxy_cases_with_curl() {
                 format!("https://feed.weather.test:{port}/"),
                 format!("http://{}/", proxy.address),
             ],
-            Expected { status: 400, connect_status: 0, body: "CONNECT", event: None, target_saw: &[] },
+            Expected {
+                status: 400,
+                connect_status: 0,
+                body: "CONNECT",
+                event: Some((Verdict::Deny, "malformed:target")),
+                target_saw: &[],
+            },
         ),
         (
             "CONNECT to a name resolving to the metadata address",
@@ -215,7 +233,8 @@ async fn proxy_cases_with_curl() {
                 assert_eq!(events.len(), 1, "{name}: one event per decision, got {events:?}");
                 assert_eq!(events[0].verdict, verdict, "{name}: event verdict");
                 assert_eq!(events[0].rule, rule, "{name}: event rule");
-                assert_eq!(events[0].app_id.as_str(), WEATHER_APP, "{name}: event app");
+                let app = if name == "banned app" { BANNED_APP } else { WEATHER_APP };
+                assert_eq!(events[0].app_id.as_str(), app, "{name}: event app");
             }
         }
     }

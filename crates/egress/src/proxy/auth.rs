@@ -20,11 +20,11 @@ pub(crate) struct Caller {
     pub rules: Arc<AppRules>,
 }
 
-/// Identifies the caller of a request, checks the ban and finds its rules.
+/// Authenticates the caller of a request by its app id and secret.
 ///
 /// A failed authentication is logged with the claimed app id and the
 /// client's address, never with the secret.
-pub(crate) async fn identify(proxy: &Proxy, peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, ProxyError> {
+pub(crate) async fn authenticate(proxy: &Proxy, peer: SocketAddr, headers: &HeaderMap) -> Result<AppId, ProxyError> {
     let (claimed, secret) =
         basic_credentials(headers).map_err(|problem| ProxyError::MissingCredentials { peer, problem })?;
 
@@ -35,7 +35,11 @@ pub(crate) async fn identify(proxy: &Proxy, peer: SocketAddr, headers: &HeaderMa
     if !proxy.secrets.verify(&app_id, &secret).await? {
         return Err(wrong_secret());
     }
+    Ok(app_id)
+}
 
+/// Checks that an authenticated app is not banned and finds its rules.
+pub(crate) fn admit(proxy: &Proxy, app_id: AppId) -> Result<Caller, ProxyError> {
     if proxy.bans.is_banned(&app_id) {
         return Err(ProxyError::Banned { app_id: app_id.to_string() });
     }

@@ -1,4 +1,4 @@
-//! One request to the proxy: identify the caller, decide, connect, and
+//! One request to the proxy: authenticate the caller, decide, connect, and
 //! hand over to the tunnel or the forwarder.
 
 use std::convert::Infallible;
@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use portcullis_config::{AppId, Mode};
 
-use super::auth::{Caller, identify};
+use super::auth::{Caller, admit, authenticate};
 use super::body::{Meter, ProxyBody, empty};
 use super::error::ProxyError;
 use super::forward::forward;
@@ -22,7 +22,9 @@ use super::reply::error_response;
 use super::tunnel::{TunnelBytes, TunnelPolicy, copy_tunnel};
 use super::{Context, Proxy};
 use crate::connect::connect;
-use crate::decision::{BYTE_LIMIT_RULE, Decision, ReasonCode, TUNNEL_LIMIT_RULE, Verdict};
+use crate::decision::{
+    BANNED_RULE, BYTE_LIMIT_RULE, Decision, INVALID_TARGET_RULE, NO_RULES_RULE, ReasonCode, TUNNEL_LIMIT_RULE, Verdict,
+};
 use crate::error::EgressError;
 use crate::event::EgressEvent;
 use crate::host::{Host, split_authority};
@@ -57,10 +59,19 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let caller = match identify(&context.proxy, peer, request.headers()).await {
+    let app_id = match authenticate(&context.proxy, peer, request.headers()).await {
+        Ok(app_id) => app_id,
+        Err(error) => {
+            context.proxy.metrics.count_authentication_failure(&error);
+            log_refusal(&error, None);
+            return Ok(error_response(&error));
+        }
+    };
+    let caller = match admit(&context.proxy, app_id.clone()) {
         Ok(caller) => caller,
         Err(error) => {
-            log_refusal(&error, None);
+            record_refusal(&context.proxy, &app_id, &request, &error);
+            log_refusal(&error, Some(&app_id));
             return Ok(error_response(&error));
         }
     };
@@ -72,6 +83,7 @@ pub(crate) async fn handle(
     let request_span =
         || tracing::info_span!("egress_request", app_id = %caller.app_id, %peer, method = %request.method());
     let span = if tracing::enabled!(tracing::Level::DEBUG) { request_span() } else { tracing::Span::none() };
+    let target = RequestedTarget::of(&request);
     let result = async {
         if request.method() == Method::CONNECT {
             open_tunnel(&context, &caller, request).await
@@ -83,9 +95,72 @@ pub(crate) async fn handle(
     .await;
 
     Ok(result.unwrap_or_else(|error| {
+        if let ProxyError::BadTarget { .. } = error {
+            record_refusal_of(&context.proxy, &caller.app_id, target, &error);
+        }
         log_refusal(&error, Some(&caller.app_id));
         error_response(&error)
     }))
+}
+
+/// The host and port a request asked for, as far as its target names
+/// them, for the event of a refusal that came before a decision. The port
+/// is 0 if the target names none and the method has no default.
+struct RequestedTarget {
+    host: String,
+    port: u16,
+}
+
+impl RequestedTarget {
+    fn of<B>(request: &Request<B>) -> Self {
+        let default_port = if request.method() == Method::CONNECT { 0 } else { 80 };
+        match request.uri().authority() {
+            Some(authority) => {
+                Self { host: authority.host().to_owned(), port: authority.port_u16().unwrap_or(default_port) }
+            }
+            None => Self { host: String::new(), port: 0 },
+        }
+    }
+}
+
+/// Counts and sends the event of a refusal of an authenticated app that
+/// came before the engine decided: a ban, missing rules or an invalid
+/// target. Other errors produce no event here.
+fn record_refusal<B>(proxy: &Proxy, app_id: &AppId, request: &Request<B>, error: &ProxyError) {
+    record_refusal_of(proxy, app_id, RequestedTarget::of(request), error);
+}
+
+fn record_refusal_of(proxy: &Proxy, app_id: &AppId, target: RequestedTarget, error: &ProxyError) {
+    let (reason, rule) = match error {
+        ProxyError::Banned { .. } => (ReasonCode::AppBanned, BANNED_RULE),
+        ProxyError::NotDeployed { .. } => (ReasonCode::NoRules, NO_RULES_RULE),
+        ProxyError::BadTarget { .. } => (ReasonCode::InvalidTarget, INVALID_TARGET_RULE),
+        _ => return,
+    };
+    let decision = refusal(reason, rule, error.to_string(), normalised(&target.host), target.port);
+    proxy.metrics.count_decision(app_id, decision.verdict, &decision.rule);
+    proxy.events.send(EgressEvent::new(app_id, &target.host, &decision));
+}
+
+/// Returns `requested` in normalised form, or as requested if it is not a
+/// valid host. Performs no lookup.
+fn normalised(requested: &str) -> String {
+    Host::parse(requested).map_or_else(|_| requested.to_owned(), |host| host.to_string())
+}
+
+/// Builds the decision of a refusal that no rule set made.
+fn refusal(reason: ReasonCode, rule: &str, message: String, host: String, port: u16) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        reason,
+        message,
+        rule: rule.to_owned(),
+        mode: Mode::Enforce,
+        host,
+        port,
+        resolved: Vec::new(),
+        target: None,
+    }
 }
 
 /// Handles CONNECT (RFC 9110 section 9.3.6): the target must be
@@ -247,18 +322,8 @@ fn refuse_by_limit(
     (reason, rule, message): (ReasonCode, &str, String),
     error: impl FnOnce(String) -> ProxyError,
 ) -> ProxyError {
-    let host = Host::parse(requested).map_or_else(|_| requested.to_owned(), |host| host.to_string());
-    let decision = Decision {
-        verdict: Verdict::Deny,
-        reason,
-        message,
-        rule: rule.to_owned(),
-        mode: Mode::Enforce,
-        host: host.clone(),
-        port,
-        resolved: Vec::new(),
-        target: None,
-    };
+    let host = normalised(requested);
+    let decision = refusal(reason, rule, message, host.clone(), port);
     proxy.metrics.count_decision(&caller.app_id, decision.verdict, &decision.rule);
     proxy.events.send(EgressEvent::new(&caller.app_id, requested, &decision));
     let error = error(host);

@@ -8,7 +8,9 @@ use serde_json::json;
 use super::REALM;
 use super::body::{ProxyBody, full};
 use super::error::ProxyError;
-use crate::decision::{BYTE_LIMIT_RULE, ReasonCode, TUNNEL_LIMIT_RULE};
+use crate::decision::{
+    BANNED_RULE, BYTE_LIMIT_RULE, INVALID_TARGET_RULE, NO_RULES_RULE, ReasonCode, TUNNEL_LIMIT_RULE,
+};
 
 /// Returns the response for `error`. A refusal by a rule names the rule id
 /// and reason code; a 407 carries the `Proxy-Authenticate` challenge (RFC
@@ -18,9 +20,11 @@ pub(crate) fn error_response(error: &ProxyError) -> Response<ProxyBody> {
         ProxyError::MissingCredentials { .. } | ProxyError::WrongSecret { .. } => {
             json!({ "error": "proxy_authentication_required" })
         }
-        ProxyError::Banned { .. } => json!({ "error": "app_banned" }),
-        ProxyError::NotDeployed { .. } => json!({ "error": "app_not_deployed" }),
-        ProxyError::BadTarget { problem, .. } => json!({ "error": "bad_request_target", "detail": problem }),
+        ProxyError::Banned { .. } => json!({ "error": "app_banned", "rule": BANNED_RULE }),
+        ProxyError::NotDeployed { .. } => json!({ "error": "app_not_deployed", "rule": NO_RULES_RULE }),
+        ProxyError::BadTarget { problem, .. } => {
+            json!({ "error": "bad_request_target", "rule": INVALID_TARGET_RULE, "detail": problem })
+        }
         ProxyError::TunnelLimit { limit, .. } => {
             json!({ "error": "tunnel_limit", "rule": TUNNEL_LIMIT_RULE, "limit": limit })
         }

@@ -233,6 +233,8 @@ pub struct Harness {
     pub metrics: EgressMetrics,
     /// The apps the ban check reports as banned; starts with `BANNED_APP`.
     pub banned: Arc<Mutex<Vec<String>>>,
+    /// The registered apps' rules, which a test may change.
+    pub apps: Arc<AppDirectory>,
     secrets: HashMap<&'static str, ProxySecret>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
@@ -288,7 +290,7 @@ impl Harness {
         let banned = Arc::new(Mutex::new(vec![BANNED_APP.to_owned()]));
         let bytes = Arc::new(ByteCounter::new());
         let metrics = EgressMetrics::new();
-        let mut proxy = Proxy::new(engine, apps, secrets, sender).with_metrics(metrics.clone());
+        let mut proxy = Proxy::new(engine, Arc::clone(&apps), secrets, sender).with_metrics(metrics.clone());
         if let (Some(limit), Some(period)) = (options.max_bytes_per_app, options.byte_cap_period) {
             proxy = proxy.with_byte_cap(Some(ByteCap::new(limit, period)));
         }
@@ -315,6 +317,7 @@ impl Harness {
             bytes,
             metrics,
             banned,
+            apps,
             secrets: issued,
             shutdown: Some(shutdown),
             server: Some(server),
