@@ -215,6 +215,30 @@ fn broken_configurations_name_key_path() {
             "ending in \"0x1f\"",
         ),
         (
+            "wildcard below a country suffix",
+            edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"*.co.uk\"]"),
+            "egress.allow_hosts[0]",
+            "\"*.example.co.uk\"; \"co.uk\" is a public suffix",
+        ),
+        (
+            "wildcard below a hosting suffix",
+            edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"*.github.io\"]"),
+            "egress.allow_hosts[0]",
+            "\"github.io\" is a public suffix",
+        ),
+        (
+            "wildcard below an IDN suffix",
+            edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"*.xn--fiqs8s\"]"),
+            "egress.allow_hosts[0]",
+            "below a domain of at least two labels",
+        ),
+        (
+            "wildcard below a generic suffix",
+            edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"*.com\"]"),
+            "egress.allow_hosts[0]",
+            "below a domain of at least two labels",
+        ),
+        (
             "mapped IPv6 deny range",
             edited("deny_cidrs = []", "deny_cidrs = [\"::ffff:10.0.0.0/104\"]"),
             "egress.deny_cidrs[0]",
@@ -434,4 +458,19 @@ fn busy_poll_window_accepts_range() {
         let config = parse(Path::new("platform.toml"), &text).expect(value);
         assert_eq!(config.gateway.busy_poll_window, window, "{value}");
     }
+}
+
+#[test]
+fn wildcards_below_registrable_domains_accepted() {
+    // Wildcards one label below a public suffix, and public-suffix
+    // wildcards in the deny-list, which only narrows.
+    for allow in ["*.example.co.uk", "*.weather.test", "*.pages.example.org", "*.xn--fiqs8s.xn--55qx5d.cn"] {
+        let text = edited("allow_hosts = [\"feed.weather.test\"]", &format!("allow_hosts = [\"{allow}\"]"));
+        let config = parse(Path::new("platform.toml"), &text).expect(allow);
+        assert_eq!(config.egress.allow_hosts.len(), 1, "{allow}");
+    }
+
+    let text = edited("deny_hosts = [\"*.forbidden.test\"]", "deny_hosts = [\"*.co.uk\", \"*.github.io\"]");
+    let config = parse(Path::new("platform.toml"), &text).expect("public-suffix wildcards in deny_hosts");
+    assert_eq!(config.egress.deny_hosts.len(), 2);
 }

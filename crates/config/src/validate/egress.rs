@@ -158,6 +158,32 @@ pub(super) fn host_list(check: &Checker, key: &str, raw: &[String]) -> Result<Ve
     raw.iter().enumerate().map(|(index, host)| host_pattern(check, &format!("{key}[{index}]"), host)).collect()
 }
 
+/// Parses an allow-list of host rules, rejecting wildcards directly below a
+/// public suffix such as `*.co.uk` or `*.github.io`: names below such a
+/// suffix belong to unrelated owners, so the rule would admit hosts that
+/// anyone can register. The suffixes are those of the Public Suffix List,
+/// both its ICANN and its private sections, as compiled into the `psl`
+/// crate. Deny-lists may use such wildcards.
+fn allow_list(check: &Checker, key: &str, raw: &[String]) -> Result<Vec<HostPattern>> {
+    let patterns = host_list(check, key, raw)?;
+    for (index, pattern) in patterns.iter().enumerate() {
+        let HostPattern::Suffix(domain) = pattern else { continue };
+        let public =
+            psl::suffix(domain.as_bytes()).is_some_and(|suffix| suffix.is_known() && suffix == domain.as_bytes());
+        if public {
+            return Err(check.invalid(
+                &format!("{key}[{index}]"),
+                quote(&raw[index]),
+                format!(
+                    "a wildcard below a registrable domain, such as \"*.example.{domain}\"; {} is a public suffix, under which anyone can register a name",
+                    quote(domain)
+                ),
+            ));
+        }
+    }
+    Ok(patterns)
+}
+
 pub(super) fn cidr_list(check: &Checker, key: &str, raw: &[String]) -> Result<Vec<IpNet>> {
     let mut nets = Vec::new();
     for (index, text) in raw.iter().enumerate() {
@@ -233,7 +259,7 @@ pub(super) fn egress(check: &Checker, raw: &RawEgress) -> Result<EgressSettings>
 
     Ok(EgressSettings {
         mode,
-        allow_hosts: host_list(check, "egress.allow_hosts", &raw.allow_hosts)?,
+        allow_hosts: allow_list(check, "egress.allow_hosts", &raw.allow_hosts)?,
         allow_cidrs,
         allow_ports,
         deny_hosts: host_list(check, "egress.deny_hosts", &raw.deny_hosts)?,
