@@ -172,7 +172,7 @@ fn allow_list(check: &Checker, key: &str, raw: &[String]) -> Result<Vec<HostPatt
             psl::suffix(domain.as_bytes()).is_some_and(|suffix| suffix.is_known() && suffix == domain.as_bytes());
         if public {
             return Err(check.invalid(
-                &format!("{key}[{index}]"),
+                format!("{key}[{index}]"),
                 quote(&raw[index]),
                 format!(
                     "a wildcard below a registrable domain, such as \"*.example.{domain}\"; {} is a public suffix, under which anyone can register a name",
