@@ -211,6 +211,10 @@ pub struct GatewaySettings {
     /// Time after which a connection on which no byte moved either way is
     /// shut down gracefully: requests in flight finish, then it closes.
     pub idle_timeout: Duration,
+    /// Connections one app may hold open at once, over all gateway
+    /// workers. A connection above it gets 429 to its first request and is
+    /// closed.
+    pub max_connections_per_app: u32,
     /// Time allowed for the upstream to send the response head (response:
     /// 504), and for each wait for more of the response body (the response
     /// is cut).

@@ -102,6 +102,7 @@ pub(crate) struct RawGateway {
     pub max_body_bytes: Option<i64>,
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub max_connections_per_app: Option<i64>,
     pub upstream_timeout: Option<String>,
     pub busy_poll_window: Option<String>,
     pub rate_per_second: Option<f64>,

@@ -153,6 +153,17 @@ pub enum GatewayError {
         reason: String,
     },
 
+    /// The app already has `gateway.max_connections_per_app` other
+    /// connections open. This one gets the refusal for its first request
+    /// and is closed.
+    #[error("app {app_id} already holds {limit} connections to the gateway, the gateway.max_connections_per_app limit")]
+    TooManyConnections {
+        /// The app.
+        app_id: String,
+        /// The limit.
+        limit: u32,
+    },
+
     /// The app exceeded its rate for the service, or its guard throttle.
     #[error("app {app_id} exceeded its {limit} rate for service {service}; retry in {retry_after_secs} s")]
     RateLimited {
@@ -286,7 +297,7 @@ impl GatewayError {
             Self::Token { .. } => StatusCode::UNAUTHORIZED,
             Self::Revoked { .. } | Self::NotPinned { .. } | Self::Banned { .. } => StatusCode::FORBIDDEN,
             Self::TrustStale => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnreachable { .. } | Self::UpstreamConnectTimeout { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -314,6 +325,7 @@ impl GatewayError {
             Self::TrustStale => "trust_unavailable",
             Self::Banned { .. } => "banned",
             Self::RateLimited { .. } => "rate_limited",
+            Self::TooManyConnections { .. } => "too_many_connections",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
@@ -345,6 +357,9 @@ impl GatewayError {
             Self::Banned { .. } => "the app is banned by the platform",
             Self::RateLimited { .. } => {
                 "the app's rate limit for this service is exhausted; retry after Retry-After seconds"
+            }
+            Self::TooManyConnections { .. } => {
+                "the app holds as many connections as the gateway allows; send requests on an open connection"
             }
             Self::UpstreamUnreachable { .. } => "the service is unreachable",
             Self::UpstreamConnectTimeout { .. } => "the service did not accept a connection in time",
@@ -395,6 +410,10 @@ impl GatewayError {
             }
             Self::RateLimited { retry_after_secs, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::TooManyConnections { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Self::Revoked { .. } | Self::NotPinned { .. } | Self::Framing { .. } => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

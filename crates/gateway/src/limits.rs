@@ -1,5 +1,6 @@
-//! Request rates per app and service (GCRA through governor), and the guard's
-//! throttles per app with the same mechanism at their own rate.
+//! Request rates per app and service (GCRA through governor), the guard's
+//! throttles per app with the same mechanism at their own rate, and the
+//! count of each app's open connections.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -174,6 +175,52 @@ impl RateLimits {
     }
 }
 
+/// The number of open connections per app, over all gateway workers.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionCounts {
+    open: Mutex<HashMap<String, u32>>,
+}
+
+/// One counted connection; dropping it gives the place back.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlot {
+    counts: Arc<ConnectionCounts>,
+    app_id: String,
+}
+
+impl ConnectionCounts {
+    /// Counts a new connection of `app_id` if the app has fewer than
+    /// `limit` open, or returns `None` and counts nothing.
+    pub fn acquire(self: &Arc<Self>, app_id: &str, limit: u32) -> Option<ConnectionSlot> {
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(app_id.to_owned()).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot { counts: Arc::clone(self), app_id: app_id.to_owned() })
+    }
+
+    /// Returns the number of open connections of `app_id`.
+    #[cfg(test)]
+    pub fn open(&self, app_id: &str) -> u32 {
+        let open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.get(app_id).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.app_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.app_id);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +276,24 @@ mod tests {
         let refused = limits.check("app-a", "weather", Some(1.0)).unwrap_err();
         assert_eq!(refused.limit, "throttle");
         assert_eq!(refused.retry_after_secs, 1);
+    }
+
+    #[test]
+    fn connection_slots_count_per_app() {
+        let counts = Arc::new(ConnectionCounts::default());
+        let first = counts.acquire("app-a", 2).expect("first of two");
+        let second = counts.acquire("app-a", 2).expect("second of two");
+        assert!(counts.acquire("app-a", 2).is_none(), "a third is over the limit");
+        assert_eq!(counts.open("app-a"), 2, "a refused connection is not counted");
+
+        let other = counts.acquire("app-b", 2).expect("another app has its own count");
+        assert_eq!(counts.open("app-b"), 1);
+
+        drop(first);
+        assert_eq!(counts.open("app-a"), 1);
+        let third = counts.acquire("app-a", 2).expect("a closed connection frees its place");
+        drop((second, third, other));
+        assert_eq!(counts.open("app-a"), 0);
+        assert!(counts.open.lock().unwrap().is_empty(), "apps without connections leave no entry");
     }
 }

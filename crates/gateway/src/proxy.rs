@@ -29,7 +29,7 @@ use crate::framing::{
     APP_ID_HEADER, REQUEST_ID_HEADER, SCOPES_HEADER, ServerNames, check_head, new_request_id, strip_hop_by_hop,
     strip_request_headers,
 };
-use crate::limits::RateLimits;
+use crate::limits::{ConnectionCounts, RateLimits};
 use crate::path::canonicalise;
 use crate::pool::UpstreamPool;
 use crate::routes::RouteTable;
@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub sinks: EventSinks,
     /// The names an absolute-form request target may use for the gateway.
     pub server_names: ServerNames,
+    /// Each app's open connections, for `gateway.max_connections_per_app`.
+    pub connections: Arc<ConnectionCounts>,
 }
 
 /// The connection facts the gateway takes from the TLS handshake.
@@ -61,6 +63,9 @@ pub(crate) struct Peer {
     /// SPKI pin of the client certificate, checked against the app's valid
     /// pins on each request.
     pub spki_pin: String,
+    /// `gateway.max_connections_per_app` if the app already held that many
+    /// other connections when this one opened. Its requests then get 429.
+    pub over_connection_limit: Option<u32>,
 }
 
 /// Handles one request; never fails, because every failure becomes a
@@ -136,6 +141,9 @@ async fn forward(
     counters: &Arc<RequestCounters>,
     event: &mut AccessEvent,
 ) -> Result<UpstreamResponse, GatewayError> {
+    if let Some(limit) = peer.over_connection_limit {
+        return Err(GatewayError::TooManyConnections { app_id: peer.app_id.clone(), limit });
+    }
     let settings = shared.settings.load_full();
     check_head(&request, settings.max_header_bytes, &shared.server_names, peer.local_addr)?;
 

@@ -105,6 +105,7 @@ impl Gateway {
             decisions,
             sinks,
             server_names: ServerNames::for_trust_domain(&config.trust_domain),
+            connections: Arc::default(),
         };
         Ok(Self { shared, acceptor, upstream_tls, upstream_connect_timeout: DEFAULT_CONNECT_TIMEOUT, workers })
     }
@@ -476,12 +477,23 @@ async fn serve_connection(
         None => return,
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+
+    // Held until the connection ends. A connection over the limit is not
+    // counted: its first request gets 429 and the connection closes, and if
+    // no request arrives within header_read_timeout it is dropped.
+    let limit = settings.max_connections_per_app;
+    let slot = shared.connections.acquire(&app_id, limit);
+    let over_connection_limit = slot.is_none().then_some(limit);
+    if over_connection_limit.is_some() {
+        tracing::info!(%remote, %app_id, limit, "connection over gateway.max_connections_per_app; its first request gets 429");
+    }
     let peer = Arc::new(Peer {
         app_id,
         serial: verified.serial().to_owned(),
         certificate_thumbprint,
         spki_pin: verified.spki_pin().to_owned(),
         local_addr,
+        over_connection_limit,
     });
     tracing::debug!(%remote, app_id = %peer.app_id, h2, "connection accepted");
 
@@ -507,14 +519,32 @@ async fn serve_connection(
     let checked = HeadCheckedIo::new(io.clone(), !h2, max_buf_size, Arc::clone(&rejections));
     let service_shared = Arc::clone(&shared);
     let service_peer = Arc::clone(&peer);
+    let answered = over_connection_limit.map(|_| Arc::new(tokio::sync::Notify::new()));
+    let service_answered = answered.clone();
     let service = service_fn(move |request| {
         let shared = Arc::clone(&service_shared);
         let pool = Arc::clone(&pool);
         let peer = Arc::clone(&service_peer);
-        async move { Ok::<_, std::convert::Infallible>(handle(shared, pool, peer, request).await) }
+        let answered = service_answered.clone();
+        async move {
+            let response = handle(shared, pool, peer, request).await;
+            if let Some(answered) = answered {
+                answered.notify_one();
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let connection = builder.serve_connection(TokioIo::new(checked), service);
     tokio::pin!(connection);
+
+    // Resolves only on a connection over the limit: true once the response
+    // to its first request exists, false if no request arrived in time.
+    let over_limit_done = async {
+        match &answered {
+            Some(answered) => tokio::time::timeout(settings.header_read_timeout, answered.notified()).await.is_ok(),
+            None => std::future::pending().await,
+        }
+    };
 
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -527,7 +557,18 @@ async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             connection.as_mut().await
         }
+        in_time = over_limit_done => {
+            if !in_time {
+                tracing::info!(%remote, app_id = %peer.app_id, "connection over the connection limit sent no request in time; closed");
+                return;
+            }
+            // The 429 of HTTP/1.1 carries `Connection: close`; HTTP/2 gets
+            // GOAWAY after the streams in progress.
+            connection.as_mut().graceful_shutdown();
+            tokio::time::timeout(settings.header_read_timeout, connection.as_mut()).await.unwrap_or(Ok(()))
+        }
     };
+    drop(slot);
 
     let mut io = io;
     if let Some(rejection) = rejections.take_reached() {

@@ -766,3 +766,74 @@ async fn shutdown_drains_requests_in_flight() {
     let log = h.access_log().await;
     assert_eq!(log.len(), 1);
 }
+
+/// An app may hold `gateway.max_connections_per_app` connections. One more,
+/// over HTTP/1.1 or HTTP/2, gets 429 `too_many_connections` to its first
+/// request, is closed, and reaches no upstream. Closing a counted
+/// connection frees its place.
+#[tokio::test]
+async fn connections_per_app_are_limited() {
+    let mut h = Harness::start(|config| config.gateway.max_connections_per_app = 2).await;
+    let token = h.token("weather", &["weather:read"]);
+    let keep_alive = format!("GET /weather/v1/a HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let first = open_http1(&h, &h.app, &keep_alive).await;
+    let _second = open_http1(&h, &h.app, &keep_alive).await;
+    assert_eq!(h.upstream.seen().len(), 2);
+
+    // HTTP/1.1: the third connection's first request is refused and the
+    // connection ends, so the pipelined second request gets no response.
+    let pipelined = format!("{keep_alive}{keep_alive}");
+    let received = h.raw(pipelined.as_bytes(), WAIT).await;
+    assert_eq!(statuses(&received), [429], "{received}");
+    assert!(received.contains("\"error\":\"too_many_connections\""), "{received}");
+    assert!(received.to_ascii_lowercase().contains("retry-after: 1\r\n"), "{received}");
+    assert!(received.to_ascii_lowercase().contains("connection: close\r\n"), "{received}");
+
+    // HTTP/2: the same refusal, then GOAWAY ends the connection.
+    let (mut sender, driver) = http2_client(&h).await;
+    let request = http::Request::get(format!("https://localhost:{}/weather/v1/b", h.port()))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 429);
+    tokio::time::timeout(WAIT, driver).await.expect("the connection over the limit stays open").unwrap();
+    assert_eq!(h.upstream.seen().len(), 2, "no refused request reached the upstream");
+
+    // Closing a counted connection frees a place.
+    drop(first);
+    let mut freed = 0;
+    for _ in 0..50 {
+        freed = h.get("/weather/v1/c", &token).await;
+        if freed == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(freed, 200, "a closed connection did not free its place");
+
+    let log = h.access_log().await;
+    let over_limit: Vec<_> = log.iter().filter(|event| event["reason"] == "too_many_connections").collect();
+    assert_eq!(over_limit.len(), 2, "{log:?}");
+    assert!(over_limit.iter().all(|event| event["status"] == 429), "{over_limit:?}");
+}
+
+/// A connection over the limit that sends no request is dropped after
+/// `gateway.header_read_timeout`, so idle extra connections cannot pile up.
+#[tokio::test]
+async fn idle_connection_over_the_limit_is_dropped() {
+    let h = Harness::start(|config| {
+        config.gateway.max_connections_per_app = 1;
+        config.gateway.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let token = h.token("weather", &["weather:read"]);
+    let keep_alive = format!("GET /weather/v1/a HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let _counted = open_http1(&h, &h.app, &keep_alive).await;
+
+    let (_sender, driver) = http2_client(&h).await;
+    tokio::time::timeout(Duration::from_secs(3), driver)
+        .await
+        .expect("the idle extra connection was not dropped")
+        .unwrap();
+}

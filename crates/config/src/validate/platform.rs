@@ -147,6 +147,14 @@ pub(super) fn gateway(check: &Checker, raw: &RawGateway) -> Result<GatewaySettin
             Duration::from_secs(1),
             HOUR,
         )?,
+        max_connections_per_app: check.integer(
+            "gateway.max_connections_per_app",
+            raw.max_connections_per_app,
+            256,
+            1,
+            1_000_000,
+            "connections",
+        )? as u32,
         upstream_timeout: check.duration(
             "gateway.upstream_timeout",
             raw.upstream_timeout.as_deref(),
