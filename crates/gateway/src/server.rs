@@ -579,10 +579,39 @@ async fn serve_connection(
         let timed_out = error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
         if timed_out {
             answer_head_timeout(&mut io, &shared, &peer, remote, rejections.head_pending()).await;
+        } else if let Some(reason) = http2_protocol_error(error.as_ref()) {
+            record_http2_protocol_error(&shared, &peer, remote, reason);
         } else {
             tracing::debug!(%remote, %error, "connection ended with an error");
         }
     }
+}
+
+/// Returns the error code of the GOAWAY frame that h2 sent because the
+/// app broke the HTTP/2 protocol (RFC 9113 section 5.4.1). Returns `None`
+/// for any other end of the connection: a GOAWAY the app sent, a graceful
+/// shutdown (NO_ERROR), or an I/O error.
+fn http2_protocol_error(error: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(h2_error) = current.downcast_ref::<h2::Error>() {
+            let reason = h2_error.reason().filter(|reason| *reason != h2::Reason::NO_ERROR);
+            return reason.filter(|_| h2_error.is_go_away() && h2_error.is_library());
+        }
+        cause = current.source();
+    }
+    None
+}
+
+/// Records one access event with status 400 and reason
+/// `http2_protocol_error` for a connection that h2 closed with GOAWAY
+/// because of a protocol error, so the guard counts it as malformed. h2
+/// has already sent the GOAWAY frame, which is the only response.
+fn record_http2_protocol_error(shared: &Shared, peer: &Peer, remote: SocketAddr, reason: h2::Reason) {
+    let request_id = crate::framing::new_request_id();
+    tracing::info!(%remote, app_id = %peer.app_id, %request_id, %reason, "HTTP/2 connection closed for a protocol error");
+    let event = head_event(peer, request_id, (String::new(), String::new()), StatusCode::BAD_REQUEST, 0);
+    shared.sinks.emit(AccessEvent { reason: Some("http2_protocol_error".to_owned()), ..event });
 }
 
 /// Sends 408 (RFC 9110 section 15.5.9) on a connection whose request head

@@ -407,3 +407,68 @@ async fn rejected_head_after_close_gets_no_response() {
     let paths: Vec<&str> = log.iter().map(|event| event["path"].as_str().unwrap()).collect();
     assert_eq!(paths, ["/records/v1/first"]);
 }
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4) and an empty
+/// SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Builds one HTTP/2 frame (RFC 9113 section 4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = (payload.len() as u32).to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Returns the error code of the first GOAWAY frame in `received`, a
+/// sequence of HTTP/2 frames, or `None` if there is none.
+fn goaway_code(received: &[u8]) -> Option<u32> {
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let length = u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]]) as usize;
+        let payload = received.get(at + 9..at + 9 + length)?;
+        if received[at + 3] == 0x7 {
+            return Some(u32::from_be_bytes(payload.get(4..8)?.try_into().ok()?));
+        }
+        at += 9 + length;
+    }
+    None
+}
+
+/// Connection-level HTTP/2 protocol errors: h2 closes the connection with
+/// GOAWAY and the error code, the request reaches no upstream, and each
+/// connection yields one access event with status 400 and reason
+/// `http2_protocol_error`, which the guard counts as malformed.
+#[tokio::test]
+async fn http2_protocol_errors_get_events() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const PROTOCOL_ERROR: u32 = 0x1;
+    const FRAME_SIZE_ERROR: u32 = 0x6;
+    // (case, frames after the preface, GOAWAY error code; RFC 9113 section)
+    let cases: [(&str, Vec<u8>, u32); 5] = [
+        ("DATA on stream 0 (6.1)", h2_frame(0x0, 0x1, 0, b"x"), PROTOCOL_ERROR),
+        ("HEADERS on an even stream id (5.1.1)", h2_frame(0x1, 0x5, 2, b"\x82"), PROTOCOL_ERROR),
+        // RFC 9113 requires FRAME_SIZE_ERROR here. h2 sends PROTOCOL_ERROR
+        // for every malformed frame whose length fits the maximum.
+        ("PING of 7 bytes (6.7)", h2_frame(0x6, 0x0, 0, b"1234567"), PROTOCOL_ERROR),
+        ("frame over the 16384-byte default maximum (4.2)", h2_frame(0x6, 0x0, 0, &[0; 16385]), FRAME_SIZE_ERROR),
+        ("WINDOW_UPDATE of 0 on the connection (6.9)", h2_frame(0x8, 0x0, 0, b"\x00\x00\x00\x00"), PROTOCOL_ERROR),
+    ];
+
+    let mut h = Harness::start(|_| {}).await;
+    for (case, frames, expected) in &cases {
+        let mut tls = connect(&h, b"h2", false).await;
+        tls.write_all(&[H2_PREFACE, frames].concat()).await.unwrap();
+        let mut received = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut received)).await;
+        assert_eq!(goaway_code(&received), Some(*expected), "{case}: {received:?}");
+    }
+    assert!(h.upstream.seen().is_empty(), "a request reached the upstream");
+
+    let log = h.access_log().await;
+    let outcomes: Vec<(u64, Option<&str>)> =
+        log.iter().map(|event| (event["status"].as_u64().unwrap(), event["reason"].as_str())).collect();
+    assert_eq!(outcomes, vec![(400, Some("http2_protocol_error")); cases.len()], "{log:?}");
+}
