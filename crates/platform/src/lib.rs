@@ -434,7 +434,6 @@ impl Platform {
                 decisions: guard.decisions.clone(),
                 token: service.clone(),
                 registry: Arc::new(registry),
-                service_scopes: Arc::new(config.services.iter().map(|s| (s.name.clone(), s.scopes.clone())).collect()),
             };
             servers.push(tokio::spawn(portcullis_token::server::serve_mutual_tls(
                 "operator",
@@ -486,8 +485,10 @@ impl Platform {
 
     /// Applies the settings of `config` that can change at run time: the
     /// gateway's routes, upstreams and limits, through
-    /// [`portcullis_gateway::RunningGateway::reload`]. Requests already
-    /// routed finish with the routes they started with.
+    /// [`portcullis_gateway::RunningGateway::reload`], and the services and
+    /// scopes that the token service issues tokens for and the operator API
+    /// accepts grants for. Requests already routed finish with the routes
+    /// they started with.
     ///
     /// Settings that need a restart, such as `listeners`, keep their running
     /// value. Each one that changed is logged as a warning and returned in
@@ -498,6 +499,9 @@ impl Platform {
 
         if let Some(gateway) = &self.gateway {
             gateway.reload(config)?;
+        }
+        if let Some(token) = &self.token {
+            token.reload_services(config);
         }
 
         for setting in &restart_required {

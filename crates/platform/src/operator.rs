@@ -46,7 +46,6 @@ pub(crate) struct OperatorState {
     pub decisions: DecisionReceiver,
     pub token: TokenService,
     pub registry: Arc<Registry>,
-    pub service_scopes: Arc<Vec<(String, Vec<String>)>>,
 }
 
 /// An API error: a status and a short message for the operator.
@@ -319,8 +318,8 @@ struct GrantBody {
 }
 
 async fn add_grant(State(state): State<OperatorState>, Json(grant): Json<GrantBody>) -> ApiResult {
-    let defined = state.service_scopes.iter().find(|(name, _)| *name == grant.service);
-    let Some((_, scopes)) = defined else {
+    // The token service's list, which a configuration reload replaces.
+    let Some(scopes) = state.token.scopes_of_service(&grant.service) else {
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("service {:?} is not defined", grant.service)));
     };
     if !scopes.contains(&grant.scope) {

@@ -2,9 +2,11 @@
 //! [`crate::Platform::reload`] applies to the running platform and those
 //! that take effect only after a restart.
 //!
-//! Applied at run time, through [`portcullis_gateway::RunningGateway::reload`]:
+//! Applied at run time: through [`portcullis_gateway::RunningGateway::reload`],
 //! the services' routes, upstream URLs and `upstream_http2`, and the
-//! `[gateway]` limits and rates except `busy_poll_window`.
+//! `[gateway]` limits and rates except `busy_poll_window`. Through
+//! [`portcullis_token::server::TokenService::reload_services`], the service
+//! names and scopes that tokens are issued for and grants accepted for.
 //!
 //! Everything else is read once when the platform starts. A reload that
 //! changes it logs a warning naming the setting and leaves the running
@@ -27,29 +29,21 @@ pub struct ReloadOutcome {
 /// platform started with) and `next` and that only a restart applies.
 ///
 /// `gateway.busy_poll_window` is left out because the gateway's own reload
-/// warns about it. Service names and scopes are compared without routes
-/// and upstreams: the gateway applies the latter, but the token service and
-/// the operator API keep the list of services and scopes they started with.
+/// warns about it.
 pub(crate) fn restart_required_changes(running: &PlatformConfig, next: &PlatformConfig) -> Vec<&'static str> {
-    let sections: [(&'static str, bool); 11] = [
+    let sections: [(&'static str, bool); 10] = [
         ("trust_domain", running.trust_domain != next.trust_domain),
         ("data_dir", running.data_dir != next.data_dir),
         ("store.url", running.store_url != next.store_url),
         ("listeners", differs(&running.listeners, &next.listeners)),
         ("identity", differs(&running.identity, &next.identity)),
         ("token", differs(&running.token, &next.token)),
-        ("services (names and scopes)", differs(&service_scopes(running), &service_scopes(next))),
         ("spaces", differs(&running.spaces, &next.spaces)),
         ("guard", differs(&running.guard, &next.guard)),
         ("egress", differs(&running.egress, &next.egress)),
         ("runtime", differs(&running.runtime, &next.runtime)),
     ];
     sections.into_iter().filter(|(_, changed)| *changed).map(|(key, _)| key).collect()
-}
-
-/// Returns the name and scopes of each service, in file order.
-fn service_scopes(config: &PlatformConfig) -> Vec<(&str, &[String])> {
-    config.services.iter().map(|service| (service.name.as_str(), service.scopes.as_slice())).collect()
 }
 
 /// Compares two settings by their serialised form, because the
@@ -81,6 +75,7 @@ mod tests {
         next.gateway.rate_per_second = 1.0;
         next.gateway.max_body_bytes = 10;
         next.gateway.busy_poll_window = std::time::Duration::from_micros(200);
+        next.services[1].scopes.push("records:admin".to_owned());
 
         assert_eq!(restart_required_changes(&running, &next), Vec::<&str>::new());
     }
@@ -91,12 +86,8 @@ mod tests {
         let mut next = example();
         next.listeners.gateway = "127.0.0.1:1".parse().unwrap();
         next.token.rate_burst += 1;
-        next.services[1].scopes.push("records:admin".to_owned());
         next.egress.max_tunnels_per_app += 1;
 
-        assert_eq!(
-            restart_required_changes(&running, &next),
-            ["listeners", "token", "services (names and scopes)", "egress"]
-        );
+        assert_eq!(restart_required_changes(&running, &next), ["listeners", "token", "egress"]);
     }
 }

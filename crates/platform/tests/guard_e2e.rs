@@ -597,3 +597,61 @@ async fn ban_latency_under_load() {
     );
     platform.shutdown().await;
 }
+
+/// A reload that adds a service makes it usable at once: the operator API
+/// accepts grants of its scopes, the token service issues tokens for it,
+/// and the gateway routes to it. Before the reload all three refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_a_service_everywhere() {
+    let harness = Harness::new().await;
+    let platform = harness.start().await;
+    let id = SpiffeId::new(harness.ca.trust_domain(), CertificateKind::Platform, "cli").unwrap();
+    let cli = harness.ca.issue_and_record(&harness.store, &LeafRequest::new(id, &Lifetimes::default())).await.unwrap();
+    let leaf = harness.app_leaf("neighbour").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let mut operator = App::connect(&harness.ca, &cli, platform.addresses().operator).await;
+    let grant = r#"{"app_id":"neighbour","service":"forecast","scope":"forecast:read"}"#;
+    let add_grant = async |operator: &mut App| {
+        let request = hyper::Request::post(format!("https://{}/v1/grants", operator.authority))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(grant.as_bytes())))
+            .unwrap();
+        operator.sender.ready().await.unwrap();
+        let response = operator.sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    let mut tokens = App::connect(&harness.ca, &leaf, platform.addresses().token).await;
+    let token_request = "grant_type=client_credentials&scope=forecast:read";
+
+    let (status, body) = add_grant(&mut operator).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("service \\\"forecast\\\" is not defined"), "{body}");
+    let (status, body) = tokens.send("POST", "/oauth2/token", None, token_request).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid_scope"), "{body}");
+
+    let mut next = harness.config.clone();
+    let mut forecast = next.services[0].clone();
+    forecast.name = "forecast".into();
+    forecast.scopes = vec!["forecast:read".into()];
+    forecast.routes[0].prefix = "/forecast/".into();
+    forecast.routes[0].scope = "forecast:read".into();
+    next.services.push(forecast);
+    let outcome = platform.reload(&next).unwrap();
+    assert_eq!(outcome.restart_required, Vec::<&str>::new());
+
+    let (status, body) = add_grant(&mut operator).await;
+    assert_eq!((status, body.as_str()), (201, r#"{"added":true}"#));
+    let (status, body) = tokens.send("POST", "/oauth2/token", None, token_request).await;
+    assert_eq!(status, 200, "{body}");
+    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned();
+
+    let mut app = App::connect(&harness.ca, &leaf, platform.addresses().gateway).await;
+    assert_eq!(app.send("GET", "/forecast/today", Some(&token), "").await, (200, "ok".to_owned()));
+    let (status, _) = app.send("GET", "/weather/v1/today", Some(&token), "").await;
+    assert_eq!(status, 401, "a forecast token is not valid for the weather service");
+    platform.shutdown().await;
+}

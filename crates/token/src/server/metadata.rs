@@ -10,7 +10,7 @@ use super::TokenService;
 /// Handles `GET /.well-known/oauth-authorization-server`.
 pub(super) async fn metadata(State(service): State<TokenService>) -> Json<serde_json::Value> {
     let issuer = service.inner.issuer.issuer();
-    let scopes: Vec<&str> = service.inner.services.iter().flat_map(|s| s.scopes.iter().map(String::as_str)).collect();
+    let scopes = service.scopes();
     let mut grant_types = vec!["client_credentials", "refresh_token"];
     if service.inner.consent_url.is_some() {
         grant_types.push("authorization_code");

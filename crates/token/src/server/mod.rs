@@ -29,6 +29,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -105,7 +106,8 @@ struct Inner {
     verifier: Verifier,
     invalidations: InvalidationsHandle,
     store: Store,
-    services: Vec<ServiceInfo>,
+    /// The configured services, replaced by [`TokenService::reload_services`].
+    services: ArcSwap<Vec<ServiceInfo>>,
     refresh_lifetime_secs: i64,
     limiter: DefaultKeyedRateLimiter<String>,
     /// Codes by the SHA-256 of their value.
@@ -125,6 +127,19 @@ impl std::fmt::Debug for TokenService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenService").field("issuer", &self.inner.issuer.issuer()).finish_non_exhaustive()
     }
+}
+
+/// Returns the services of `config` with their audiences in `trust_domain`.
+fn services_of(config: &PlatformConfig, trust_domain: &str) -> Vec<ServiceInfo> {
+    config
+        .services
+        .iter()
+        .map(|service| ServiceInfo {
+            name: service.name.clone(),
+            audience: format!("spiffe://{trust_domain}/service/{}", service.name),
+            scopes: service.scopes.clone(),
+        })
+        .collect()
 }
 
 /// Returns the current time in seconds since the Unix epoch.
@@ -167,15 +182,7 @@ impl TokenService {
             invalidations.clone(),
         );
 
-        let services = config
-            .services
-            .iter()
-            .map(|s| ServiceInfo {
-                name: s.name.clone(),
-                audience: format!("spiffe://{}/service/{}", config.trust_domain, s.name),
-                scopes: s.scopes.clone(),
-            })
-            .collect();
+        let services = services_of(config, &config.trust_domain);
 
         let token = &config.token;
         let burst = NonZeroU32::new(token.rate_burst.max(1)).expect("burst is at least 1");
@@ -194,7 +201,7 @@ impl TokenService {
                 verifier,
                 invalidations,
                 store,
-                services,
+                services: ArcSwap::from_pointee(services),
                 refresh_lifetime_secs: token.refresh_token_lifetime.as_secs() as i64,
                 limiter: RateLimiter::keyed(quota),
                 codes: Mutex::new(HashMap::new()),
@@ -281,10 +288,31 @@ impl TokenService {
     }
 
     /// Finds the one service all `scopes` belong to.
-    fn service_of(&self, scopes: &[String]) -> Option<&ServiceInfo> {
+    fn service_of(&self, scopes: &[String]) -> Option<ServiceInfo> {
         let first = scopes.first()?;
-        let service = self.inner.services.iter().find(|s| s.scopes.contains(first))?;
-        scopes.iter().all(|scope| service.scopes.contains(scope)).then_some(service)
+        let services = self.inner.services.load();
+        let service = services.iter().find(|s| s.scopes.contains(first))?;
+        scopes.iter().all(|scope| service.scopes.contains(scope)).then(|| service.clone())
+    }
+
+    /// Replaces the services and scopes tokens can be issued for with those
+    /// of `config`. Tokens already issued keep working until they expire or
+    /// are invalidated; the gateway decides whether their service still has
+    /// routes. The trust domain of the running service is kept.
+    pub fn reload_services(&self, config: &PlatformConfig) {
+        self.inner.services.store(Arc::new(services_of(config, &self.inner.trust_domain)));
+    }
+
+    /// Returns the scopes of the configured service `name`, or `None` if no
+    /// service has that name.
+    pub fn scopes_of_service(&self, name: &str) -> Option<Vec<String>> {
+        let services = self.inner.services.load();
+        services.iter().find(|service| service.name == name).map(|service| service.scopes.clone())
+    }
+
+    /// Returns every scope of every configured service, in file order.
+    fn scopes(&self) -> Vec<String> {
+        self.inner.services.load().iter().flat_map(|service| service.scopes.iter().cloned()).collect()
     }
 
     /// Refuses every token of `app_id` issued up to now, in the store (for
