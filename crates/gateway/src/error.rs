@@ -153,6 +153,24 @@ pub enum GatewayError {
         reason: String,
     },
 
+    /// The app is not admitted to any service: it is banned, suspended,
+    /// rejected or retired in the store, or registered too recently to be
+    /// known to the gateway.
+    #[error("app {app_id} is not admitted to any service")]
+    NotAdmitted {
+        /// The app.
+        app_id: String,
+    },
+
+    /// The routed service is not among those of the app's space.
+    #[error("service {service} is not in the space of app {app_id}")]
+    ServiceNotInSpace {
+        /// The app.
+        app_id: String,
+        /// The routed service.
+        service: String,
+    },
+
     /// The app already has `gateway.max_connections_per_app` other
     /// connections open. This one gets the refusal for its first request
     /// and is closed.
@@ -295,7 +313,11 @@ impl GatewayError {
             Self::MissingToken { .. } | Self::AppMismatch { .. } => StatusCode::UNAUTHORIZED,
             Self::Token { reason, .. } if reason.error_code() == "insufficient_scope" => StatusCode::FORBIDDEN,
             Self::Token { .. } => StatusCode::UNAUTHORIZED,
-            Self::Revoked { .. } | Self::NotPinned { .. } | Self::Banned { .. } => StatusCode::FORBIDDEN,
+            Self::Revoked { .. }
+            | Self::NotPinned { .. }
+            | Self::Banned { .. }
+            | Self::NotAdmitted { .. }
+            | Self::ServiceNotInSpace { .. } => StatusCode::FORBIDDEN,
             Self::TrustStale => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } | Self::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnreachable { .. } | Self::UpstreamConnectTimeout { .. } => StatusCode::BAD_GATEWAY,
@@ -326,6 +348,8 @@ impl GatewayError {
             Self::Banned { .. } => "banned",
             Self::RateLimited { .. } => "rate_limited",
             Self::TooManyConnections { .. } => "too_many_connections",
+            Self::NotAdmitted { .. } => "app_not_admitted",
+            Self::ServiceNotInSpace { .. } => "service_not_in_space",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
@@ -358,8 +382,10 @@ impl GatewayError {
             Self::RateLimited { .. } => {
                 "the app's rate limit for this service is exhausted; retry after Retry-After seconds"
             }
+            Self::NotAdmitted { .. } => "the app is not admitted to platform services in its current state",
+            Self::ServiceNotInSpace { .. } => "the service is not available in the app's space",
             Self::TooManyConnections { .. } => {
-                "the app holds as many connections as the gateway allows; send requests on an open connection"
+                "the app has as many connections open as the gateway allows; send requests on an open connection"
             }
             Self::UpstreamUnreachable { .. } => "the service is unreachable",
             Self::UpstreamConnectTimeout { .. } => "the service did not accept a connection in time",

@@ -33,6 +33,7 @@ mod pool;
 mod proxy;
 mod routes;
 mod server;
+mod spaces;
 mod timer;
 
 pub use error::{ErrorSource, GatewayError};
@@ -41,3 +42,4 @@ pub use limits::{Exceeded, Rate, RateLimits};
 pub use pool::DEFAULT_CONNECT_TIMEOUT;
 pub use routes::{Route, RouteTable, Upstream};
 pub use server::{Gateway, GatewayTls, RunningGateway, ShutdownOutcome};
+pub use spaces::AppServices;

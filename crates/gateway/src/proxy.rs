@@ -33,6 +33,7 @@ use crate::limits::{ConnectionCounts, RateLimits};
 use crate::path::canonicalise;
 use crate::pool::UpstreamPool;
 use crate::routes::RouteTable;
+use crate::spaces::{Admission, AppServices};
 
 /// State shared by every connection; the swappable parts change on reload.
 pub(crate) struct Shared {
@@ -47,6 +48,9 @@ pub(crate) struct Shared {
     pub server_names: ServerNames,
     /// Each app's open connections, for `gateway.max_connections_per_app`.
     pub connections: Arc<ConnectionCounts>,
+    /// The services of each app's space; `None` admits every app to every
+    /// service, leaving the decision to tokens and grants.
+    pub app_services: Option<Arc<AppServices>>,
 }
 
 /// The connection facts the gateway takes from the TLS handshake.
@@ -178,6 +182,19 @@ async fn forward(
     let upstream = Arc::clone(&route.upstream);
     event.service = upstream.service.clone();
     event.route = route.prefix.clone();
+
+    if let Some(app_services) = &shared.app_services {
+        match app_services.check(&peer.app_id, &upstream.service) {
+            Admission::Allowed => {}
+            Admission::NotAdmitted => return Err(GatewayError::NotAdmitted { app_id: peer.app_id.clone() }),
+            Admission::NotInSpace => {
+                return Err(GatewayError::ServiceNotInSpace {
+                    app_id: peer.app_id.clone(),
+                    service: upstream.service.clone(),
+                });
+            }
+        }
+    }
 
     shared.limits.check(&peer.app_id, &upstream.service, throttle).map_err(|exceeded| GatewayError::RateLimited {
         app_id: peer.app_id.clone(),

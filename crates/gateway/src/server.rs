@@ -42,6 +42,7 @@ use crate::limits::{Rate, RateLimits, ServiceRates};
 use crate::pool::{DEFAULT_CONNECT_TIMEOUT, UpstreamPool, UpstreamTls};
 use crate::proxy::{Peer, Shared, handle};
 use crate::routes::RouteTable;
+use crate::spaces::AppServices;
 use crate::timer::ConnectionTimer;
 
 /// ALPN protocols offered to apps and upstreams, HTTP/2 first.
@@ -106,8 +107,18 @@ impl Gateway {
             sinks,
             server_names: ServerNames::for_trust_domain(&config.trust_domain),
             connections: Arc::default(),
+            app_services: None,
         };
         Ok(Self { shared, acceptor, upstream_tls, upstream_connect_timeout: DEFAULT_CONNECT_TIMEOUT, workers })
+    }
+
+    /// Restricts each app to the services in `app_services`: an app not
+    /// listed there gets 403 `app_not_admitted`, and a service outside its
+    /// list 403 `service_not_in_space`. Without it, every app with a valid
+    /// token may call the token's service.
+    pub fn with_app_services(mut self, app_services: Arc<AppServices>) -> Self {
+        self.shared.app_services = Some(app_services);
+        self
     }
 
     /// Adds names by which apps reach the gateway, DNS names or IP

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -836,4 +838,77 @@ async fn idle_connection_over_the_limit_is_dropped() {
         .await
         .expect("the idle extra connection was not dropped")
         .unwrap();
+}
+
+/// With an app directory, an app reaches only the services of its space:
+/// 403 `service_not_in_space` for another service, 403 `app_not_admitted`
+/// once it leaves the directory, and 200 again after it returns, all on one
+/// connection and with valid tokens. Nothing refused reaches the upstream.
+#[tokio::test]
+async fn app_reaches_only_its_space() {
+    let spaces = Arc::new(portcullis_gateway::AppServices::new());
+    let trial = HashMap::from([(APP.to_owned(), vec!["weather".to_owned()])]);
+    spaces.replace_all(trial.clone());
+    let mut h = Harness::start_built(None, |_| {}, {
+        let spaces = Arc::clone(&spaces);
+        move |gateway| gateway.with_app_services(spaces)
+    })
+    .await;
+    let weather = h.token("weather", &["weather:read"]);
+    let records = h.token("records", &["records:read"]);
+    let get = |path: &str, token: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n")
+    };
+    let mut tls = open_http1(&h, &h.app, &get("/weather/v1/a", &weather)).await;
+
+    // (what changes first, request, status, error code)
+    let steps: [(Option<HashMap<String, Vec<String>>>, String, u16, &str); 4] = [
+        (None, get("/records/v1/b", &records), 403, "service_not_in_space"),
+        (Some(HashMap::new()), get("/weather/v1/c", &weather), 403, "app_not_admitted"),
+        (
+            Some(HashMap::from([(APP.to_owned(), vec!["weather".into(), "records".into()])])),
+            get("/records/v1/d", &records),
+            200,
+            "",
+        ),
+        (Some(trial), get("/weather/v1/e", &weather), 200, ""),
+    ];
+    for (change, request, status, code) in steps {
+        if let Some(apps) = change {
+            spaces.replace_all(apps);
+        }
+        let received = exchange(&mut tls, &request).await;
+        assert_eq!(status_of(&received), status, "{request}: {received}");
+        assert!(received.contains(code), "{request}: {received}");
+    }
+
+    let seen: Vec<String> = h.upstream.seen().into_iter().map(|seen| seen.target).collect();
+    assert_eq!(seen, ["/weather/v1/a", "/records/v1/d", "/weather/v1/e"]);
+    let log = h.access_log().await;
+    let reasons: Vec<Option<&str>> = log.iter().map(|event| event["reason"].as_str()).collect();
+    assert_eq!(reasons, [None, Some("service_not_in_space"), Some("app_not_admitted"), None, None]);
+}
+
+/// Sends one request on an open HTTP/1.1 connection and returns the
+/// response, read until its body is complete.
+async fn exchange(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let complete = |received: &[u8]| {
+        let text = String::from_utf8_lossy(received);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+        let length = head
+            .lines()
+            .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+            .and_then(|value| value.trim().parse::<usize>().ok());
+        length.is_some_and(|length| body.len() >= length)
+    };
+    while !complete(&received) {
+        let read = tokio::time::timeout(WAIT, tls.read(&mut chunk)).await.expect("the response is complete").unwrap();
+        assert!(read > 0, "the connection closed: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&chunk[..read]);
+    }
+    String::from_utf8_lossy(&received).into_owned()
 }

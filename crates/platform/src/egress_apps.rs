@@ -31,7 +31,7 @@ pub(crate) async fn load(
     let mut problems = HashMap::new();
 
     for app in store.apps().await? {
-        if matches!(app.state, AppState::Banned | AppState::Suspended | AppState::Rejected | AppState::Retired) {
+        if !is_admitted(app.state) {
             continue;
         }
         let Ok(app_id) = AppId::parse(&app.id) else {
@@ -49,6 +49,18 @@ pub(crate) async fn load(
     Ok((loaded, problems))
 }
 
+/// Returns whether an app in `state` may use the gateway and the egress
+/// proxy at all. Banned, suspended, rejected and retired apps may not.
+pub(crate) fn is_admitted(state: AppState) -> bool {
+    !matches!(state, AppState::Banned | AppState::Suspended | AppState::Rejected | AppState::Retired)
+}
+
+/// Returns the space an app in `state` runs in: the sandbox during a
+/// trial, live otherwise.
+pub(crate) fn space_of(state: AppState) -> SpaceName {
+    if state == AppState::InTrial { SpaceName::Sandbox } else { SpaceName::Live }
+}
+
 /// Builds one app's rules: the sandbox space while the app is in a trial,
 /// the live space otherwise, narrowed by its manifest's list if one was
 /// stored. On failure returns the fail-closed rules (no host names, or none
@@ -60,7 +72,7 @@ fn app_rules(
     app_id: AppId,
     manifest_hosts: Option<&Vec<String>>,
 ) -> Result<AppRules, (Option<AppRules>, String)> {
-    let space_name = if app.state == AppState::InTrial { SpaceName::Sandbox } else { SpaceName::Live };
+    let space_name = space_of(app.state);
     let Some(space) = config.spaces.get(&space_name) else {
         let problem = format!("app {app_id} is in a trial but the configuration has no [spaces.{space_name}]");
         return Err((None, problem));
@@ -112,9 +124,22 @@ pub(crate) async fn refresh(
 
 /// Logs each problem that is not in `reported` with the same text.
 pub(crate) fn report_problems(problems: &HashMap<String, String>, reported: &HashMap<String, String>) {
+    report_new(problems, reported, |app_id, problem| {
+        tracing::error!(app_id, problem, "egress rules of app fall back to none; fix the manifest or the configuration");
+    });
+}
+
+/// Calls `log` with each app id and problem in `problems` that is not in
+/// `reported` with the same text, so a refresh logs a problem once until
+/// it changes.
+pub(crate) fn report_new(
+    problems: &HashMap<String, String>,
+    reported: &HashMap<String, String>,
+    log: impl Fn(&str, &str),
+) {
     for (app_id, problem) in problems {
         if reported.get(app_id) != Some(problem) {
-            tracing::error!(app_id = %app_id, problem = %problem, "egress rules of app fall back to none; fix the manifest or the configuration");
+            log(app_id, problem);
         }
     }
 }

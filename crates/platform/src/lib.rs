@@ -28,6 +28,7 @@
 //! the guard.
 
 mod egress_apps;
+mod gateway_apps;
 mod operator;
 pub mod reload;
 pub mod report;
@@ -39,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use portcullis_config::PlatformConfig;
 use portcullis_guard::{Guard, RunningGuard, SystemClock};
 use portcullis_identity::{
@@ -196,6 +198,11 @@ pub struct Platform {
     access_writer: Option<portcullis_gateway::FileWriter>,
     guard: RunningGuard,
     token: Option<TokenService>,
+    /// The configuration in force, which the gateway's app services are
+    /// rebuilt from; a reload replaces it.
+    current: Arc<ArcSwap<PlatformConfig>>,
+    /// Notified after a reload, so the app services are rebuilt at once.
+    reloaded: Arc<tokio::sync::Notify>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -257,6 +264,8 @@ impl Platform {
         let mut servers = Vec::new();
         let mut background = Vec::new();
         let mut renewals = Vec::new();
+        let current = Arc::new(ArcSwap::from_pointee(config.clone()));
+        let reloaded = Arc::new(tokio::sync::Notify::new());
 
         // Guard.
         let mut registry = prometheus_client::registry::Registry::default();
@@ -346,6 +355,17 @@ impl Platform {
             let (access_file, writer) = portcullis_gateway::FileSink::open(&access_log, 65_536).await?;
             make_private(&access_log);
             let sinks = portcullis_gateway::EventSinks::new(Some(guard.events.clone()), Some(access_file));
+            let app_services = Arc::new(portcullis_gateway::AppServices::new());
+            let (services, problems) = gateway_apps::load(config, &store).await?;
+            app_services.replace_all(services);
+            gateway_apps::report_problems(&problems, &std::collections::HashMap::new());
+            background.push(tokio::spawn(gateway_apps::refresh(
+                Arc::clone(&current),
+                store.clone(),
+                Arc::clone(&app_services),
+                Arc::clone(&reloaded),
+                problems,
+            )));
             let running = portcullis_gateway::Gateway::new(
                 config,
                 tls,
@@ -353,6 +373,7 @@ impl Platform {
                 guard.decisions.clone(),
                 sinks,
             )?
+            .with_app_services(app_services)
             .start(config.listeners.gateway)
             .await?;
             addresses.gateway = running.local_addr();
@@ -460,6 +481,8 @@ impl Platform {
             access_writer,
             guard,
             token,
+            current,
+            reloaded,
             stop,
             servers,
             background,
@@ -503,6 +526,8 @@ impl Platform {
         if let Some(token) = &self.token {
             token.reload_services(config);
         }
+        self.current.store(Arc::new(config.clone()));
+        self.reloaded.notify_one();
 
         for setting in &restart_required {
             tracing::warn!(

@@ -7,6 +7,7 @@
 //! `[gateway]` limits and rates except `busy_poll_window`. Through
 //! [`portcullis_token::server::TokenService::reload_services`], the service
 //! names and scopes that tokens are issued for and grants accepted for.
+//! Through the gateway's app directory, the services of each space.
 //!
 //! Everything else is read once when the platform starts. A reload that
 //! changes it logs a warning naming the setting and leaves the running
@@ -38,12 +39,19 @@ pub(crate) fn restart_required_changes(running: &PlatformConfig, next: &Platform
         ("listeners", differs(&running.listeners, &next.listeners)),
         ("identity", differs(&running.identity, &next.identity)),
         ("token", differs(&running.token, &next.token)),
-        ("spaces", differs(&running.spaces, &next.spaces)),
+        ("spaces.*.egress_allow_hosts", differs(&space_hosts(running), &space_hosts(next))),
         ("guard", differs(&running.guard, &next.guard)),
         ("egress", differs(&running.egress, &next.egress)),
         ("runtime", differs(&running.runtime, &next.runtime)),
     ];
     sections.into_iter().filter(|(_, changed)| *changed).map(|(key, _)| key).collect()
+}
+
+/// Returns each space's egress host list, which the egress proxy reads at
+/// start. The spaces' services are applied at run time.
+fn space_hosts(config: &PlatformConfig) -> Vec<(String, Option<Vec<String>>)> {
+    let hosts = |list: &Vec<portcullis_config::HostPattern>| list.iter().map(ToString::to_string).collect();
+    config.spaces.iter().map(|(name, space)| (name.to_string(), space.egress_allow_hosts.as_ref().map(hosts))).collect()
 }
 
 /// Compares two settings by their serialised form, because the
@@ -76,6 +84,7 @@ mod tests {
         next.gateway.max_body_bytes = 10;
         next.gateway.busy_poll_window = std::time::Duration::from_micros(200);
         next.services[1].scopes.push("records:admin".to_owned());
+        next.spaces.get_mut(&portcullis_config::SpaceName::Sandbox).unwrap().services.push("records".to_owned());
 
         assert_eq!(restart_required_changes(&running, &next), Vec::<&str>::new());
     }
@@ -87,7 +96,11 @@ mod tests {
         next.listeners.gateway = "127.0.0.1:1".parse().unwrap();
         next.token.rate_burst += 1;
         next.egress.max_tunnels_per_app += 1;
+        next.spaces.get_mut(&portcullis_config::SpaceName::Sandbox).unwrap().egress_allow_hosts = None;
 
-        assert_eq!(restart_required_changes(&running, &next), ["listeners", "token", "egress"]);
+        assert_eq!(
+            restart_required_changes(&running, &next),
+            ["listeners", "token", "spaces.*.egress_allow_hosts", "egress"]
+        );
     }
 }

@@ -598,9 +598,11 @@ async fn ban_latency_under_load() {
     platform.shutdown().await;
 }
 
-/// A reload that adds a service makes it usable at once: the operator API
-/// accepts grants of its scopes, the token service issues tokens for it,
-/// and the gateway routes to it. Before the reload all three refuse it.
+/// A reload that adds a service to the live space makes it usable at once:
+/// the operator API accepts grants of its scopes, the token service issues
+/// tokens for it, and the gateway routes to it. Before the reload all three
+/// refuse it. An app moved into a trial loses it, because the sandbox
+/// space does not include it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_adds_a_service_everywhere() {
     let harness = Harness::new().await;
@@ -640,6 +642,7 @@ async fn reload_adds_a_service_everywhere() {
     forecast.routes[0].prefix = "/forecast/".into();
     forecast.routes[0].scope = "forecast:read".into();
     next.services.push(forecast);
+    next.spaces.get_mut(&portcullis_config::SpaceName::Live).unwrap().services.push("forecast".into());
     let outcome = platform.reload(&next).unwrap();
     assert_eq!(outcome.restart_required, Vec::<&str>::new());
 
@@ -653,5 +656,16 @@ async fn reload_adds_a_service_everywhere() {
     assert_eq!(app.send("GET", "/forecast/today", Some(&token), "").await, (200, "ok".to_owned()));
     let (status, _) = app.send("GET", "/weather/v1/today", Some(&token), "").await;
     assert_eq!(status, 401, "a forecast token is not valid for the weather service");
+
+    // In a trial the app runs in the sandbox space, which lacks forecast.
+    harness.store.set_app_state("neighbour", portcullis_store::AppState::InTrial).await.unwrap();
+    let mut last = (0, String::new());
+    let refused = eventually(Duration::from_secs(5), async || {
+        last = app.send("GET", "/forecast/today", Some(&token), "").await;
+        last.0 == 403
+    })
+    .await;
+    assert!(refused, "the app in a trial still reached forecast: {last:?}");
+    assert!(last.1.contains("\"service_not_in_space\""), "{last:?}");
     platform.shutdown().await;
 }
