@@ -78,6 +78,16 @@ impl Engine {
         &self.rules
     }
 
+    /// Returns the platform rules, shared.
+    pub fn shared_rules(&self) -> Arc<EgressRules> {
+        Arc::clone(&self.rules)
+    }
+
+    /// Returns an engine with `rules` and this engine's resolver.
+    pub fn with_rules(&self, rules: Arc<EgressRules>) -> Self {
+        Self { rules, resolver: Arc::clone(&self.resolver) }
+    }
+
     /// Decides whether `app` may connect to `host` (as the client wrote it,
     /// without the port) on `port`, following the precedence in the module
     /// documentation. Resolves names once; a permitted decision carries the

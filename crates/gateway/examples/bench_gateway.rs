@@ -166,7 +166,13 @@ async fn serve_gateway(dir: &Path, upstream: u16) {
     let (guard, mut guard_events) = event_queue(portcullis_guard::DEFAULT_QUEUE_CAPACITY);
     tokio::spawn(async move { while guard_events.recv().await.is_some() {} });
     let (file, _writer) = FileSink::open(&dir.join("access.jsonl"), 65_536).await.unwrap();
-    let gateway = Gateway::new(&config, tls, tokens, receiver, EventSinks::new(Some(guard), Some(file))).unwrap();
+    // As in `portcullis serve`, each request checks the app's space.
+    let app_services = Arc::new(portcullis_gateway::AppServices::new());
+    let live = config.spaces[&portcullis_config::SpaceName::Live].services.clone();
+    app_services.replace_all(HashMap::from([("bench-app".to_owned(), live)]));
+    let gateway = Gateway::new(&config, tls, tokens, receiver, EventSinks::new(Some(guard), Some(file)))
+        .unwrap()
+        .with_app_services(app_services);
     let running = gateway.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     println!("{}", running.local_addr().port());
     std::future::pending::<()>().await;

@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
 use portcullis_config::{AppId, PlatformConfig, SpaceName};
 use portcullis_egress::proxy::AppDirectory;
 use portcullis_egress::{AppRules, EgressRules};
@@ -86,14 +89,18 @@ fn app_rules(
     })
 }
 
-/// Reloads `directory` from the store every [`REFRESH_INTERVAL`] until the
-/// task is aborted. Logs each app whose rules changed, and each problem once
-/// until it changes. A failed store query keeps the current rules.
+/// Reloads `directory` from the store every [`REFRESH_INTERVAL`], and at
+/// once when `reloaded` changes after a configuration reload, until the
+/// task is aborted. The spaces come from `config` and the platform-wide
+/// rules from `rules` at each reload. Logs each app whose rules changed,
+/// and each problem once until it changes. A failed store query keeps the
+/// current rules.
 pub(crate) async fn refresh(
-    config: Arc<PlatformConfig>,
-    rules: Arc<EgressRules>,
+    config: Arc<ArcSwap<PlatformConfig>>,
+    rules: impl Fn() -> Arc<EgressRules>,
     store: Store,
     directory: Arc<AppDirectory>,
+    mut reloaded: watch::Receiver<()>,
     mut reported: HashMap<String, String>,
 ) {
     let mut interval = tokio::time::interval(REFRESH_INTERVAL);
@@ -101,8 +108,11 @@ pub(crate) async fn refresh(
     interval.tick().await;
 
     loop {
-        interval.tick().await;
-        let (loaded, problems) = match load(&config, &rules, &store).await {
+        tokio::select! {
+            _ = interval.tick() => {}
+            Ok(()) = reloaded.changed() => {}
+        }
+        let (loaded, problems) = match load(&config.load(), &rules(), &store).await {
             Ok(loaded) => loaded,
             Err(error) => {
                 tracing::warn!(%error, "reloading the egress rules of apps failed; the current rules stay");
@@ -125,7 +135,11 @@ pub(crate) async fn refresh(
 /// Logs each problem that is not in `reported` with the same text.
 pub(crate) fn report_problems(problems: &HashMap<String, String>, reported: &HashMap<String, String>) {
     report_new(problems, reported, |app_id, problem| {
-        tracing::error!(app_id, problem, "egress rules of app fall back to none; fix the manifest or the configuration");
+        tracing::error!(
+            app_id,
+            problem,
+            "egress rules of app fall back to none; fix the manifest or the configuration"
+        );
     });
 }
 
@@ -242,7 +256,16 @@ mod tests {
         let late = AppId::parse("late").unwrap();
         assert!(directory.get(&late).is_none());
 
-        let task = tokio::spawn(refresh(Arc::new(config), rules, store.clone(), Arc::clone(&directory), problems));
+        let (_reloaded, reloads) = watch::channel(());
+        let config = Arc::new(ArcSwap::from_pointee(config));
+        let task = tokio::spawn(refresh(
+            config,
+            move || Arc::clone(&rules),
+            store.clone(),
+            Arc::clone(&directory),
+            reloads,
+            problems,
+        ));
         store.insert_app("late", "late", "test").await.unwrap();
         store.set_app_egress_hosts("late", &hosts(&["api.example.org"]), 1).await.unwrap();
         store.set_app_state("early", AppState::InTrial).await.unwrap();

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use portcullis_config::PlatformConfig;
 use portcullis_gateway::AppServices;
 use portcullis_store::Store;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::egress_apps::{REFRESH_INTERVAL, is_admitted, report_new, space_of};
 
@@ -42,15 +42,15 @@ pub(crate) async fn load(
 }
 
 /// Reloads `directory` from the store every [`REFRESH_INTERVAL`], and at
-/// once when `reloaded` is notified after a configuration reload, until
-/// the task is aborted. The spaces come from the configuration in
+/// once when `reloaded` changes after a configuration reload, until the
+/// task is aborted. The spaces come from the configuration in
 /// `config` at each reload. A failed store query keeps the current
 /// directory.
 pub(crate) async fn refresh(
     config: Arc<ArcSwap<PlatformConfig>>,
     store: Store,
     directory: Arc<AppServices>,
-    reloaded: Arc<Notify>,
+    mut reloaded: watch::Receiver<()>,
     mut reported: HashMap<String, String>,
 ) {
     let mut interval = tokio::time::interval(REFRESH_INTERVAL);
@@ -60,7 +60,7 @@ pub(crate) async fn refresh(
     loop {
         tokio::select! {
             _ = interval.tick() => {}
-            () = reloaded.notified() => {}
+            Ok(()) = reloaded.changed() => {}
         }
         let (services, problems) = match load(&config.load(), &store).await {
             Ok(loaded) => loaded,

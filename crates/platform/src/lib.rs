@@ -198,11 +198,13 @@ pub struct Platform {
     access_writer: Option<portcullis_gateway::FileWriter>,
     guard: RunningGuard,
     token: Option<TokenService>,
-    /// The configuration in force, which the gateway's app services are
-    /// rebuilt from; a reload replaces it.
+    /// The configuration in force, which the gateway's app services and
+    /// the egress proxy's app rules are rebuilt from; a reload replaces it.
     current: Arc<ArcSwap<PlatformConfig>>,
-    /// Notified after a reload, so the app services are rebuilt at once.
-    reloaded: Arc<tokio::sync::Notify>,
+    /// Changed after a reload, so both are rebuilt at once.
+    reloaded: watch::Sender<()>,
+    /// The egress proxy, whose platform-wide rules a reload replaces.
+    egress: Option<Arc<portcullis_egress::proxy::Proxy>>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -265,7 +267,7 @@ impl Platform {
         let mut background = Vec::new();
         let mut renewals = Vec::new();
         let current = Arc::new(ArcSwap::from_pointee(config.clone()));
-        let reloaded = Arc::new(tokio::sync::Notify::new());
+        let (reloaded, _) = watch::channel(());
 
         // Guard.
         let mut registry = prometheus_client::registry::Registry::default();
@@ -363,7 +365,7 @@ impl Platform {
                 Arc::clone(&current),
                 store.clone(),
                 Arc::clone(&app_services),
-                Arc::clone(&reloaded),
+                reloaded.subscribe(),
                 problems,
             )));
             let running = portcullis_gateway::Gateway::new(
@@ -389,7 +391,8 @@ impl Platform {
             addresses.egress = egress_listener.local_addr().unwrap_or(config.listeners.egress);
             let egress_metrics = portcullis_egress::EgressMetrics::new();
             egress_metrics.register(&mut registry);
-            let (running, egress_events, refresh) = egress_proxy(config, &store, &guard, egress_metrics).await?;
+            let (running, egress_events, refresh) =
+                egress_proxy(config, &store, &guard, egress_metrics, (&current, reloaded.subscribe())).await?;
             background.push(refresh);
             let sink = match parts {
                 Parts::Egress { report_to: Some(target) } => {
@@ -415,6 +418,7 @@ impl Platform {
             )));
             proxy = Some(running);
         }
+        let egress = proxy.clone();
         let dropped = Arc::new(DroppedEvents {
             guard: guard.events.clone(),
             gateway: gateway.as_ref().map(portcullis_gateway::RunningGateway::dropped_counter),
@@ -483,6 +487,7 @@ impl Platform {
             token,
             current,
             reloaded,
+            egress,
             stop,
             servers,
             background,
@@ -506,12 +511,12 @@ impl Platform {
         self.token.as_ref()
     }
 
-    /// Applies the settings of `config` that can change at run time: the
-    /// gateway's routes, upstreams and limits, through
-    /// [`portcullis_gateway::RunningGateway::reload`], and the services and
-    /// scopes that the token service issues tokens for and the operator API
-    /// accepts grants for. Requests already routed finish with the routes
-    /// they started with.
+    /// Applies the settings of `config` that can change at run time (listed
+    /// in [`reload`]): the gateway's routes, upstreams and limits, the
+    /// services and scopes of the token service and the operator API, the
+    /// spaces, and the egress proxy's platform-wide rules. Requests already
+    /// routed finish with the routes they started with, and open egress
+    /// tunnels with the rules they started with.
     ///
     /// Settings that need a restart, such as `listeners`, keep their running
     /// value. Each one that changed is logged as a warning and returned in
@@ -520,14 +525,22 @@ impl Platform {
     pub fn reload(&self, config: &PlatformConfig) -> Result<ReloadOutcome, PlatformError> {
         let restart_required = reload::restart_required_changes(&self.config, config);
 
+        // Built first, because opening the country database can fail.
+        let egress_rules = match &self.egress {
+            Some(_) => Some(Arc::new(portcullis_egress::EgressRules::new(config.egress.clone())?)),
+            None => None,
+        };
         if let Some(gateway) = &self.gateway {
             gateway.reload(config)?;
         }
         if let Some(token) = &self.token {
             token.reload_services(config);
         }
+        if let (Some(proxy), Some(rules)) = (&self.egress, egress_rules) {
+            proxy.reload_rules(rules);
+        }
         self.current.store(Arc::new(config.clone()));
-        self.reloaded.notify_one();
+        self.reloaded.send_replace(());
 
         for setting in &restart_required {
             tracing::warn!(
@@ -619,12 +632,15 @@ type EgressProxy = (
 );
 
 /// Builds the egress proxy with the rules of every registered app (see
-/// [`egress_apps`]), the guard's bans and the registered `metrics`.
+/// [`egress_apps`]), the guard's bans and the registered `metrics`. The
+/// apps' rules follow the configuration in `current`, rebuilt when
+/// `reloaded` changes.
 async fn egress_proxy(
     config: &PlatformConfig,
     store: &Store,
     guard: &RunningGuard,
     metrics: portcullis_egress::EgressMetrics,
+    (current, reloaded): (&Arc<ArcSwap<PlatformConfig>>, watch::Receiver<()>),
 ) -> Result<EgressProxy, PlatformError> {
     use portcullis_config::AppId;
     use portcullis_egress::proxy::{AppDirectory, Proxy, ProxySecrets};
@@ -635,13 +651,6 @@ async fn egress_proxy(
     let (loaded, problems) = egress_apps::load(config, &rules, store).await?;
     apps.replace_all(loaded);
     egress_apps::report_problems(&problems, &std::collections::HashMap::new());
-    let refresh = tokio::spawn(egress_apps::refresh(
-        Arc::new(config.clone()),
-        Arc::clone(&rules),
-        store.clone(),
-        Arc::clone(&apps),
-        problems,
-    ));
 
     let resolver = Arc::new(portcullis_egress::PinnedResolver::new(
         &config.egress.static_hosts,
@@ -654,10 +663,24 @@ async fn egress_proxy(
         let now_ms = portcullis_store::now_ms();
         matches!(decisions.borrow().verdict(app_id.as_str(), now_ms), portcullis_guard::Verdict::Ban { .. })
     };
-    let proxy = Proxy::new(engine, apps, ProxySecrets::new(store.clone()), events)
+    let proxy = Proxy::new(engine, Arc::clone(&apps), ProxySecrets::new(store.clone()), events)
         .with_ban_check(Arc::new(banned))
         .with_metrics(metrics);
-    Ok((Arc::new(proxy), receiver, refresh))
+    let proxy = Arc::new(proxy);
+
+    let rules_in_force = {
+        let proxy = Arc::clone(&proxy);
+        move || proxy.engine().shared_rules()
+    };
+    let refresh = tokio::spawn(egress_apps::refresh(
+        Arc::clone(current),
+        rules_in_force,
+        store.clone(),
+        apps,
+        reloaded,
+        problems,
+    ));
+    Ok((proxy, receiver, refresh))
 }
 
 /// Writes each egress event as a JSON line to `path`, and sends every

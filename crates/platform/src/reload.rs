@@ -2,12 +2,19 @@
 //! [`crate::Platform::reload`] applies to the running platform and those
 //! that take effect only after a restart.
 //!
-//! Applied at run time: through [`portcullis_gateway::RunningGateway::reload`],
-//! the services' routes, upstream URLs and `upstream_http2`, and the
-//! `[gateway]` limits and rates except `busy_poll_window`. Through
-//! [`portcullis_token::server::TokenService::reload_services`], the service
-//! names and scopes that tokens are issued for and grants accepted for.
-//! Through the gateway's app directory, the services of each space.
+//! Applied at run time:
+//!
+//! - through [`portcullis_gateway::RunningGateway::reload`], the services'
+//!   routes, upstream URLs and `upstream_http2`, and the `[gateway]` limits
+//!   and rates except `busy_poll_window`;
+//! - through [`portcullis_token::server::TokenService::reload_services`],
+//!   the service names and scopes that tokens are issued for and grants
+//!   accepted for;
+//! - the spaces: their services for the gateway, their egress host lists
+//!   for the egress proxy's app rules, both rebuilt at once;
+//! - through [`portcullis_egress::proxy::Proxy::reload_rules`], the
+//!   `[egress]` rules and timeouts except `static_hosts`,
+//!   `max_tunnels_per_app` and `max_bytes_per_app`.
 //!
 //! Everything else is read once when the platform starts. A reload that
 //! changes it logs a warning naming the setting and leaves the running
@@ -32,26 +39,21 @@ pub struct ReloadOutcome {
 /// `gateway.busy_poll_window` is left out because the gateway's own reload
 /// warns about it.
 pub(crate) fn restart_required_changes(running: &PlatformConfig, next: &PlatformConfig) -> Vec<&'static str> {
-    let sections: [(&'static str, bool); 10] = [
+    let (egress, next_egress) = (&running.egress, &next.egress);
+    let sections: [(&'static str, bool); 11] = [
         ("trust_domain", running.trust_domain != next.trust_domain),
         ("data_dir", running.data_dir != next.data_dir),
         ("store.url", running.store_url != next.store_url),
         ("listeners", differs(&running.listeners, &next.listeners)),
         ("identity", differs(&running.identity, &next.identity)),
         ("token", differs(&running.token, &next.token)),
-        ("spaces.*.egress_allow_hosts", differs(&space_hosts(running), &space_hosts(next))),
         ("guard", differs(&running.guard, &next.guard)),
-        ("egress", differs(&running.egress, &next.egress)),
+        ("egress.static_hosts", differs(&egress.static_hosts, &next_egress.static_hosts)),
+        ("egress.max_tunnels_per_app", egress.max_tunnels_per_app != next_egress.max_tunnels_per_app),
+        ("egress.max_bytes_per_app", egress.max_bytes_per_app != next_egress.max_bytes_per_app),
         ("runtime", differs(&running.runtime, &next.runtime)),
     ];
     sections.into_iter().filter(|(_, changed)| *changed).map(|(key, _)| key).collect()
-}
-
-/// Returns each space's egress host list, which the egress proxy reads at
-/// start. The spaces' services are applied at run time.
-fn space_hosts(config: &PlatformConfig) -> Vec<(String, Option<Vec<String>>)> {
-    let hosts = |list: &Vec<portcullis_config::HostPattern>| list.iter().map(ToString::to_string).collect();
-    config.spaces.iter().map(|(name, space)| (name.to_string(), space.egress_allow_hosts.as_ref().map(hosts))).collect()
 }
 
 /// Compares two settings by their serialised form, because the
@@ -85,6 +87,9 @@ mod tests {
         next.gateway.busy_poll_window = std::time::Duration::from_micros(200);
         next.services[1].scopes.push("records:admin".to_owned());
         next.spaces.get_mut(&portcullis_config::SpaceName::Sandbox).unwrap().services.push("records".to_owned());
+        next.spaces.get_mut(&portcullis_config::SpaceName::Sandbox).unwrap().egress_allow_hosts = None;
+        next.egress.allow_ports.push(8080);
+        next.egress.idle_timeout = std::time::Duration::from_secs(5);
 
         assert_eq!(restart_required_changes(&running, &next), Vec::<&str>::new());
     }
@@ -96,11 +101,11 @@ mod tests {
         next.listeners.gateway = "127.0.0.1:1".parse().unwrap();
         next.token.rate_burst += 1;
         next.egress.max_tunnels_per_app += 1;
-        next.spaces.get_mut(&portcullis_config::SpaceName::Sandbox).unwrap().egress_allow_hosts = None;
+        next.egress.static_hosts.clear();
 
         assert_eq!(
             restart_required_changes(&running, &next),
-            ["listeners", "token", "spaces.*.egress_allow_hosts", "egress"]
+            ["listeners", "token", "egress.static_hosts", "egress.max_tunnels_per_app"]
         );
     }
 }

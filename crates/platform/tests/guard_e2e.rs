@@ -333,6 +333,19 @@ async fn forbidden_connect(proxy: SocketAddr, app_id: &str, secret: &str) {
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
 }
 
+/// Starts a target on a free loopback port that accepts connections and
+/// closes them, and returns the port.
+async fn closing_target() -> u16 {
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = target.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = target.accept().await {
+            drop(stream);
+        }
+    });
+    port
+}
+
 /// Sends `CONNECT target` through the proxy at `proxy` as `app_id` and
 /// returns the start of the response.
 async fn connect_through(proxy: SocketAddr, app_id: &str, secret: &str, target: &str) -> String {
@@ -354,13 +367,7 @@ async fn egress_app_rules_follow_the_store() {
     let harness = Harness::new().await;
     // A loopback target on its own port, which the allow-list admits
     // through static_hosts (feed.weather.test is 127.0.0.1).
-    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = target.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = target.accept().await {
-            drop(stream);
-        }
-    });
+    let port = closing_target().await;
     let mut config = harness.config.clone();
     config.egress.allow_ports.push(port);
     let platform = Platform::start(&config, harness.dir.path(), harness.store.clone()).await.unwrap();
@@ -660,12 +667,46 @@ async fn reload_adds_a_service_everywhere() {
     // In a trial the app runs in the sandbox space, which lacks forecast.
     harness.store.set_app_state("neighbour", portcullis_store::AppState::InTrial).await.unwrap();
     let mut last = (0, String::new());
-    let refused = eventually(Duration::from_secs(5), async || {
+    let lost = eventually(Duration::from_secs(5), async || {
         last = app.send("GET", "/forecast/today", Some(&token), "").await;
         last.0 == 403
     })
     .await;
-    assert!(refused, "the app in a trial still reached forecast: {last:?}");
+    assert!(lost, "the app in a trial still reached forecast: {last:?}");
     assert!(last.1.contains("\"service_not_in_space\""), "{last:?}");
+    platform.shutdown().await;
+}
+
+/// A reload replaces the egress proxy's platform-wide rules for the next
+/// request: a host added to `deny_hosts` is refused at once, and removing
+/// it admits it again. Settings the proxy reads only at start are named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_egress_rules() {
+    let harness = Harness::new().await;
+    let port = closing_target().await;
+    let mut config = harness.config.clone();
+    config.egress.allow_ports.push(port);
+    let app_id = portcullis_config::AppId::parse("prober").unwrap();
+    let secret = portcullis_egress::proxy::ProxySecrets::new(harness.store.clone()).issue(&app_id).await.unwrap();
+    let platform = Platform::start(&config, harness.dir.path(), harness.store.clone()).await.unwrap();
+    let proxy = platform.addresses().egress;
+    let feed = format!("feed.weather.test:{port}");
+
+    let head = connect_through(proxy, "prober", secret.expose(), &feed).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let mut denied = config.clone();
+    denied.egress.deny_hosts.push(portcullis_config::HostPattern::Exact("feed.weather.test".into()));
+    denied.egress.max_tunnels_per_app += 1;
+    let outcome = platform.reload(&denied).unwrap();
+    assert_eq!(outcome.restart_required, ["egress.max_tunnels_per_app"]);
+    let index = denied.egress.deny_hosts.len() - 1;
+    let head = connect_through(proxy, "prober", secret.expose(), &feed).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(head.contains(&format!("\"rule\":\"deny_hosts[{index}]\"")), "{head}");
+
+    platform.reload(&config).unwrap();
+    let head = connect_through(proxy, "prober", secret.expose(), &feed).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     platform.shutdown().await;
 }

@@ -77,7 +77,8 @@ pub(crate) async fn forward(
         message: error.to_string(),
     };
 
-    let settings = context.proxy.engine.rules().settings();
+    let engine = context.proxy.engine();
+    let settings = engine.rules().settings();
     let (idle, lifetime) = (settings.idle_timeout, settings.max_tunnel_lifetime);
     let deadline = Instant::now() + lifetime;
     let slot = Arc::new(slot);

@@ -189,7 +189,8 @@ async fn open_tunnel(
     let mut upstream = open_upstream(context, caller, &Method::CONNECT, host, port).await?;
 
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let settings = context.proxy.engine.rules().settings();
+    let engine = context.proxy.engine();
+    let settings = engine.rules().settings();
     let policy = TunnelPolicy {
         idle: settings.idle_timeout,
         lifetime: settings.max_tunnel_lifetime,
@@ -241,7 +242,8 @@ pub(crate) async fn open_upstream(
     port: u16,
 ) -> Result<Upstream, ProxyError> {
     let proxy = &context.proxy;
-    let settings = proxy.engine.rules().settings();
+    let engine = proxy.engine();
+    let settings = engine.rules().settings();
     let app_id = caller.app_id.to_string();
 
     let cap = match &proxy.cap {
@@ -268,7 +270,7 @@ pub(crate) async fn open_upstream(
         }
     };
 
-    let decision = proxy.engine.evaluate(&caller.rules, host, port).await;
+    let decision = engine.evaluate(&caller.rules, host, port).await;
     proxy.metrics.count_decision(&caller.app_id, decision.verdict, &decision.rule);
     let event = EgressEvent::new(&caller.app_id, host, &decision);
 

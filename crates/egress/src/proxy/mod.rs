@@ -45,6 +45,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use portcullis_config::AppId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +55,7 @@ use crate::engine::Engine;
 use crate::event::EgressEvent;
 use crate::limits::{BYTE_CAP_PERIOD, ByteAccounting, ByteCap, ByteCounter, TunnelCounter};
 use crate::metrics::EgressMetrics;
-use crate::rules::AppRules;
+use crate::rules::{AppRules, EgressRules};
 
 pub use error::ProxyError;
 pub use events::{EVENT_BATCH_INTERVAL, next_batch};
@@ -181,7 +182,9 @@ impl Default for ListenerLimits {
 
 /// Everything the proxy server needs, shared by all its connections.
 pub struct Proxy {
-    engine: Engine,
+    /// The engine in force; [`Proxy::reload_rules`] replaces it. A request
+    /// loads it once and decides and runs with that one.
+    engine: ArcSwap<Engine>,
     apps: Arc<AppDirectory>,
     secrets: ProxySecrets,
     bans: Arc<dyn BanCheck>,
@@ -210,7 +213,7 @@ impl Proxy {
         let tunnels = TunnelCounter::new(settings.max_tunnels_per_app);
         let cap = settings.max_bytes_per_app.map(|limit| ByteCap::new(limit, BYTE_CAP_PERIOD));
         Self {
-            engine,
+            engine: ArcSwap::from_pointee(engine),
             apps,
             secrets,
             bans: Arc::new(NeverBanned),
@@ -221,6 +224,23 @@ impl Proxy {
             events: EventSink::new(events),
             limits: ListenerLimits::default(),
         }
+    }
+
+    /// Returns the engine in force.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.load_full()
+    }
+
+    /// Replaces the platform-wide rules for requests that start from now
+    /// on: host, CIDR, port and country rules, the mode and the connect,
+    /// idle, lifetime and buffer settings. Open tunnels and exchanges keep
+    /// the settings they started with. `max_tunnels_per_app` and
+    /// `max_bytes_per_app` keep the values the proxy was built with; the
+    /// apps' rules in the [`AppDirectory`] must be rebuilt from `rules` by
+    /// the caller.
+    pub fn reload_rules(&self, rules: Arc<EgressRules>) {
+        let engine = self.engine.load().with_rules(rules);
+        self.engine.store(Arc::new(engine));
     }
 
     /// Sets the ban check the guard supplies.

@@ -67,7 +67,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             let stream = ActiveStream { inner: stream, activity: Arc::clone(&activity) };
             // One second past the idle timeout, so that an exchange's own
             // idle timeout can still send its 504 first.
-            let idle = connection_context.proxy.engine.rules().settings().idle_timeout + Duration::from_secs(1);
+            let idle = connection_context.proxy.engine().rules().settings().idle_timeout + Duration::from_secs(1);
 
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
