@@ -83,7 +83,8 @@ pub(crate) async fn handle(
     let request_span =
         || tracing::info_span!("egress_request", app_id = %caller.app_id, %peer, method = %request.method());
     let span = if tracing::enabled!(tracing::Level::DEBUG) { request_span() } else { tracing::Span::none() };
-    let target = RequestedTarget::of(&request);
+    // Cheap to clone: the parts of a `Uri` share their bytes.
+    let (method, uri) = (request.method().clone(), request.uri().clone());
     let result = async {
         if request.method() == Method::CONNECT {
             open_tunnel(&context, &caller, request).await
@@ -96,7 +97,7 @@ pub(crate) async fn handle(
 
     Ok(result.unwrap_or_else(|error| {
         if let ProxyError::BadTarget { .. } = error {
-            record_refusal_of(&context.proxy, &caller.app_id, target, &error);
+            record_refusal_of(&context.proxy, &caller.app_id, RequestedTarget::of(&method, &uri), &error);
         }
         log_refusal(&error, Some(&caller.app_id));
         error_response(&error)
@@ -112,9 +113,9 @@ struct RequestedTarget {
 }
 
 impl RequestedTarget {
-    fn of<B>(request: &Request<B>) -> Self {
-        let default_port = if request.method() == Method::CONNECT { 0 } else { 80 };
-        match request.uri().authority() {
+    fn of(method: &Method, uri: &http::Uri) -> Self {
+        let default_port = if method == Method::CONNECT { 0 } else { 80 };
+        match uri.authority() {
             Some(authority) => {
                 Self { host: authority.host().to_owned(), port: authority.port_u16().unwrap_or(default_port) }
             }
@@ -127,7 +128,7 @@ impl RequestedTarget {
 /// came before the engine decided: a ban, missing rules or an invalid
 /// target. Other errors produce no event here.
 fn record_refusal<B>(proxy: &Proxy, app_id: &AppId, request: &Request<B>, error: &ProxyError) {
-    record_refusal_of(proxy, app_id, RequestedTarget::of(request), error);
+    record_refusal_of(proxy, app_id, RequestedTarget::of(request.method(), request.uri()), error);
 }
 
 fn record_refusal_of(proxy: &Proxy, app_id: &AppId, target: RequestedTarget, error: &ProxyError) {
