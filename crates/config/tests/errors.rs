@@ -227,6 +227,24 @@ fn broken_configurations_name_key_path() {
             "\"github.io\" is a public suffix",
         ),
         (
+            "wildcard above a cloud storage suffix",
+            edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"*.amazonaws.com\"]"),
+            "egress.allow_hosts[0]",
+            "exact host names under \"amazonaws.com\"",
+        ),
+        (
+            "wildcard over a wildcard suffix rule",
+            edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"*.kawasaki.jp\"]"),
+            "egress.allow_hosts[0]",
+            "\"*.kawasaki.jp\" is a public suffix below it",
+        ),
+        (
+            "wildcard on a multi-label suffix",
+            edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"*.s3.amazonaws.com\"]"),
+            "egress.allow_hosts[0]",
+            "\"s3.amazonaws.com\" is a public suffix, under which",
+        ),
+        (
             "wildcard below an IDN suffix",
             edited("allow_hosts = [\"feed.weather.test\"]", "allow_hosts = [\"*.xn--fiqs8s\"]"),
             "egress.allow_hosts[0]",

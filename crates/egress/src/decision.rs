@@ -109,16 +109,18 @@ impl ReasonCode {
     }
 
     /// Returns true for a denial caused by what the app chose to request: a
-    /// malformed target or host, a denied host, a forbidden address, port or
-    /// country, or a name outside the allow-lists. A failed or empty DNS
-    /// answer, an address missing from the country database, the byte cap,
-    /// the tunnel limit, a ban and missing rules are not violations, because
-    /// they follow from the state of DNS, the database, the app's quotas or
-    /// the platform. The guard counts only violations toward bans.
+    /// malformed or denied host, a forbidden address, port or country, or a
+    /// name outside the allow-lists. A failed or empty DNS answer, an
+    /// address missing from the country database, the byte cap, the tunnel
+    /// limit, a ban and missing rules are not violations, because they
+    /// follow from the state of DNS, the database, the app's quotas or the
+    /// platform. Neither is an invalid request target (origin form, an
+    /// `https://` URL), which a misconfigured client sends and which names
+    /// no destination to probe. The guard counts only violations toward
+    /// bans.
     pub fn is_violation(self) -> bool {
         match self {
             ReasonCode::InvalidHost
-            | ReasonCode::InvalidTarget
             | ReasonCode::HostDenied
             | ReasonCode::CidrDenied
             | ReasonCode::SpecialAddress
@@ -133,6 +135,7 @@ impl ReasonCode {
             | ReasonCode::HostAllowed
             | ReasonCode::ByteLimit
             | ReasonCode::TunnelLimit
+            | ReasonCode::InvalidTarget
             | ReasonCode::AppBanned
             | ReasonCode::NoRules => false,
         }
@@ -247,7 +250,7 @@ mod tests {
         // (reason, counts toward a ban)
         let cases = [
             (ReasonCode::InvalidHost, true),
-            (ReasonCode::InvalidTarget, true),
+            (ReasonCode::InvalidTarget, false),
             (ReasonCode::HostDenied, true),
             (ReasonCode::CidrDenied, true),
             (ReasonCode::SpecialAddress, true),

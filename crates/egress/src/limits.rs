@@ -27,6 +27,12 @@ impl TunnelCounter {
         Arc::new(Self { limit, open: Mutex::new(HashMap::new()) })
     }
 
+    /// Returns the number of tunnels each app may hold open, fixed when the
+    /// counter was made.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
     /// Counts one more open tunnel for `app_id`, or returns
     /// [`EgressError::TunnelLimit`] if the app already has `limit` open.
     /// The tunnel counts until the returned guard is dropped.

@@ -168,8 +168,8 @@ async fn serve_gateway(dir: &Path, upstream: u16) {
     let (file, _writer) = FileSink::open(&dir.join("access.jsonl"), 65_536).await.unwrap();
     // As in `portcullis serve`, each request checks the app's space.
     let app_services = Arc::new(portcullis_gateway::AppServices::new());
-    let live = config.spaces[&portcullis_config::SpaceName::Live].services.clone();
-    app_services.replace_all(HashMap::from([("bench-app".to_owned(), live)]));
+    app_services.set_spaces(&config.spaces);
+    app_services.replace_apps(HashMap::from([("bench-app".to_owned(), portcullis_config::SpaceName::Live)]));
     let gateway = Gateway::new(&config, tls, tokens, receiver, EventSinks::new(Some(guard), Some(file)))
         .unwrap()
         .with_app_services(app_services);

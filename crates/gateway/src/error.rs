@@ -348,7 +348,7 @@ impl GatewayError {
             Self::Banned { .. } => "banned",
             Self::RateLimited { .. } => "rate_limited",
             Self::TooManyConnections { .. } => "too_many_connections",
-            Self::NotAdmitted { .. } => "app_not_admitted",
+            Self::NotAdmitted { .. } => crate::events::NOT_ADMITTED,
             Self::ServiceNotInSpace { .. } => "service_not_in_space",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",

@@ -71,8 +71,14 @@ impl EventSinks {
 
     /// Queues the event for the guard (as a [`GuardEvent::Access`]) and
     /// for the file. It only takes a short lock, so it never waits on I/O.
+    ///
+    /// A refusal with reason `app_not_admitted` goes to the file only. The
+    /// app's state already keeps it out. An app registered moments ago gets
+    /// that refusal until the gateway's directory lists it, which must not
+    /// count toward a ban.
     pub fn emit(&self, event: AccessEvent) {
-        if let Some(guard) = &self.guard {
+        let for_guard = event.reason.as_deref() != Some(NOT_ADMITTED);
+        if let Some(guard) = self.guard.as_ref().filter(|_| for_guard) {
             match AppId::parse(&event.app_id) {
                 Ok(app_id) => guard.queue.push(GuardEvent::Access {
                     app_id,
@@ -95,6 +101,9 @@ impl EventSinks {
         self.file.as_ref().map_or(0, FileSink::dropped) + self.guard.as_ref().map_or(0, |g| g.queue.dropped())
     }
 }
+
+/// The reason of a refusal of an app that is not admitted to any service.
+pub(crate) const NOT_ADMITTED: &str = "app_not_admitted";
 
 /// Forwards access events to the guard's queue every [`FLUSH_INTERVAL`].
 #[derive(Debug, Clone)]

@@ -1,10 +1,16 @@
 //! The request handler: checks in a fixed order, then forwarding.
 //!
-//! Order, first failure wins: head size and framing (431, 400), a revoked
-//! client certificate (403), a guard ban (403), the path rule (400), the
-//! route (404), the rate limits (429), the bearer token and its binding
-//! (401), the route's scope (403), a declared body size (413), then the
-//! upstream (502, 504, or its own status).
+//! Order, first failure wins:
+//!
+//! 1. head size (431), a connection over the app's connection limit (429),
+//!    method, framing and target (400);
+//! 2. a revoked or unpinned client certificate or stale trust data (403,
+//!    503), a guard ban (403);
+//! 3. the path rule (400), the route (404), the app's admission and space
+//!    (403), the rate limits (429);
+//! 4. the bearer token and its binding (401), the route's scope (403), a
+//!    declared body size (413);
+//! 5. then the upstream (502, 504, or its own status).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,19 +1,22 @@
 //! The services each admitted app may call: those of its space (the
 //! sandbox while the app is in a trial, live otherwise). The caller that
-//! follows the app states replaces the whole directory at once.
+//! follows the app states replaces the apps' spaces as a whole, and a
+//! configuration reload replaces the spaces' services, each at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use portcullis_config::{Space, SpaceName};
 
-/// App ids and the services each may call. An app that is not listed is
-/// not admitted to any service (fail closed): one that is banned,
-/// suspended, rejected or retired, or one registered since the last
-/// replacement.
+/// App ids with the space each runs in, and the services of each space.
+/// An app that is not listed, or whose space is not configured, is not
+/// admitted to any service (fail closed): one that is banned, suspended,
+/// rejected or retired, or one registered since the last replacement.
 #[derive(Debug, Default)]
 pub struct AppServices {
-    apps: ArcSwap<HashMap<String, Arc<[String]>>>,
+    apps: ArcSwap<HashMap<String, SpaceName>>,
+    spaces: ArcSwap<HashMap<SpaceName, Vec<String>>>,
 }
 
 /// Whether an app may call a service.
@@ -28,26 +31,36 @@ pub(crate) enum Admission {
 }
 
 impl AppServices {
-    /// Creates a directory that admits no app.
+    /// Creates a directory that admits no app and has no spaces.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Replaces every entry with `apps`, app id to service names, at once.
+    /// Replaces the services of every space with those in `spaces`, the
+    /// configuration's `[spaces]`, at once.
+    pub fn set_spaces(&self, spaces: &BTreeMap<SpaceName, Space>) {
+        let spaces = spaces.iter().map(|(name, space)| (*name, space.services.clone())).collect();
+        self.spaces.store(Arc::new(spaces));
+    }
+
+    /// Replaces every app's space with `apps`, app id to space, at once.
     /// Requests already routed keep the decision they got.
-    pub fn replace_all(&self, apps: HashMap<String, Vec<String>>) {
-        let apps = apps.into_iter().map(|(app_id, services)| (app_id, Arc::from(services))).collect();
+    pub fn replace_apps(&self, apps: HashMap<String, SpaceName>) {
         self.apps.store(Arc::new(apps));
     }
 
     /// Returns the services `app_id` may call, or `None` if it is not
     /// admitted.
-    pub fn services_of(&self, app_id: &str) -> Option<Arc<[String]>> {
-        self.apps.load().get(app_id).cloned()
+    pub fn services_of(&self, app_id: &str) -> Option<Vec<String>> {
+        let space = *self.apps.load().get(app_id)?;
+        self.spaces.load().get(&space).cloned()
     }
 
     pub(crate) fn check(&self, app_id: &str, service: &str) -> Admission {
-        match self.apps.load().get(app_id) {
+        let Some(space) = self.apps.load().get(app_id).copied() else {
+            return Admission::NotAdmitted;
+        };
+        match self.spaces.load().get(&space) {
             None => Admission::NotAdmitted,
             Some(services) if services.iter().any(|name| name == service) => Admission::Allowed,
             Some(_) => Admission::NotInSpace,
@@ -59,16 +72,23 @@ impl AppServices {
 mod tests {
     use super::*;
 
-    #[test]
-    fn admission_follows_replacement() {
-        let spaces = AppServices::new();
-        assert_eq!(spaces.check("trial-app", "weather"), Admission::NotAdmitted, "an empty directory admits no app");
+    fn space(services: &[&str]) -> Space {
+        Space { services: services.iter().map(|name| (*name).to_owned()).collect(), egress_allow_hosts: None }
+    }
 
-        let apps = HashMap::from([
-            ("trial-app".to_owned(), vec!["weather".to_owned()]),
-            ("live-app".to_owned(), vec!["weather".to_owned(), "records".to_owned()]),
-        ]);
-        spaces.replace_all(apps);
+    #[test]
+    fn admission_follows_apps_and_spaces() {
+        let directory = AppServices::new();
+        assert_eq!(directory.check("trial-app", "weather"), Admission::NotAdmitted, "an empty directory admits no app");
+
+        directory.set_spaces(&BTreeMap::from([
+            (SpaceName::Live, space(&["weather", "records"])),
+            (SpaceName::Sandbox, space(&["weather"])),
+        ]));
+        directory.replace_apps(HashMap::from([
+            ("trial-app".to_owned(), SpaceName::Sandbox),
+            ("live-app".to_owned(), SpaceName::Live),
+        ]));
         // (app, service, admission)
         let cases = [
             ("trial-app", "weather", Admission::Allowed),
@@ -77,11 +97,16 @@ mod tests {
             ("unknown-app", "weather", Admission::NotAdmitted),
         ];
         for (app, service, expected) in cases {
-            assert_eq!(spaces.check(app, service), expected, "{app} calling {service}");
+            assert_eq!(directory.check(app, service), expected, "{app} calling {service}");
         }
+        assert_eq!(directory.services_of("trial-app"), Some(vec!["weather".to_owned()]));
 
-        spaces.replace_all(HashMap::from([("live-app".to_owned(), vec!["weather".to_owned()])]));
-        assert_eq!(spaces.check("trial-app", "weather"), Admission::NotAdmitted, "a removed app loses access");
-        assert_eq!(spaces.check("live-app", "records"), Admission::NotInSpace);
+        directory.set_spaces(&BTreeMap::from([(SpaceName::Live, space(&["weather"]))]));
+        assert_eq!(directory.check("live-app", "records"), Admission::NotInSpace, "new spaces apply at once");
+        assert_eq!(directory.check("trial-app", "weather"), Admission::NotAdmitted, "a space no longer configured");
+
+        directory.replace_apps(HashMap::from([("live-app".to_owned(), SpaceName::Live)]));
+        assert_eq!(directory.check("trial-app", "weather"), Admission::NotAdmitted, "a removed app loses access");
+        assert_eq!(directory.check("live-app", "weather"), Admission::Allowed);
     }
 }

@@ -842,40 +842,48 @@ async fn idle_connection_over_the_limit_is_dropped() {
 
 /// With an app directory, an app reaches only the services of its space:
 /// 403 `service_not_in_space` for another service, 403 `app_not_admitted`
-/// once it leaves the directory, and 200 again after it returns, all on one
-/// connection and with valid tokens. Nothing refused reaches the upstream.
+/// once it leaves the directory, 200 again after it returns, and a change
+/// of the spaces applies to the next request. All on one connection and
+/// with valid tokens; nothing refused reaches the upstream, and
+/// `app_not_admitted` does not reach the guard.
 #[tokio::test]
 async fn app_reaches_only_its_space() {
-    let spaces = Arc::new(portcullis_gateway::AppServices::new());
-    let trial = HashMap::from([(APP.to_owned(), vec!["weather".to_owned()])]);
-    spaces.replace_all(trial.clone());
+    use portcullis_config::SpaceName;
+
+    let directory = Arc::new(portcullis_gateway::AppServices::new());
     let mut h = Harness::start_built(None, |_| {}, {
-        let spaces = Arc::clone(&spaces);
-        move |gateway| gateway.with_app_services(spaces)
+        let directory = Arc::clone(&directory);
+        move |gateway| gateway.with_app_services(directory)
     })
     .await;
+    directory.set_spaces(&h.config.spaces);
+    let in_space = |space| HashMap::from([(APP.to_owned(), space)]);
+    directory.replace_apps(in_space(SpaceName::Sandbox));
     let weather = h.token("weather", &["weather:read"]);
     let records = h.token("records", &["records:read"]);
     let get = |path: &str, token: &str| {
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n")
     };
     let mut tls = open_http1(&h, &h.app, &get("/weather/v1/a", &weather)).await;
+    let mut no_weather = h.config.spaces.clone();
+    no_weather.get_mut(&SpaceName::Sandbox).unwrap().services.clear();
 
-    // (what changes first, request, status, error code)
-    let steps: [(Option<HashMap<String, Vec<String>>>, String, u16, &str); 4] = [
-        (None, get("/records/v1/b", &records), 403, "service_not_in_space"),
-        (Some(HashMap::new()), get("/weather/v1/c", &weather), 403, "app_not_admitted"),
-        (
-            Some(HashMap::from([(APP.to_owned(), vec!["weather".into(), "records".into()])])),
-            get("/records/v1/d", &records),
-            200,
-            "",
-        ),
-        (Some(trial), get("/weather/v1/e", &weather), 200, ""),
+    // (the app's space, if it changes first; the spaces, if they change
+    // first; request, status, error code)
+    let steps = [
+        (None, None, get("/records/v1/b", &records), 403, "service_not_in_space"),
+        (Some(HashMap::new()), None, get("/weather/v1/c", &weather), 403, "app_not_admitted"),
+        (Some(in_space(SpaceName::Live)), None, get("/records/v1/d", &records), 200, ""),
+        (Some(in_space(SpaceName::Sandbox)), None, get("/weather/v1/e", &weather), 200, ""),
+        (None, Some(&no_weather), get("/weather/v1/f", &weather), 403, "service_not_in_space"),
+        (None, Some(&h.config.spaces), get("/weather/v1/g", &weather), 200, ""),
     ];
-    for (change, request, status, code) in steps {
-        if let Some(apps) = change {
-            spaces.replace_all(apps);
+    for (apps, spaces, request, status, code) in steps {
+        if let Some(apps) = apps {
+            directory.replace_apps(apps);
+        }
+        if let Some(spaces) = spaces {
+            directory.set_spaces(spaces);
         }
         let received = exchange(&mut tls, &request).await;
         assert_eq!(status_of(&received), status, "{request}: {received}");
@@ -883,10 +891,21 @@ async fn app_reaches_only_its_space() {
     }
 
     let seen: Vec<String> = h.upstream.seen().into_iter().map(|seen| seen.target).collect();
-    assert_eq!(seen, ["/weather/v1/a", "/records/v1/d", "/weather/v1/e"]);
+    assert_eq!(seen, ["/weather/v1/a", "/records/v1/d", "/weather/v1/e", "/weather/v1/g"]);
+    let guard_statuses: Vec<u16> = h
+        .guard_events()
+        .into_iter()
+        .filter_map(|event| match event {
+            GuardEvent::Access { status, .. } => Some(status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(guard_statuses, [200, 403, 200, 200, 403, 200], "app_not_admitted is not sent to the guard");
     let log = h.access_log().await;
     let reasons: Vec<Option<&str>> = log.iter().map(|event| event["reason"].as_str()).collect();
-    assert_eq!(reasons, [None, Some("service_not_in_space"), Some("app_not_admitted"), None, None]);
+    let expected =
+        [None, Some("service_not_in_space"), Some("app_not_admitted"), None, None, Some("service_not_in_space"), None];
+    assert_eq!(reasons, expected);
 }
 
 /// Sends one request on an open HTTP/1.1 connection and returns the

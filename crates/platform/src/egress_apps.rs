@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use portcullis_config::{AppId, PlatformConfig, SpaceName};
 use portcullis_egress::proxy::AppDirectory;
 use portcullis_egress::{AppRules, EgressRules};
-use portcullis_store::{AppRecord, AppState, Store};
+use portcullis_store::{AppState, Store};
 
 /// How often the egress proxy reloads app rules from the store. A new app,
 /// a new manifest or a move between the sandbox and live spaces takes
@@ -41,7 +41,8 @@ pub(crate) async fn load(
             problems.insert(app.id.clone(), "the registered app id is not valid, so the app gets no rules".to_owned());
             continue;
         };
-        match app_rules(config, rules, &app, app_id.clone(), manifests.get(&app.id)) {
+        let requested = manifests.get(&app.id).map(Vec::as_slice);
+        match app_rules(config, rules, space_of(app.state), app_id.clone(), requested) {
             Ok(app_rules) => loaded.push(app_rules),
             Err((fallback, problem)) => {
                 loaded.extend(fallback);
@@ -71,22 +72,42 @@ pub(crate) fn space_of(state: AppState) -> SpaceName {
 fn app_rules(
     config: &PlatformConfig,
     rules: &EgressRules,
-    app: &AppRecord,
+    space_name: SpaceName,
     app_id: AppId,
-    manifest_hosts: Option<&Vec<String>>,
+    requested: Option<&[String]>,
 ) -> Result<AppRules, (Option<AppRules>, String)> {
-    let space_name = space_of(app.state);
     let Some(space) = config.spaces.get(&space_name) else {
         let problem = format!("app {app_id} is in a trial but the configuration has no [spaces.{space_name}]");
         return Err((None, problem));
     };
 
-    let requested = manifest_hosts.map(Vec::as_slice);
     AppRules::new(rules, app_id.clone(), space_name, space, requested).map_err(|error| {
         let none =
             AppRules::new(rules, app_id, space_name, space, Some(&[])).expect("an empty host list narrows every list");
         (Some(none), error.to_string())
     })
+}
+
+/// Rebuilds every app's rules in `directory` at once from `rules` and the
+/// spaces of `config`, keeping each app's space and manifest hosts, for a
+/// configuration reload. The next refresh from the store follows. An app
+/// whose manifest the new rules no longer cover keeps no host names, and
+/// one whose space is gone keeps no rules. Logs each such problem.
+pub(crate) fn rebuild(config: &PlatformConfig, rules: &EgressRules, directory: &AppDirectory) {
+    let mut rebuilt = Vec::new();
+    let mut problems = HashMap::new();
+    for app in directory.all() {
+        let requested: Option<Vec<String>> = app.hosts().map(|hosts| hosts.iter().map(ToString::to_string).collect());
+        match app_rules(config, rules, app.space(), app.app_id().clone(), requested.as_deref()) {
+            Ok(app_rules) => rebuilt.push(app_rules),
+            Err((fallback, problem)) => {
+                rebuilt.extend(fallback);
+                problems.insert(app.app_id().to_string(), problem);
+            }
+        }
+    }
+    directory.replace_all(rebuilt);
+    report_problems(&problems, &HashMap::new());
 }
 
 /// Reloads `directory` from the store every [`REFRESH_INTERVAL`], and at
@@ -280,5 +301,25 @@ mod tests {
         let late_rules = directory.get(&late).expect("an app registered after start gets rules");
         assert_eq!(late_rules.hosts().map(<[_]>::len), Some(1));
         assert_eq!(directory.get(&early).unwrap().space(), SpaceName::Sandbox);
+    }
+
+    #[tokio::test]
+    async fn rebuild_applies_new_rules_at_once() {
+        let config = config();
+        let rules = EgressRules::new(config.egress.clone()).unwrap();
+        let (store, _dir) = store_with(&[("narrowed", AppState::Live), ("trial", AppState::InTrial)]).await;
+        store.set_app_egress_hosts("narrowed", &hosts(&["api.example.org"]), 1).await.unwrap();
+        let directory = AppDirectory::new();
+        directory.replace_all(load(&config, &rules, &store).await.unwrap().0);
+
+        // The platform list drops *.example.org, and the sandbox space goes.
+        let text = EXAMPLE.replace("[spaces.sandbox]\nservices = [\"weather\"]\negress_allow_hosts = []\n", "");
+        let next = portcullis_config::parse(Path::new("platform.toml"), &text).unwrap();
+        let next_rules = EgressRules::new(next.egress.clone()).unwrap();
+        rebuild(&next, &next_rules, &directory);
+
+        let narrowed = directory.get(&AppId::parse("narrowed").unwrap()).expect("the live app keeps rules");
+        assert_eq!(narrowed.hosts(), Some(&[][..]), "a manifest the new list does not cover falls back to none");
+        assert!(directory.get(&AppId::parse("trial").unwrap()).is_none(), "no sandbox space: no rules");
     }
 }

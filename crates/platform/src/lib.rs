@@ -205,6 +205,10 @@ pub struct Platform {
     reloaded: watch::Sender<()>,
     /// The egress proxy, whose platform-wide rules a reload replaces.
     egress: Option<Arc<portcullis_egress::proxy::Proxy>>,
+    /// The egress proxy's app rules, which a reload rebuilds at once.
+    egress_apps: Option<Arc<portcullis_egress::proxy::AppDirectory>>,
+    /// The gateway's apps and spaces, whose services a reload replaces.
+    gateway_spaces: Option<Arc<portcullis_gateway::AppServices>>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -286,6 +290,7 @@ impl Platform {
         let mut token = None;
         let mut gateway = None;
         let mut access_writer = None;
+        let mut gateway_spaces = None;
 
         if parts.gateway() {
             // Token service.
@@ -358,8 +363,9 @@ impl Platform {
             make_private(&access_log);
             let sinks = portcullis_gateway::EventSinks::new(Some(guard.events.clone()), Some(access_file));
             let app_services = Arc::new(portcullis_gateway::AppServices::new());
-            let (services, problems) = gateway_apps::load(config, &store).await?;
-            app_services.replace_all(services);
+            app_services.set_spaces(&config.spaces);
+            let (spaces, problems) = gateway_apps::load(config, &store).await?;
+            app_services.replace_apps(spaces);
             gateway_apps::report_problems(&problems, &std::collections::HashMap::new());
             background.push(tokio::spawn(gateway_apps::refresh(
                 Arc::clone(&current),
@@ -368,6 +374,7 @@ impl Platform {
                 reloaded.subscribe(),
                 problems,
             )));
+            gateway_spaces = Some(Arc::clone(&app_services));
             let running = portcullis_gateway::Gateway::new(
                 config,
                 tls,
@@ -386,14 +393,16 @@ impl Platform {
 
         // Egress proxy.
         let mut proxy = None;
+        let mut egress_apps = None;
         if parts.egress() {
             let egress_listener = bind("egress", config.listeners.egress).await?;
             addresses.egress = egress_listener.local_addr().unwrap_or(config.listeners.egress);
             let egress_metrics = portcullis_egress::EgressMetrics::new();
             egress_metrics.register(&mut registry);
-            let (running, egress_events, refresh) =
+            let (running, directory, egress_events, refresh) =
                 egress_proxy(config, &store, &guard, egress_metrics, (&current, reloaded.subscribe())).await?;
             background.push(refresh);
+            egress_apps = Some(directory);
             let sink = match parts {
                 Parts::Egress { report_to: Some(target) } => {
                     let (certificate, renewal) =
@@ -488,6 +497,8 @@ impl Platform {
             current,
             reloaded,
             egress,
+            egress_apps,
+            gateway_spaces,
             stop,
             servers,
             background,
@@ -524,22 +535,32 @@ impl Platform {
     /// and the running configuration stays in force.
     pub fn reload(&self, config: &PlatformConfig) -> Result<ReloadOutcome, PlatformError> {
         let restart_required = reload::restart_required_changes(&self.config, config);
+        // The token audiences and the gateway's names derive from the trust
+        // domain, which only a restart changes.
+        let mut applied = config.clone();
+        applied.trust_domain.clone_from(&self.config.trust_domain);
 
         // Built first, because opening the country database can fail.
         let egress_rules = match &self.egress {
-            Some(_) => Some(Arc::new(portcullis_egress::EgressRules::new(config.egress.clone())?)),
+            Some(_) => Some(Arc::new(portcullis_egress::EgressRules::new(applied.egress.clone())?)),
             None => None,
         };
         if let Some(gateway) = &self.gateway {
-            gateway.reload(config)?;
+            gateway.reload(&applied)?;
         }
         if let Some(token) = &self.token {
-            token.reload_services(config);
+            token.reload_services(&applied);
+        }
+        if let Some(spaces) = &self.gateway_spaces {
+            spaces.set_spaces(&applied.spaces);
         }
         if let (Some(proxy), Some(rules)) = (&self.egress, egress_rules) {
-            proxy.reload_rules(rules);
+            proxy.reload_rules(Arc::clone(&rules));
+            if let Some(directory) = &self.egress_apps {
+                egress_apps::rebuild(&applied, &rules, directory);
+            }
         }
-        self.current.store(Arc::new(config.clone()));
+        self.current.store(Arc::new(applied));
         self.reloaded.send_replace(());
 
         for setting in &restart_required {
@@ -623,10 +644,12 @@ fn component_request(
     Ok(LeafRequest::new(id, lifetimes).with_dns_names(names))
 }
 
-/// The egress proxy, the receiving end of its event queue, and the task
-/// that keeps its app rules in step with the store.
+/// The egress proxy, its directory of app rules, the receiving end of its
+/// event queue, and the task that keeps its app rules in step with the
+/// store.
 type EgressProxy = (
     Arc<portcullis_egress::proxy::Proxy>,
+    Arc<portcullis_egress::proxy::AppDirectory>,
     tokio::sync::mpsc::Receiver<portcullis_egress::EgressEvent>,
     tokio::task::JoinHandle<()>,
 );
@@ -676,11 +699,11 @@ async fn egress_proxy(
         Arc::clone(current),
         rules_in_force,
         store.clone(),
-        apps,
+        Arc::clone(&apps),
         reloaded,
         problems,
     ));
-    Ok((proxy, receiver, refresh))
+    Ok((proxy, apps, receiver, refresh))
 }
 
 /// Writes each egress event as a JSON line to `path`, and sends every

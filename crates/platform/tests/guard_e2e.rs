@@ -664,6 +664,14 @@ async fn reload_adds_a_service_everywhere() {
     let (status, _) = app.send("GET", "/weather/v1/today", Some(&token), "").await;
     assert_eq!(status, 401, "a forecast token is not valid for the weather service");
 
+    // A new trust domain needs a restart; the running one stays in force,
+    // so tokens keep their audience.
+    let mut renamed = next.clone();
+    renamed.trust_domain = "renamed.example".into();
+    let outcome = platform.reload(&renamed).unwrap();
+    assert_eq!(outcome.restart_required, ["trust_domain"]);
+    assert_eq!(app.send("GET", "/forecast/today", Some(&token), "").await, (200, "ok".to_owned()));
+
     // In a trial the app runs in the sandbox space, which lacks forecast.
     harness.store.set_app_state("neighbour", portcullis_store::AppState::InTrial).await.unwrap();
     let mut last = (0, String::new());

@@ -158,28 +158,29 @@ pub(super) fn host_list(check: &Checker, key: &str, raw: &[String]) -> Result<Ve
     raw.iter().enumerate().map(|(index, host)| host_pattern(check, &format!("{key}[{index}]"), host)).collect()
 }
 
-/// Parses an allow-list of host rules, rejecting wildcards directly below a
-/// public suffix such as `*.co.uk` or `*.github.io`: names below such a
-/// suffix belong to unrelated owners, so the rule would admit hosts that
-/// anyone can register. The suffixes are those of the Public Suffix List,
-/// both its ICANN and its private sections, as compiled into the `psl`
-/// crate. Deny-lists may use such wildcards.
+/// Parses an allow-list of host rules, rejecting a wildcard `*.D` when `D`
+/// is a public suffix or has one below it (`*.co.uk`, `*.github.io`,
+/// `*.amazonaws.com` with `s3.amazonaws.com` below it). Names under a
+/// public suffix belong to unrelated owners, so the rule would admit hosts
+/// that anyone can register. Deny-lists may use such wildcards.
 fn allow_list(check: &Checker, key: &str, raw: &[String]) -> Result<Vec<HostPattern>> {
     let patterns = host_list(check, key, raw)?;
     for (index, pattern) in patterns.iter().enumerate() {
         let HostPattern::Suffix(domain) = pattern else { continue };
-        let public =
-            psl::suffix(domain.as_bytes()).is_some_and(|suffix| suffix.is_known() && suffix == domain.as_bytes());
-        if public {
-            return Err(check.invalid(
-                format!("{key}[{index}]"),
-                quote(&raw[index]),
-                format!(
-                    "a wildcard below a registrable domain, such as \"*.example.{domain}\"; {} is a public suffix, under which anyone can register a name",
-                    quote(domain)
-                ),
-            ));
-        }
+        let Some(suffix) = super::public_suffix::suffix_at_or_below(domain) else { continue };
+        let expected = if suffix == *domain {
+            format!(
+                "a wildcard below a registrable domain, such as \"*.example.{domain}\"; {} is a public suffix, under which anyone can register a name",
+                quote(domain)
+            )
+        } else {
+            format!(
+                "exact host names under {}; {} is a public suffix below it, so the wildcard would admit names that anyone can register",
+                quote(domain),
+                quote(&suffix)
+            )
+        };
+        return Err(check.invalid(format!("{key}[{index}]"), quote(&raw[index]), expected));
     }
     Ok(patterns)
 }

@@ -4,6 +4,7 @@
 mod egress;
 mod guard;
 mod platform;
+mod public_suffix;
 mod services;
 
 use std::path::Path;

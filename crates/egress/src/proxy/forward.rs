@@ -69,7 +69,7 @@ pub(crate) async fn forward(
         Some((_, watch)) => (Some(watch.clone()), Some(watch)),
         None => (None, None),
     };
-    let Upstream { stream, slot, host, port, .. } = upstream;
+    let Upstream { stream, engine, slot, host, port, .. } = upstream;
     let upstream_error = |error: hyper::Error| ProxyError::Upstream {
         app_id: app_id.clone(),
         host: host.clone(),
@@ -77,7 +77,6 @@ pub(crate) async fn forward(
         message: error.to_string(),
     };
 
-    let engine = context.proxy.engine();
     let settings = engine.rules().settings();
     let (idle, lifetime) = (settings.idle_timeout, settings.max_tunnel_lifetime);
     let deadline = Instant::now() + lifetime;

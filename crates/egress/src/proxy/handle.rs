@@ -25,6 +25,7 @@ use crate::connect::connect;
 use crate::decision::{
     BANNED_RULE, BYTE_LIMIT_RULE, Decision, INVALID_TARGET_RULE, NO_RULES_RULE, ReasonCode, TUNNEL_LIMIT_RULE, Verdict,
 };
+use crate::engine::Engine;
 use crate::error::EgressError;
 use crate::event::EgressEvent;
 use crate::host::{Host, split_authority};
@@ -32,8 +33,10 @@ use crate::limits::{AppUsage, CapWatch, Direction, TunnelGuard};
 
 /// A connection to a checked address, with the app's tunnel slot and, if
 /// a byte cap is set, the app's usage and a watcher for reaching the cap.
+/// `engine` is the one that decided, whose timeouts the exchange keeps.
 pub(crate) struct Upstream {
     pub stream: TcpStream,
+    pub engine: Arc<Engine>,
     pub slot: TunnelGuard,
     pub host: String,
     pub port: u16,
@@ -105,8 +108,9 @@ pub(crate) async fn handle(
 }
 
 /// The host and port a request asked for, as far as its target names
-/// them, for the event of a refusal that came before a decision. The port
-/// is 0 if the target names none and the method has no default.
+/// them, for the event of a refusal that came before a decision. Without a
+/// port in the target it is the scheme's (80, or 443 for `https`), or 0
+/// for CONNECT.
 struct RequestedTarget {
     host: String,
     port: u16,
@@ -114,7 +118,11 @@ struct RequestedTarget {
 
 impl RequestedTarget {
     fn of(method: &Method, uri: &http::Uri) -> Self {
-        let default_port = if method == Method::CONNECT { 0 } else { 80 };
+        let default_port = match uri.scheme_str() {
+            _ if method == Method::CONNECT => 0,
+            Some("https") => 443,
+            _ => 80,
+        };
         match uri.authority() {
             Some(authority) => {
                 Self { host: authority.host().to_owned(), port: authority.port_u16().unwrap_or(default_port) }
@@ -190,8 +198,7 @@ async fn open_tunnel(
     let mut upstream = open_upstream(context, caller, &Method::CONNECT, host, port).await?;
 
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let engine = context.proxy.engine();
-    let settings = engine.rules().settings();
+    let settings = upstream.engine.rules().settings();
     let policy = TunnelPolicy {
         idle: settings.idle_timeout,
         lifetime: settings.max_tunnel_lifetime,
@@ -266,7 +273,7 @@ pub(crate) async fn open_upstream(
         Ok(slot) => slot,
         Err(source) => {
             let limit = (ReasonCode::TunnelLimit, TUNNEL_LIMIT_RULE, source.to_string());
-            let error = |_| ProxyError::TunnelLimit { app_id: app_id.clone(), limit: settings.max_tunnels_per_app };
+            let error = |_| ProxyError::TunnelLimit { app_id: app_id.clone(), limit: proxy.tunnels.limit() };
             return Err(refuse_by_limit(proxy, caller, method, (host, port), limit, error));
         }
     };
@@ -297,7 +304,7 @@ pub(crate) async fn open_upstream(
             };
             proxy.events.send(event);
             log_decision(&caller.app_id, method, &decision, Ok(connected));
-            Ok(Upstream { stream, slot, host: decision.host.clone(), port, cap })
+            Ok(Upstream { stream, engine: Arc::clone(&engine), slot, host: decision.host.clone(), port, cap })
         }
         Err(source) => {
             proxy.events.send(event);

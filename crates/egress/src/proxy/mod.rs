@@ -146,6 +146,12 @@ impl AppDirectory {
         apps.remove(app_id).is_some()
     }
 
+    /// Returns the rules of every registered app, in no particular order.
+    pub fn all(&self) -> Vec<Arc<AppRules>> {
+        let apps = self.apps.read().unwrap_or_else(PoisonError::into_inner);
+        apps.values().cloned().collect()
+    }
+
     /// Returns the rules registered for `app_id`.
     pub fn get(&self, app_id: &AppId) -> Option<Arc<AppRules>> {
         let apps = self.apps.read().unwrap_or_else(PoisonError::into_inner);
@@ -183,7 +189,8 @@ impl Default for ListenerLimits {
 /// Everything the proxy server needs, shared by all its connections.
 pub struct Proxy {
     /// The engine in force; [`Proxy::reload_rules`] replaces it. A request
-    /// loads it once and decides and runs with that one.
+    /// loads it once, and its decision and its tunnel or exchange use that
+    /// one.
     engine: ArcSwap<Engine>,
     apps: Arc<AppDirectory>,
     secrets: ProxySecrets,
