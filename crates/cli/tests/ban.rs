@@ -171,12 +171,21 @@ fn ban_add_and_remove_round_trip() {
     let text = stdout(&output);
     let until = text
         .strip_prefix("banned app bad-app until ")
-        .and_then(|rest| rest.strip_suffix(" (decision 1)\n"))
+        .and_then(|rest| rest.strip_suffix(" (decision 1); its earlier tokens are invalidated\n"))
         .unwrap_or_else(|| panic!("unexpected output {text:?}"));
     let until = humantime::parse_rfc3339(until).unwrap();
     let hour = Duration::from_secs(3600);
     assert!(until >= before + hour - Duration::from_secs(1), "{until:?}");
     assert!(until <= SystemTime::now() + hour, "{until:?}");
+    let cut_offs = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::open_in(dir.path()).await.unwrap();
+        store.token_cut_offs().await.unwrap()
+    });
+    let banned_at = before.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!(
+        cut_offs.iter().any(|(app, cut_off)| app == "bad-app" && *cut_off >= banned_at),
+        "the ban cuts off earlier tokens: {cut_offs:?}"
+    );
 
     let output = portcullis(
         dir.path(),

@@ -188,3 +188,41 @@ fn config_env_selects_the_store() {
     let json: serde_json::Value = serde_json::from_str(&stdout(&listed)).unwrap();
     assert_eq!(json["apps"][0]["id"], "env-app");
 }
+
+/// `app proxy-secret` issues a secret that the egress proxy accepts, prints
+/// it once with the proxy URL, and makes the earlier secret invalid. An
+/// unregistered app is a usage error.
+#[test]
+fn proxy_secret_is_issued_and_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let register = portcullis(dir.path(), &["app", "register", "--id", "feed-app", "--name", "F", "--owner", "acme"]);
+    assert_eq!(register.status.code(), Some(0), "{}", stderr(&register));
+
+    let issue = || {
+        let output = portcullis(dir.path(), &["app", "proxy-secret", "feed-app", "--config", EXAMPLE]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let text = stdout(&output);
+        let secret = text
+            .lines()
+            .find_map(|line| line.strip_prefix("egress proxy secret of app feed-app (shown once): "))
+            .unwrap_or_else(|| panic!("no secret in {text:?}"))
+            .to_owned();
+        assert!(text.contains(&format!("HTTP_PROXY=http://feed-app:{secret}@127.0.0.1:8444\n")), "{text}");
+        secret
+    };
+    let first = issue();
+    let second = issue();
+    assert_ne!(first, second);
+
+    let app = portcullis_config::AppId::parse("feed-app").unwrap();
+    let verified = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = portcullis_store::Store::open_in(dir.path()).await.unwrap();
+        let secrets = portcullis_egress::proxy::ProxySecrets::new(store);
+        (secrets.verify(&app, &first).await.unwrap(), secrets.verify(&app, &second).await.unwrap())
+    });
+    assert_eq!(verified, (false, true), "only the latest secret is valid");
+
+    let unknown = portcullis(dir.path(), &["app", "proxy-secret", "no-such-app", "--config", EXAMPLE]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("app \"no-such-app\" is not registered"), "{}", stderr(&unknown));
+}

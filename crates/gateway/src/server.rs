@@ -340,12 +340,15 @@ impl RunningGateway {
     /// Applies the routes, upstreams and `gateway` limits of `config`
     /// without a restart. Requests already routed finish with the table
     /// they started with. Rate counts restart only if the rate changed.
-    /// The listener address and TLS settings are not reloaded.
+    /// The listener address, TLS settings and `gateway.busy_poll_window`
+    /// are not reloaded. A changed window is logged at debug only, because
+    /// the platform's reload names it among the settings that need a
+    /// restart.
     pub fn reload(&self, config: &PlatformConfig) -> Result<(), GatewayError> {
         let routes = RouteTable::from_config(config)?;
         let count = routes.len();
         if config.gateway.busy_poll_window != self.busy_poll_window {
-            tracing::warn!(
+            tracing::debug!(
                 running = ?self.busy_poll_window,
                 configured = ?config.gateway.busy_poll_window,
                 "gateway.busy_poll_window changed; it takes effect only when the gateway restarts"

@@ -35,12 +35,9 @@ pub struct ReloadOutcome {
 
 /// Returns the keys that differ between `running` (the configuration the
 /// platform started with) and `next` and that only a restart applies.
-///
-/// `gateway.busy_poll_window` is left out because the gateway's own reload
-/// warns about it.
 pub(crate) fn restart_required_changes(running: &PlatformConfig, next: &PlatformConfig) -> Vec<&'static str> {
     let (egress, next_egress) = (&running.egress, &next.egress);
-    let sections: [(&'static str, bool); 11] = [
+    let sections: [(&'static str, bool); 12] = [
         ("trust_domain", running.trust_domain != next.trust_domain),
         ("data_dir", running.data_dir != next.data_dir),
         ("store.url", running.store_url != next.store_url),
@@ -52,6 +49,7 @@ pub(crate) fn restart_required_changes(running: &PlatformConfig, next: &Platform
         ("egress.max_tunnels_per_app", egress.max_tunnels_per_app != next_egress.max_tunnels_per_app),
         ("egress.max_bytes_per_app", egress.max_bytes_per_app != next_egress.max_bytes_per_app),
         ("runtime", differs(&running.runtime, &next.runtime)),
+        ("gateway.busy_poll_window", running.gateway.busy_poll_window != next.gateway.busy_poll_window),
     ];
     sections.into_iter().filter(|(_, changed)| *changed).map(|(key, _)| key).collect()
 }
@@ -84,7 +82,6 @@ mod tests {
         next.services[0].upstream = "https://127.0.0.1:9999".to_owned();
         next.gateway.rate_per_second = 1.0;
         next.gateway.max_body_bytes = 10;
-        next.gateway.busy_poll_window = std::time::Duration::from_micros(200);
         next.services[1].scopes.push("records:admin".to_owned());
         next.spaces.get_mut(&portcullis_config::SpaceName::Sandbox).unwrap().services.push("records".to_owned());
         next.spaces.get_mut(&portcullis_config::SpaceName::Sandbox).unwrap().egress_allow_hosts = None;
@@ -102,10 +99,11 @@ mod tests {
         next.token.rate_burst += 1;
         next.egress.max_tunnels_per_app += 1;
         next.egress.static_hosts.clear();
+        next.gateway.busy_poll_window = std::time::Duration::from_micros(200);
 
         assert_eq!(
             restart_required_changes(&running, &next),
-            ["listeners", "token", "egress.static_hosts", "egress.max_tunnels_per_app"]
+            ["listeners", "token", "egress.static_hosts", "egress.max_tunnels_per_app", "gateway.busy_poll_window"]
         );
     }
 }

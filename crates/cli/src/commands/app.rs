@@ -68,14 +68,26 @@ pub enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
         /// The app's egress proxy secret, put in HTTP_PROXY and HTTPS_PROXY as
-        /// http://<app-id>:<secret>@<proxy>:<port>.
+        /// http://<app-id>:<secret>@<proxy>:<port> and stored (as its
+        /// SHA-256) for the proxy. Without it a new random secret is issued.
         #[arg(long, env = "PORTCULLIS_PROXY_SECRET", hide_env_values = true, value_name = "SECRET")]
-        proxy_secret: String,
+        proxy_secret: Option<String>,
         /// Relax one hardening setting, with the reason (logged):
         /// SETTING=REASON, where SETTING is read_only_root, seccomp,
         /// no_new_privileges, apparmor or cap:NAME. Repeatable.
         #[arg(long = "relax", value_name = "SETTING=REASON")]
         relaxations: Vec<String>,
+    },
+    /// Issue a new egress proxy secret for a registered app and print it
+    /// once, with the proxy URL for HTTP_PROXY. The app's earlier secret
+    /// stops working at once. `app deploy` issues one itself; this is for
+    /// apps started by other means.
+    ProxySecret {
+        /// App id.
+        id: String,
+        /// Platform configuration file, for the egress proxy's address.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
     },
     /// Stop an app's container (SIGTERM, then SIGKILL after 10 seconds).
     Stop {
@@ -114,8 +126,9 @@ fn app_id(value: &str) -> anyhow::Result<AppId> {
 pub async fn run(global: &Global, command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Deploy { manifest, config, proxy_secret, relaxations } => {
-            return deploy(global, &manifest, &config, &proxy_secret, &relaxations).await;
+            return deploy(global, &manifest, &config, proxy_secret.as_deref(), &relaxations).await;
         }
+        Command::ProxySecret { id, config } => return proxy_secret(global, &id, &config).await,
         Command::Stop { id } => {
             let id = app_id(&id)?;
             docker().await?.stop_app(id.as_str()).await?;
@@ -216,6 +229,7 @@ pub async fn run(global: &Global, command: Command) -> anyhow::Result<u8> {
             }
         }
         Command::Deploy { .. }
+        | Command::ProxySecret { .. }
         | Command::Stop { .. }
         | Command::Rm { .. }
         | Command::Logs { .. }
@@ -330,14 +344,17 @@ async fn deploy(
     global: &Global,
     manifest_path: &Path,
     config_path: &Path,
-    proxy_secret: &str,
+    proxy_secret: Option<&str>,
     relaxations: &[String],
 ) -> anyhow::Result<u8> {
     let config = load_config(config_path)?;
     let manifest = Manifest::load(manifest_path).map_err(|error| UsageError(error.to_string()))?;
     let relaxations = parse_relaxations(relaxations)?;
-    if proxy_secret.is_empty() || proxy_secret.contains(['@', ':', '/']) {
-        return Err(UsageError("invalid proxy secret: it must be non-empty without '@', ':' or '/'".into()).into());
+    if proxy_secret.is_some_and(|secret| secret.is_empty() || secret.contains(['@', ':', '/'])) {
+        return Err(UsageError(
+            "invalid proxy secret: it must be non-empty without '@', ':' or '/'; leave --proxy-secret out to have one issued".into(),
+        )
+        .into());
     }
     if config.runtime.driver != Driver::Docker {
         return Err(UsageError(
@@ -365,6 +382,22 @@ async fn deploy(
     let settings =
         super::up::DockerSettings { instance: instance(), subnet_pool: super::up::DEFAULT_SUBNET_POOL.parse()? };
     let driver = super::up::connect_docker(&config, &settings).await?;
+
+    // The proxy checks the app's secret against the stored hash, so the
+    // secret the container gets is stored first.
+    let secrets = portcullis_egress::proxy::ProxySecrets::new(store.clone());
+    let app = manifest.id.clone();
+    let issued;
+    let proxy_secret = match proxy_secret {
+        Some(secret) => {
+            secrets.set(&app, secret).await?;
+            secret
+        }
+        None => {
+            issued = secrets.issue(&app).await?;
+            issued.expose()
+        }
+    };
     let request = portcullis_runtime::deploy::DeployRequest {
         manifest: &manifest,
         hardening: &config.runtime.hardening,
@@ -388,6 +421,26 @@ async fn deploy(
 
     tracing::info!(app_id, container_id = %container.container_id, "app deployed");
     println!("deployed app {app_id} in container {} ({})", container.name, container.container_id);
+    Ok(EXIT_OK)
+}
+
+/// Issues a new egress proxy secret for a registered app and prints it
+/// with the proxy URL that goes into HTTP_PROXY and HTTPS_PROXY.
+async fn proxy_secret(global: &Global, id: &str, config_path: &Path) -> anyhow::Result<u8> {
+    let config = load_config(config_path)?;
+    let app = app_id(id)?;
+    let store = global.open_store(config.store_url.as_deref(), config.data_dir.as_deref()).await?;
+    if store.app(app.as_str()).await?.is_none() {
+        return Err(UsageError(format!(
+            "app {id:?} is not registered: run `portcullis app register --id {id} --name NAME --owner OWNER` first"
+        ))
+        .into());
+    }
+    let secret = portcullis_egress::proxy::ProxySecrets::new(store.clone()).issue(&app).await?;
+    store.close().await;
+
+    println!("egress proxy secret of app {app} (shown once): {}", secret.expose());
+    println!("HTTP_PROXY=http://{app}:{}@{}", secret.expose(), config.listeners.egress);
     Ok(EXIT_OK)
 }
 

@@ -154,10 +154,18 @@ async fn add(store: &Store, app: &str, duration: &str, reason: String, throttle:
     };
     let id = store.insert_decision(&decision).await?;
     tracing::info!(app_id = %app, decision_id = id, kind = kind_text(kind), expires_at, "operator decision added");
+    if kind == DecisionKind::Ban {
+        // As the operator API does: tokens issued before the ban stay
+        // refused after it ends, and refresh tokens cannot mint new ones.
+        store.set_token_cut_off(app.as_str(), now / 1000).await?;
+        store.revoke_refresh_tokens_of_app(app.as_str(), now).await?;
+    }
 
     let until = timestamp(expires_at);
     match kind {
-        DecisionKind::Ban => println!("banned app {app} until {until} (decision {id})"),
+        DecisionKind::Ban => {
+            println!("banned app {app} until {until} (decision {id}); its earlier tokens are invalidated")
+        }
         DecisionKind::Throttle { per_second } => {
             println!("throttled app {app} to {per_second} requests per second until {until} (decision {id})")
         }

@@ -116,6 +116,19 @@ impl ProxySecrets {
         Ok(ProxySecret(secret))
     }
 
+    /// Stores `secret`, chosen by the operator, as the secret of `app_id`.
+    /// An earlier secret stops working at once. Prefer [`issue`](Self::issue),
+    /// whose secrets are 32 random bytes.
+    pub async fn set(&self, app_id: &AppId, secret: &str) -> Result<(), ProxyError> {
+        self.store
+            .set_proxy_secret(app_id.as_str(), &hash_secret(secret), now_ms())
+            .await
+            .map_err(store_error(app_id))?;
+        self.forget(app_id);
+        tracing::info!(app_id = %app_id, "egress proxy secret set by the operator");
+        Ok(())
+    }
+
     /// Revokes the secret of `app_id`. Returns false if it had none.
     pub async fn revoke(&self, app_id: &AppId) -> Result<bool, ProxyError> {
         let removed = self.store.remove_proxy_secret(app_id.as_str()).await.map_err(store_error(app_id))?;

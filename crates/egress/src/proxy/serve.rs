@@ -41,8 +41,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         draining: CancellationToken::new(),
         abort: CancellationToken::new(),
     });
-    let local = listener.local_addr().ok();
-    tracing::info!(address = ?local, "egress proxy listening");
+    // Logged as text, so an unknown address reads "unknown", not `None`.
+    let local = listener.local_addr().map_or_else(|_| "unknown".to_owned(), |address| address.to_string());
+    tracing::info!(address = %local, "egress proxy listening");
 
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -99,7 +100,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     }
 
     drop(listener);
-    tracing::info!(address = ?local, "egress proxy stopped accepting; draining connections");
+    tracing::info!(address = %local, "egress proxy stopped accepting; draining connections");
     context.draining.cancel();
     context.tasks.close();
 
@@ -115,7 +116,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
             tracing::warn!(open_tasks = context.tasks.len(), "egress proxy tasks still running after the abort signal");
         }
     }
-    tracing::info!(address = ?local, "egress proxy stopped");
+    tracing::info!(address = %local, "egress proxy stopped");
 }
 
 /// The app's connection, marking in `activity` each read or write that
