@@ -46,6 +46,10 @@ pub struct RequestCounters {
 /// than `limit` bytes arrived (which also covers chunked bodies), and
 /// removes from request trailers what [`strip_request_headers`] removes
 /// from the head.
+///
+/// NOTE: the body streams, so a body without Content-Length that passes
+/// the limit has partly reached the upstream when the app gets 413. The
+/// upstream then sees the request end with an error, never complete.
 pub struct LimitedBody {
     inner: hyper::body::Incoming,
     limit: u64,

@@ -36,8 +36,8 @@ impl AppServices {
         Self::default()
     }
 
-    /// Replaces the services of every space with those in `spaces`, the
-    /// configuration's `[spaces]`, at once.
+    /// Replaces the services of every space at once with those in `spaces`,
+    /// the configuration's `[spaces]` tables.
     pub fn set_spaces(&self, spaces: &BTreeMap<SpaceName, Space>) {
         let spaces = spaces.iter().map(|(name, space)| (*name, space.services.clone())).collect();
         self.spaces.store(Arc::new(spaces));

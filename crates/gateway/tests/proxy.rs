@@ -840,11 +840,11 @@ async fn idle_connection_over_the_limit_is_dropped() {
         .unwrap();
 }
 
-/// With an app directory, an app reaches only the services of its space:
-/// 403 `service_not_in_space` for another service, 403 `app_not_admitted`
-/// once it leaves the directory, 200 again after it returns, and a change
-/// of the spaces applies to the next request. All on one connection and
-/// with valid tokens; nothing refused reaches the upstream, and
+/// With an app directory, an app reaches only the services of its space.
+/// Another service gets 403 `service_not_in_space`, and an app that leaves
+/// the directory gets 403 `app_not_admitted` until it returns. A change of
+/// the spaces applies to the next request. All run on one connection with
+/// valid tokens. Nothing rejected reaches the upstream, and
 /// `app_not_admitted` does not reach the guard.
 #[tokio::test]
 async fn app_reaches_only_its_space() {

@@ -110,29 +110,22 @@ pub(crate) fn rebuild(config: &PlatformConfig, rules: &EgressRules, directory: &
     report_problems(&problems, &HashMap::new());
 }
 
-/// Reloads `directory` from the store every [`REFRESH_INTERVAL`], and at
-/// once when `reloaded` changes after a configuration reload, until the
-/// task is aborted. The spaces come from `config` and the platform-wide
-/// rules from `rules` at each reload. Logs each app whose rules changed,
-/// and each problem once until it changes. A failed store query keeps the
+/// Reloads `directory` from the store at each [`RefreshTicks`] until the
+/// task is aborted. Each reload takes the spaces from `config` and the
+/// platform-wide rules from `rules`. Logs each app whose rules changed, and
+/// each problem once until it changes. A failed store query keeps the
 /// current rules.
 pub(crate) async fn refresh(
     config: Arc<ArcSwap<PlatformConfig>>,
     rules: impl Fn() -> Arc<EgressRules>,
     store: Store,
     directory: Arc<AppDirectory>,
-    mut reloaded: watch::Receiver<()>,
+    reloaded: watch::Receiver<()>,
     mut reported: HashMap<String, String>,
 ) {
-    let mut interval = tokio::time::interval(REFRESH_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval.tick().await;
-
+    let mut ticks = RefreshTicks::new(reloaded).await;
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            Ok(()) = reloaded.changed() => {}
-        }
+        ticks.next().await;
         let (loaded, problems) = match load(&config.load(), &rules(), &store).await {
             Ok(loaded) => loaded,
             Err(error) => {
@@ -150,6 +143,31 @@ pub(crate) async fn refresh(
         }
         report_problems(&problems, &reported);
         reported = problems;
+    }
+}
+
+/// The moments to reload app data from the store: every
+/// [`REFRESH_INTERVAL`], and at once after a configuration reload.
+pub(crate) struct RefreshTicks {
+    interval: tokio::time::Interval,
+    reloaded: watch::Receiver<()>,
+}
+
+impl RefreshTicks {
+    /// Starts the interval, skipping its first tick, which is immediate.
+    pub(crate) async fn new(reloaded: watch::Receiver<()>) -> Self {
+        let mut interval = tokio::time::interval(REFRESH_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        Self { interval, reloaded }
+    }
+
+    /// Waits for the next interval tick or configuration reload.
+    pub(crate) async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interval.tick() => {}
+            Ok(()) = self.reloaded.changed() => {}
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use portcullis_gateway::AppServices;
 use portcullis_store::Store;
 use tokio::sync::watch;
 
-use crate::egress_apps::{REFRESH_INTERVAL, is_admitted, report_new, space_of};
+use crate::egress_apps::{RefreshTicks, is_admitted, report_new, space_of};
 
 /// Returns the space of every admitted app, by app id, and one problem
 /// message per app whose space is not configured, which the gateway then
@@ -40,7 +40,7 @@ pub(crate) async fn load(
 }
 
 /// Reloads the apps' spaces in `directory` from the store every
-/// [`REFRESH_INTERVAL`], and at once when `reloaded` changes after a
+/// [`REFRESH_INTERVAL`](crate::egress_apps::REFRESH_INTERVAL), and at once when `reloaded` changes after a
 /// configuration reload, until the task is aborted. Problems are judged
 /// against the configuration in `config` at each reload. A failed store
 /// query keeps the current directory.
@@ -48,18 +48,12 @@ pub(crate) async fn refresh(
     config: Arc<ArcSwap<PlatformConfig>>,
     store: Store,
     directory: Arc<AppServices>,
-    mut reloaded: watch::Receiver<()>,
+    reloaded: watch::Receiver<()>,
     mut reported: HashMap<String, String>,
 ) {
-    let mut interval = tokio::time::interval(REFRESH_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval.tick().await;
-
+    let mut ticks = RefreshTicks::new(reloaded).await;
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            Ok(()) = reloaded.changed() => {}
-        }
+        ticks.next().await;
         let (spaces, problems) = match load(&config.load(), &store).await {
             Ok(loaded) => loaded,
             Err(error) => {

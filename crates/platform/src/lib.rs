@@ -522,12 +522,12 @@ impl Platform {
         self.token.as_ref()
     }
 
-    /// Applies the settings of `config` that can change at run time (listed
-    /// in [`reload`]): the gateway's routes, upstreams and limits, the
-    /// services and scopes of the token service and the operator API, the
-    /// spaces, and the egress proxy's platform-wide rules. Requests already
-    /// routed finish with the routes they started with, and open egress
-    /// tunnels with the rules they started with.
+    /// Applies the settings of `config` that can change at run time, listed
+    /// in [`reload`]. These are the gateway's routes, upstreams and limits,
+    /// the services and scopes of the token service and the operator API,
+    /// the spaces, and the egress proxy's platform-wide rules. Requests
+    /// already routed finish with their routes, and open egress tunnels
+    /// with their rules.
     ///
     /// Settings that need a restart, such as `listeners`, keep their running
     /// value. Each one that changed is logged as a warning and returned in
@@ -656,7 +656,7 @@ type EgressProxy = (
 
 /// Builds the egress proxy with the rules of every registered app (see
 /// [`egress_apps`]), the guard's bans and the registered `metrics`. The
-/// apps' rules follow the configuration in `current`, rebuilt when
+/// apps' rules follow the configuration in `current` and are rebuilt when
 /// `reloaded` changes.
 async fn egress_proxy(
     config: &PlatformConfig,

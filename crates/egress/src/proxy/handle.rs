@@ -73,7 +73,7 @@ pub(crate) async fn handle(
     let caller = match admit(&context.proxy, app_id.clone()) {
         Ok(caller) => caller,
         Err(error) => {
-            record_refusal(&context.proxy, &app_id, &request, &error);
+            record_rejection(&context.proxy, &app_id, request.method(), request.uri(), &error);
             log_refusal(&error, Some(&app_id));
             return Ok(error_response(&error));
         }
@@ -100,15 +100,15 @@ pub(crate) async fn handle(
 
     Ok(result.unwrap_or_else(|error| {
         if let ProxyError::BadTarget { .. } = error {
-            record_refusal_of(&context.proxy, &caller.app_id, RequestedTarget::of(&method, &uri), &error);
+            record_rejection(&context.proxy, &caller.app_id, &method, &uri, &error);
         }
         log_refusal(&error, Some(&caller.app_id));
         error_response(&error)
     }))
 }
 
-/// The host and port a request asked for, as far as its target names
-/// them, for the event of a refusal that came before a decision. Without a
+/// The host and port a request names in its target, as far as it does,
+/// for the event of a rejection that came before a decision. Without a
 /// port in the target it is the scheme's (80, or 443 for `https`), or 0
 /// for CONNECT.
 struct RequestedTarget {
@@ -132,21 +132,18 @@ impl RequestedTarget {
     }
 }
 
-/// Counts and sends the event of a refusal of an authenticated app that
+/// Counts and sends the event of a rejection of an authenticated app that
 /// came before the engine decided: a ban, missing rules or an invalid
 /// target. Other errors produce no event here.
-fn record_refusal<B>(proxy: &Proxy, app_id: &AppId, request: &Request<B>, error: &ProxyError) {
-    record_refusal_of(proxy, app_id, RequestedTarget::of(request.method(), request.uri()), error);
-}
-
-fn record_refusal_of(proxy: &Proxy, app_id: &AppId, target: RequestedTarget, error: &ProxyError) {
+fn record_rejection(proxy: &Proxy, app_id: &AppId, method: &Method, uri: &http::Uri, error: &ProxyError) {
     let (reason, rule) = match error {
         ProxyError::Banned { .. } => (ReasonCode::AppBanned, BANNED_RULE),
         ProxyError::NotDeployed { .. } => (ReasonCode::NoRules, NO_RULES_RULE),
         ProxyError::BadTarget { .. } => (ReasonCode::InvalidTarget, INVALID_TARGET_RULE),
         _ => return,
     };
-    let decision = refusal(reason, rule, error.to_string(), normalised(&target.host), target.port);
+    let target = RequestedTarget::of(method, uri);
+    let decision = rejection(reason, rule, error.to_string(), normalised(&target.host), target.port);
     proxy.metrics.count_decision(app_id, decision.verdict, &decision.rule);
     proxy.events.send(EgressEvent::new(app_id, &target.host, &decision));
 }
@@ -157,8 +154,8 @@ fn normalised(requested: &str) -> String {
     Host::parse(requested).map_or_else(|_| requested.to_owned(), |host| host.to_string())
 }
 
-/// Builds the decision of a refusal that no rule set made.
-fn refusal(reason: ReasonCode, rule: &str, message: String, host: String, port: u16) -> Decision {
+/// Builds the decision of a rejection that no rule set made.
+fn rejection(reason: ReasonCode, rule: &str, message: String, host: String, port: u16) -> Decision {
     Decision {
         verdict: Verdict::Deny,
         reason,
@@ -333,7 +330,7 @@ fn refuse_by_limit(
     error: impl FnOnce(String) -> ProxyError,
 ) -> ProxyError {
     let host = normalised(requested);
-    let decision = refusal(reason, rule, message, host.clone(), port);
+    let decision = rejection(reason, rule, message, host.clone(), port);
     proxy.metrics.count_decision(&caller.app_id, decision.verdict, &decision.rule);
     proxy.events.send(EgressEvent::new(&caller.app_id, requested, &decision));
     let error = error(host);
