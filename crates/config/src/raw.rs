@@ -103,6 +103,8 @@ pub(crate) struct RawGateway {
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_connections_per_app: Option<i64>,
+    pub request_buffering: Option<bool>,
+    pub max_buffered_bytes_per_app: Option<i64>,
     pub upstream_timeout: Option<String>,
     pub busy_poll_window: Option<String>,
     pub rate_per_second: Option<f64>,

@@ -443,6 +443,19 @@ fn huge_integer_is_out_of_range() {
 }
 
 #[test]
+fn buffer_budget_must_hold_one_body() {
+    let text = edited("max_buffered_bytes_per_app = 16777216", "max_buffered_bytes_per_app = 1000");
+    let error = error_of(&text);
+    assert_eq!(error.key(), Some("gateway.max_buffered_bytes_per_app"));
+    let message = error.to_string();
+    assert!(message.contains("1000"), "{message}");
+    assert!(message.contains("at least gateway.max_body_bytes (1048576)"), "{message}");
+
+    let streaming = text.replace("request_buffering = true", "request_buffering = false");
+    assert!(parse(Path::new("platform.toml"), &streaming).is_ok(), "without buffering the budget is unused");
+}
+
+#[test]
 fn wrong_type_names_line() {
     let message = error_of(&edited("threshold = 20\n", "threshold = \"twenty\"\n")).to_string();
     let line = EXAMPLE.lines().position(|l| l == "threshold = 20").unwrap() + 1;

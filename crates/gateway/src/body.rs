@@ -7,6 +7,7 @@
 //! event and tell a body-limit failure (413) apart from an upstream failure
 //! (502) after the upstream client has consumed the error.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +20,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::events::{AccessEvent, EventSinks, now_ms};
 use crate::framing::strip_request_headers;
+use crate::limits::TallySlot;
 
 /// A boxed error of a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -47,19 +49,44 @@ pub struct RequestCounters {
 /// removes from request trailers what [`strip_request_headers`] removes
 /// from the head.
 ///
-/// NOTE: the body streams, so a body without Content-Length that passes
-/// the limit has partly reached the upstream when the app gets 413. The
-/// upstream then sees the request end with an error, never complete.
+/// NOTE: a streaming body without Content-Length that passes the limit
+/// has partly reached the upstream when the app gets 413. The upstream
+/// then receives a request that ends with an error, never complete. With
+/// `gateway.request_buffering` on, such bodies are read whole first and
+/// forwarded as [`LimitedBody::buffered`], which the upstream receives
+/// only complete.
 pub struct LimitedBody {
-    inner: hyper::body::Incoming,
+    source: Source,
     limit: u64,
     counters: Arc<RequestCounters>,
+}
+
+/// The source of a [`LimitedBody`]'s frames.
+enum Source {
+    /// The app's body, read as the upstream takes it.
+    Streaming(hyper::body::Incoming),
+    /// The app's whole body, read before the request went upstream, with
+    /// the app's share of the buffer budget, kept until dropped.
+    Buffered {
+        frames: VecDeque<Frame<Bytes>>,
+        /// The total of the data frames, or `None` with trailers, which
+        /// need chunked framing upstream.
+        exact: Option<u64>,
+        _slot: TallySlot,
+    },
 }
 
 impl LimitedBody {
     /// Wraps `inner` with a limit of `limit` bytes.
     pub fn new(inner: hyper::body::Incoming, limit: u64, counters: Arc<RequestCounters>) -> Self {
-        Self { inner, limit, counters }
+        Self { source: Source::Streaming(inner), limit, counters }
+    }
+
+    /// Forwards a body read whole by [`read_whole`]. The counters already
+    /// contain its size.
+    pub(crate) fn buffered(whole: WholeBody, counters: Arc<RequestCounters>) -> Self {
+        let WholeBody { frames, exact, slot } = whole;
+        Self { source: Source::Buffered { frames, exact, _slot: slot }, limit: u64::MAX, counters }
     }
 
     /// Returns the counters, which the upstream pool reads to learn
@@ -67,6 +94,67 @@ impl LimitedBody {
     pub(crate) fn counters(&self) -> &Arc<RequestCounters> {
         &self.counters
     }
+}
+
+/// A request body read whole before forwarding.
+pub(crate) struct WholeBody {
+    frames: VecDeque<Frame<Bytes>>,
+    exact: Option<u64>,
+    slot: TallySlot,
+}
+
+/// The reason [`read_whole`] stopped before the body's end.
+#[derive(Debug)]
+pub(crate) enum ReadWholeError {
+    /// More than the body limit arrived.
+    TooLarge,
+    /// The app's buffer budget could not take the next frame.
+    BudgetExhausted,
+    /// The app's body failed: a reset stream, a closed connection or a
+    /// malformed chunk.
+    Failed(hyper::Error),
+}
+
+/// Reads `body` to its end, at most `limit` data bytes, growing `slot` by
+/// each data frame within `budget` bytes for the app. Counts the bytes in
+/// `counters` and removes from trailers what [`strip_request_headers`]
+/// removes from the head. The caller bounds the time it takes.
+pub(crate) async fn read_whole(
+    mut body: hyper::body::Incoming,
+    limit: u64,
+    mut slot: TallySlot,
+    budget: u64,
+    counters: &RequestCounters,
+) -> Result<WholeBody, ReadWholeError> {
+    use http_body_util::BodyExt;
+
+    let mut frames = VecDeque::new();
+    let mut exact = Some(0);
+    while let Some(frame) = body.frame().await {
+        let mut frame = frame.map_err(|error| {
+            counters.failed.store(true, Ordering::Relaxed);
+            ReadWholeError::Failed(error)
+        })?;
+
+        if let Some(data) = frame.data_ref() {
+            let length = data.len() as u64;
+            let total = counters.bytes_in.fetch_add(length, Ordering::Relaxed) + length;
+            if total > limit {
+                counters.too_large.store(true, Ordering::Relaxed);
+                return Err(ReadWholeError::TooLarge);
+            }
+            if !slot.grow(length, budget) {
+                return Err(ReadWholeError::BudgetExhausted);
+            }
+            exact = exact.map(|sum| sum + length);
+        }
+        if let Some(trailers) = frame.trailers_mut() {
+            strip_request_headers(trailers);
+            exact = None;
+        }
+        frames.push_back(frame);
+    }
+    Ok(WholeBody { frames, exact, slot })
 }
 
 /// The error a [`LimitedBody`] returns past its limit.
@@ -80,7 +168,17 @@ impl Body for LimitedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let inner = match &mut this.source {
+            Source::Streaming(inner) => inner,
+            Source::Buffered { frames, .. } => {
+                let next = frames.pop_front();
+                if frames.is_empty() {
+                    this.counters.ended.store(true, Ordering::Relaxed);
+                }
+                return Poll::Ready(next.map(Ok));
+            }
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         this.counters.waiting_for_app.store(polled.is_pending(), Ordering::Relaxed);
         match polled {
             Poll::Ready(Some(Ok(mut frame))) => {
@@ -116,15 +214,24 @@ impl Body for LimitedBody {
     /// Also marks the body ended: hyper stops polling a body once this
     /// returns true, and never polls one that is empty from the start.
     fn is_end_stream(&self) -> bool {
-        let ended = self.inner.is_end_stream();
+        let ended = match &self.source {
+            Source::Streaming(inner) => inner.is_end_stream(),
+            Source::Buffered { frames, .. } => frames.is_empty(),
+        };
         if ended {
             self.counters.ended.store(true, Ordering::Relaxed);
         }
         ended
     }
 
+    /// A buffered body without trailers has an exact size, so the upstream
+    /// receives it with Content-Length.
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            Source::Streaming(inner) => inner.size_hint(),
+            Source::Buffered { exact: Some(exact), .. } => SizeHint::with_exact(*exact),
+            Source::Buffered { exact: None, .. } => SizeHint::default(),
+        }
     }
 }
 

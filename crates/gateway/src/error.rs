@@ -78,6 +78,16 @@ pub enum GatewayError {
         after: std::time::Duration,
     },
 
+    /// Reading this request's body whole would take the app's buffered
+    /// request bodies over `gateway.max_buffered_bytes_per_app`.
+    #[error("app {app_id} has request bodies of {limit} bytes buffered, the gateway.max_buffered_bytes_per_app limit")]
+    BufferFull {
+        /// The app.
+        app_id: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+
     /// The app's request body failed before its end: the app reset the
     /// stream or closed the connection, or sent a malformed chunk.
     #[error("request body failed: {detail}")]
@@ -319,7 +329,9 @@ impl GatewayError {
             | Self::NotAdmitted { .. }
             | Self::ServiceNotInSpace { .. } => StatusCode::FORBIDDEN,
             Self::TrustStale => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RateLimited { .. } | Self::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyConnections { .. } | Self::BufferFull { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::UpstreamUnreachable { .. } | Self::UpstreamConnectTimeout { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -348,6 +360,7 @@ impl GatewayError {
             Self::Banned { .. } => "banned",
             Self::RateLimited { .. } => "rate_limited",
             Self::TooManyConnections { .. } => "too_many_connections",
+            Self::BufferFull { .. } => "request_buffer_full",
             Self::NotAdmitted { .. } => crate::events::NOT_ADMITTED,
             Self::ServiceNotInSpace { .. } => "service_not_in_space",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -386,6 +399,9 @@ impl GatewayError {
             Self::ServiceNotInSpace { .. } => "the service is not available in the app's space",
             Self::TooManyConnections { .. } => {
                 "the app has as many connections open as the gateway allows; send requests on an open connection"
+            }
+            Self::BufferFull { .. } => {
+                "the app's request bodies in flight fill its buffer at the gateway; send fewer at once, or declare Content-Length"
             }
             Self::UpstreamUnreachable { .. } => "the service is unreachable",
             Self::UpstreamConnectTimeout { .. } => "the service did not accept a connection in time",
@@ -440,6 +456,9 @@ impl GatewayError {
             Self::TooManyConnections { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Self::BufferFull { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             Self::Revoked { .. } | Self::NotPinned { .. } | Self::Framing { .. } => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -175,47 +175,68 @@ impl RateLimits {
     }
 }
 
-/// The number of open connections per app, over all gateway workers.
+/// A per-app amount in use, over all gateway workers: open connections
+/// for `gateway.max_connections_per_app`, buffered request body bytes for
+/// `gateway.max_buffered_bytes_per_app`.
+///
+/// Invariant: the amount of an app is the sum of its live [`TallySlot`]s,
+/// and an app without any has no entry.
 #[derive(Debug, Default)]
-pub(crate) struct ConnectionCounts {
-    open: Mutex<HashMap<String, u32>>,
+pub(crate) struct AppTally {
+    used: Mutex<HashMap<String, u64>>,
 }
 
-/// One counted connection; dropping it gives the place back.
+/// One app's share of an [`AppTally`]. Dropping it gives the share back.
 #[derive(Debug)]
-pub(crate) struct ConnectionSlot {
-    counts: Arc<ConnectionCounts>,
+pub(crate) struct TallySlot {
+    tally: Arc<AppTally>,
     app_id: String,
+    amount: u64,
 }
 
-impl ConnectionCounts {
-    /// Counts a new connection of `app_id` if the app has fewer than
-    /// `limit` open, or returns `None` and counts nothing.
-    pub fn acquire(self: &Arc<Self>, app_id: &str, limit: u32) -> Option<ConnectionSlot> {
-        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = open.entry(app_id.to_owned()).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(ConnectionSlot { counts: Arc::clone(self), app_id: app_id.to_owned() })
+impl AppTally {
+    /// Takes `amount` for `app_id` if the app's total stays within `limit`,
+    /// or returns `None` and takes nothing.
+    pub fn acquire(self: &Arc<Self>, app_id: &str, amount: u64, limit: u64) -> Option<TallySlot> {
+        let mut slot = TallySlot { tally: Arc::clone(self), app_id: app_id.to_owned(), amount: 0 };
+        slot.grow(amount, limit).then_some(slot)
     }
 
-    /// Returns the number of open connections of `app_id`.
+    /// Returns the amount `app_id` uses.
     #[cfg(test)]
-    pub fn open(&self, app_id: &str) -> u32 {
-        let open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        open.get(app_id).copied().unwrap_or(0)
+    pub fn used(&self, app_id: &str) -> u64 {
+        let used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        used.get(app_id).copied().unwrap_or(0)
     }
 }
 
-impl Drop for ConnectionSlot {
+impl TallySlot {
+    /// Adds `amount` to this slot if the app's total stays within `limit`.
+    /// Returns false, and adds nothing, otherwise.
+    pub fn grow(&mut self, amount: u64, limit: u64) -> bool {
+        let mut used = self.tally.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total = used.get(&self.app_id).copied().unwrap_or(0);
+        if total.saturating_add(amount) > limit {
+            return false;
+        }
+        if amount > 0 {
+            used.insert(self.app_id.clone(), total + amount);
+            self.amount += amount;
+        }
+        true
+    }
+}
+
+impl Drop for TallySlot {
     fn drop(&mut self) {
-        let mut open = self.counts.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.app_id) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.app_id);
+        if self.amount == 0 {
+            return;
+        }
+        let mut used = self.tally.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(total) = used.get_mut(&self.app_id) {
+            *total = total.saturating_sub(self.amount);
+            if *total == 0 {
+                used.remove(&self.app_id);
             }
         }
     }
@@ -280,20 +301,40 @@ mod tests {
 
     #[test]
     fn connection_slots_count_per_app() {
-        let counts = Arc::new(ConnectionCounts::default());
-        let first = counts.acquire("app-a", 2).expect("first of two");
-        let second = counts.acquire("app-a", 2).expect("second of two");
-        assert!(counts.acquire("app-a", 2).is_none(), "a third is over the limit");
-        assert_eq!(counts.open("app-a"), 2, "a refused connection is not counted");
+        let counts = Arc::new(AppTally::default());
+        let first = counts.acquire("app-a", 1, 2).expect("first of two");
+        let second = counts.acquire("app-a", 1, 2).expect("second of two");
+        assert!(counts.acquire("app-a", 1, 2).is_none(), "a third is over the limit");
+        assert_eq!(counts.used("app-a"), 2, "a refused connection is not counted");
 
-        let other = counts.acquire("app-b", 2).expect("another app has its own count");
-        assert_eq!(counts.open("app-b"), 1);
+        let other = counts.acquire("app-b", 1, 2).expect("another app has its own count");
+        assert_eq!(counts.used("app-b"), 1);
 
         drop(first);
-        assert_eq!(counts.open("app-a"), 1);
-        let third = counts.acquire("app-a", 2).expect("a closed connection frees its place");
+        assert_eq!(counts.used("app-a"), 1);
+        let third = counts.acquire("app-a", 1, 2).expect("a closed connection frees its place");
         drop((second, third, other));
-        assert_eq!(counts.open("app-a"), 0);
-        assert!(counts.open.lock().unwrap().is_empty(), "apps without connections leave no entry");
+        assert_eq!(counts.used("app-a"), 0);
+        assert!(counts.used.lock().unwrap().is_empty(), "apps without connections leave no entry");
+    }
+
+    #[test]
+    fn buffer_slots_grow_within_the_app_budget() {
+        let tally = Arc::new(AppTally::default());
+        let mut first = tally.acquire("app-a", 0, 100).expect("an empty slot always fits");
+        assert_eq!(tally.used("app-a"), 0);
+        assert!(tally.used.lock().unwrap().is_empty(), "an empty slot leaves no entry");
+
+        assert!(first.grow(60, 100));
+        let mut second = tally.acquire("app-a", 30, 100).expect("90 of 100");
+        assert!(!second.grow(11, 100), "101 would pass the budget");
+        assert_eq!(tally.used("app-a"), 90, "a refused growth adds nothing");
+        assert!(second.grow(10, 100), "exactly the budget fits");
+        assert!(tally.acquire("app-b", 100, 100).is_some(), "another app has its own budget");
+
+        drop(first);
+        assert_eq!(tally.used("app-a"), 40, "a dropped slot gives back all it grew by");
+        drop(second);
+        assert!(tally.used.lock().unwrap().is_empty());
     }
 }

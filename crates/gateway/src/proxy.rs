@@ -9,7 +9,8 @@
 //! 3. the path rule (400), the route (404), the app's admission and space
 //!    (403), the rate limits (429);
 //! 4. the bearer token and its binding (401), the route's scope (403), a
-//!    declared body size (413);
+//!    declared body size (413), and with `gateway.request_buffering` a body
+//!    without a declared size read whole (413, 429, 408, 400);
 //! 5. then the upstream (502, 504, or its own status).
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portcullis_config::GatewaySettings;
@@ -28,14 +30,17 @@ use portcullis_guard::{DecisionReceiver, Verdict};
 use portcullis_identity::{TrustCache, TrustVerdict};
 use tracing::Instrument;
 
-use crate::body::{BoxError, LimitedBody, PendingEvent, RequestCounters, ResponseBody, StallLimitedBody};
+use crate::body::{
+    BoxError, LimitedBody, PendingEvent, ReadWholeError, RequestCounters, ResponseBody, StallLimitedBody, WholeBody,
+    read_whole,
+};
 use crate::error::GatewayError;
 use crate::events::{AccessEvent, EventSinks, now_ms};
 use crate::framing::{
     APP_ID_HEADER, REQUEST_ID_HEADER, SCOPES_HEADER, ServerNames, check_head, new_request_id, strip_hop_by_hop,
     strip_request_headers,
 };
-use crate::limits::{ConnectionCounts, RateLimits};
+use crate::limits::{AppTally, RateLimits};
 use crate::path::canonicalise;
 use crate::pool::UpstreamPool;
 use crate::routes::RouteTable;
@@ -53,7 +58,10 @@ pub(crate) struct Shared {
     /// The names an absolute-form request target may use for the gateway.
     pub server_names: ServerNames,
     /// Each app's open connections, for `gateway.max_connections_per_app`.
-    pub connections: Arc<ConnectionCounts>,
+    pub connections: Arc<AppTally>,
+    /// Each app's buffered request body bytes, for
+    /// `gateway.max_buffered_bytes_per_app`.
+    pub buffered: Arc<AppTally>,
     /// The services of each app's space; `None` admits every app to every
     /// service, leaving the decision to tokens and grants.
     pub app_services: Option<Arc<AppServices>>,
@@ -238,6 +246,12 @@ async fn forward(
     let uri = Uri::from_parts(parts).map_err(|e| GatewayError::Internal(format!("upstream URI: {e}")))?;
 
     let (mut head, body) = request.into_parts();
+    let body = if settings.request_buffering && body.size_hint().exact().is_none() && !body.is_end_stream() {
+        let whole = read_whole_body(shared, &settings, peer, body, counters).await?;
+        LimitedBody::buffered(whole, Arc::clone(counters))
+    } else {
+        LimitedBody::new(body, settings.max_body_bytes, Arc::clone(counters))
+    };
     strip_request_headers(&mut head.headers);
     let scopes = verified.claims().scope.clone();
     for (name, value) in [(APP_ID, peer.app_id.as_str()), (SCOPES, scopes.as_str()), (REQUEST_ID, request_id)] {
@@ -247,8 +261,7 @@ async fn forward(
     }
     head.uri = uri;
     head.version = http::Version::HTTP_11;
-    let upstream_request =
-        Request::from_parts(head, LimitedBody::new(body, settings.max_body_bytes, Arc::clone(counters)));
+    let upstream_request = Request::from_parts(head, body);
 
     // Only a request that passed every check starts or extends busy
     // polling, so rejected requests cannot keep a worker's core busy.
@@ -289,6 +302,34 @@ async fn forward(
     head.version = http::Version::HTTP_11;
     let body = StallLimitedBody::new(body.map_err(|e| Box::new(e) as BoxError), settings.upstream_timeout);
     Ok(Response::from_parts(head, body.boxed_unsync()))
+}
+
+/// Reads a request body without a declared length whole, within
+/// `gateway.max_body_bytes`, the app's `gateway.max_buffered_bytes_per_app`
+/// and `gateway.upstream_timeout` for the whole body, before any of it goes
+/// upstream.
+async fn read_whole_body(
+    shared: &Shared,
+    settings: &GatewaySettings,
+    peer: &Peer,
+    body: Incoming,
+    counters: &RequestCounters,
+) -> Result<WholeBody, GatewayError> {
+    let budget = settings.max_buffered_bytes_per_app;
+    let slot = shared
+        .buffered
+        .acquire(&peer.app_id, 0, budget)
+        .ok_or_else(|| GatewayError::BufferFull { app_id: peer.app_id.clone(), limit: budget })?;
+    let read = read_whole(body, settings.max_body_bytes, slot, budget, counters);
+    match tokio::time::timeout(settings.upstream_timeout, read).await {
+        Ok(Ok(whole)) => Ok(whole),
+        Ok(Err(ReadWholeError::TooLarge)) => Err(GatewayError::BodyTooLarge { max: settings.max_body_bytes }),
+        Ok(Err(ReadWholeError::BudgetExhausted)) => {
+            Err(GatewayError::BufferFull { app_id: peer.app_id.clone(), limit: budget })
+        }
+        Ok(Err(ReadWholeError::Failed(error))) => Err(GatewayError::BodyAborted { detail: error.to_string() }),
+        Err(_) => Err(GatewayError::BodyStalled { after: settings.upstream_timeout }),
+    }
 }
 
 /// Returns the token of the one `Authorization: Bearer` header

@@ -107,6 +107,7 @@ impl Gateway {
             sinks,
             server_names: ServerNames::for_trust_domain(&config.trust_domain),
             connections: Arc::default(),
+            buffered: Arc::default(),
             app_services: None,
         };
         Ok(Self { shared, acceptor, upstream_tls, upstream_connect_timeout: DEFAULT_CONNECT_TIMEOUT, workers })
@@ -496,7 +497,7 @@ async fn serve_connection(
     // counted: its first request gets 429 and the connection closes, and if
     // no request arrives within header_read_timeout it is dropped.
     let limit = settings.max_connections_per_app;
-    let slot = shared.connections.acquire(&app_id, limit);
+    let slot = shared.connections.acquire(&app_id, 1, u64::from(limit));
     let over_connection_limit = slot.is_none().then_some(limit);
     if over_connection_limit.is_some() {
         tracing::info!(%remote, %app_id, limit, "connection over gateway.max_connections_per_app; its first request gets 429");

@@ -11,6 +11,7 @@ use common::*;
 use portcullis_guard::GuardEvent;
 use portcullis_identity::{CertificateKind, LeafRequest, SpiffeId};
 use portcullis_store::DecisionKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -451,25 +452,173 @@ async fn service_rate_overrides_gateway_rate() {
     assert_eq!(h.get("/weather/v1/x", &weather).await, 429);
 }
 
+/// Returns the targets the upstream saw whose path ends with one of `names`.
+fn seen_ending(h: &Harness, names: &[&str]) -> Vec<String> {
+    let seen = h.upstream.seen();
+    seen.iter().map(|s| s.target.clone()).filter(|target| names.iter().any(|name| target.ends_with(name))).collect()
+}
+
 #[tokio::test]
 async fn body_limits_for_length_and_chunked() {
     let h = Harness::start(|config| config.gateway.max_body_bytes = 10).await;
     let token = h.token("records", &["records:write"]);
 
-    let received = h.raw(&request("POST", "/records/v1/x", &token, "Content-Length: 11\r\n"), WAIT).await;
+    let received = h.raw(&request("POST", "/records/v1/declared", &token, "Content-Length: 11\r\n"), WAIT).await;
     assert_eq!(status_of(&received), 413, "{received}");
 
-    let mut chunked = request("POST", "/records/v1/x", &token, "Transfer-Encoding: chunked\r\n");
+    let mut chunked = request("POST", "/records/v1/chunked", &token, "Transfer-Encoding: chunked\r\n");
     chunked.extend_from_slice(b"6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n");
     let received = h.raw(&chunked, WAIT).await;
     assert_eq!(status_of(&received), 413, "{received}");
+    assert!(body_of(&received).contains("\"error\":\"body_too_large\""), "{received}");
 
-    let mut small = request("POST", "/records/v1/x", &token, "Transfer-Encoding: chunked\r\n");
+    // Exactly the limit, in three chunks: read whole, then forwarded with
+    // the length it turned out to have.
+    let mut small = request("POST", "/records/v1/small", &token, "Transfer-Encoding: chunked\r\n");
+    small.extend_from_slice(b"4\r\nabcd\r\n4\r\nefgh\r\n2\r\nij\r\n0\r\n\r\n");
+    let received = h.raw(&small, WAIT).await;
+    assert_eq!(status_of(&received), 200, "{received}");
+
+    assert_eq!(
+        seen_ending(&h, &["/declared", "/chunked", "/small"]),
+        ["/records/v1/small"],
+        "refused bodies never go upstream"
+    );
+    let seen = h.upstream.seen();
+    let forwarded = seen.iter().find(|s| s.target.ends_with("/small")).unwrap();
+    assert_eq!(forwarded.body, "abcdefghij");
+    assert_eq!(forwarded.headers.get("content-length").unwrap(), "10");
+    assert_eq!(forwarded.headers.get("transfer-encoding"), None);
+}
+
+/// With request buffering off, a chunked body streams upstream chunked,
+/// and one over the limit still gets 413.
+#[tokio::test]
+async fn chunked_body_streams_without_request_buffering() {
+    let h = Harness::start(|config| {
+        config.gateway.max_body_bytes = 10;
+        config.gateway.request_buffering = false;
+    })
+    .await;
+    let token = h.token("records", &["records:write"]);
+
+    let mut small = request("POST", "/records/v1/streamed", &token, "Transfer-Encoding: chunked\r\n");
     small.extend_from_slice(b"4\r\nabcd\r\n0\r\n\r\n");
     let received = h.raw(&small, WAIT).await;
     assert_eq!(status_of(&received), 200, "{received}");
-    let bodies: Vec<_> = h.upstream.seen().iter().map(|s| s.body.clone()).filter(|b| b == "abcd").collect();
-    assert_eq!(bodies.len(), 1);
+    let seen = h.upstream.seen();
+    let streamed = seen.iter().find(|s| s.target.ends_with("/streamed")).unwrap();
+    assert_eq!(streamed.body, "abcd");
+    assert_eq!(streamed.headers.get("transfer-encoding").unwrap(), "chunked");
+    assert_eq!(streamed.headers.get("content-length"), None);
+
+    let mut big = request("POST", "/records/v1/big", &token, "Transfer-Encoding: chunked\r\n");
+    big.extend_from_slice(b"6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n");
+    let received = h.raw(&big, WAIT).await;
+    assert_eq!(status_of(&received), 413, "{received}");
+}
+
+/// Bodies read whole count against the app's buffer budget while they wait:
+/// a second body that does not fit gets 429 until the first has gone.
+#[tokio::test]
+async fn buffered_bodies_share_the_app_budget() {
+    let h = Harness::start(|config| {
+        config.gateway.max_body_bytes = 10;
+        config.gateway.max_buffered_bytes_per_app = 10;
+    })
+    .await;
+    let token = h.token("records", &["records:write"]);
+
+    let mut second = request("POST", "/records/v1/second", &token, "Transfer-Encoding: chunked\r\n");
+    second.extend_from_slice(b"4\r\nabcd\r\n0\r\n\r\n");
+
+    // The first body sends 8 bytes and waits. Once the gateway has read
+    // them, a 4-byte body no longer fits. A second body that the gateway
+    // takes in before those 8 bytes gets 200 and may make the first one
+    // the body that gets 429 instead, so each attempt starts afresh.
+    let mut rejected = None;
+    let mut first = None;
+    for _ in 0..10 {
+        let mut waiting = connect(&h, b"http/1.1", false).await;
+        let mut head = request("POST", "/records/v1/first", &token, "Transfer-Encoding: chunked\r\n");
+        head.extend_from_slice(b"8\r\n01234567\r\n");
+        waiting.write_all(&head).await.unwrap();
+        waiting.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let received = h.raw(&second, WAIT).await;
+        if status_of(&received) == 429 {
+            rejected = Some(received);
+            first = Some(waiting);
+            break;
+        }
+        assert_eq!(status_of(&received), 200, "{received}");
+    }
+    let mut first = first.expect("the first body stays buffered");
+    let rejected = rejected.expect("a body over the app's remaining budget gets 429");
+    assert!(body_of(&rejected).contains("\"error\":\"request_buffer_full\""), "{rejected}");
+    assert!(rejected.to_ascii_lowercase().contains("retry-after: 1\r\n"), "{rejected}");
+
+    // The first body completes, goes upstream and frees its share.
+    first.write_all(b"2\r\n89\r\n0\r\n\r\n").await.unwrap();
+    first.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, first.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let seen = h.upstream.seen();
+    assert_eq!(seen.iter().find(|s| s.target.ends_with("/first")).unwrap().body, "0123456789");
+
+    let received = h.raw(&second, WAIT).await;
+    assert_eq!(status_of(&received), 200, "the budget is free again: {received}");
+}
+
+/// A request body of data frames with no size hint, so that the client
+/// sends no content-length.
+struct Chunks(std::collections::VecDeque<bytes::Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|chunk| Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+/// An HTTP/2 request body without content-length is read whole as well.
+#[tokio::test]
+async fn http2_body_without_length_is_buffered() {
+    let h = Harness::start(|config| config.gateway.max_body_bytes = 10).await;
+    let token = h.token("records", &["records:write"]);
+    let tls = connect(&h, b"h2", false).await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+
+    for (name, chunks, status) in [("/h2-small", ["abcde", "fghij"], 200), ("/h2-big", ["abcdef", "ghijkl"], 413)] {
+        let body = Chunks(chunks.iter().map(|chunk| bytes::Bytes::from(*chunk)).collect());
+        let request = http::Request::post(format!("https://localhost:{}/records/v1{name}", h.port()))
+            .header("authorization", format!("Bearer {token}"))
+            .body(body)
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), status, "{name}");
+    }
+
+    assert_eq!(seen_ending(&h, &["/h2-small", "/h2-big"]), ["/records/v1/h2-small"]);
+    let seen = h.upstream.seen();
+    let forwarded = seen.iter().find(|s| s.target.ends_with("/h2-small")).unwrap();
+    assert_eq!(forwarded.body, "abcdefghij");
+    assert_eq!(forwarded.headers.get("content-length").unwrap(), "10");
+    driver.abort();
 }
 
 #[tokio::test]

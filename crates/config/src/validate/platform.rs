@@ -116,7 +116,7 @@ pub(super) fn identity(check: &Checker, raw: &RawIdentity) -> Result<IdentitySet
 }
 
 pub(super) fn gateway(check: &Checker, raw: &RawGateway) -> Result<GatewaySettings> {
-    Ok(GatewaySettings {
+    let settings = GatewaySettings {
         max_header_bytes: check.integer(
             "gateway.max_header_bytes",
             raw.max_header_bytes,
@@ -155,6 +155,15 @@ pub(super) fn gateway(check: &Checker, raw: &RawGateway) -> Result<GatewaySettin
             1_000_000,
             "connections",
         )? as u32,
+        request_buffering: raw.request_buffering.unwrap_or(true),
+        max_buffered_bytes_per_app: check.integer(
+            "gateway.max_buffered_bytes_per_app",
+            raw.max_buffered_bytes_per_app,
+            16 * 1024 * 1024,
+            0,
+            16 * 1024 * 1024 * 1024,
+            "bytes",
+        )?,
         upstream_timeout: check.duration(
             "gateway.upstream_timeout",
             raw.upstream_timeout.as_deref(),
@@ -178,7 +187,20 @@ pub(super) fn gateway(check: &Checker, raw: &RawGateway) -> Result<GatewaySettin
             Duration::ZERO,
             Duration::from_millis(10),
         )?,
-    })
+    };
+
+    // A budget below one whole body would refuse every body near the limit.
+    if settings.request_buffering && settings.max_buffered_bytes_per_app < settings.max_body_bytes {
+        return Err(check.invalid(
+            "gateway.max_buffered_bytes_per_app",
+            settings.max_buffered_bytes_per_app.to_string(),
+            format!(
+                "at least gateway.max_body_bytes ({}) while gateway.request_buffering is true; raise it or lower gateway.max_body_bytes",
+                settings.max_body_bytes
+            ),
+        ));
+    }
+    Ok(settings)
 }
 
 pub(super) fn runtime(check: &Checker, raw: &RawRuntime) -> Result<RuntimeSettings> {
