@@ -26,6 +26,7 @@ mod busy_poll;
 mod error;
 pub mod events;
 pub mod framing;
+mod h2_watch;
 mod head;
 mod limits;
 pub mod path;

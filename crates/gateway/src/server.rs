@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::GatewayError;
 use crate::events::{AccessEvent, EventSinks};
 use crate::framing::{REQUEST_ID_HEADER, ServerNames};
+use crate::h2_watch::{ReportRejection, StreamRejection, WatchedIo};
 use crate::head::{HeadCheckedIo, Rejection, RejectionSlot};
 use crate::limits::{Rate, RateLimits, ServiceRates};
 use crate::pool::{DEFAULT_CONNECT_TIMEOUT, UpstreamPool, UpstreamTls};
@@ -532,6 +533,12 @@ async fn serve_connection(
     let io = SharedIo::new(tls);
     let rejections = Arc::new(RejectionSlot::default());
     let checked = HeadCheckedIo::new(io.clone(), !h2, max_buf_size, Arc::clone(&rejections));
+    let report: Option<ReportRejection> = h2.then(|| {
+        let shared = Arc::clone(&shared);
+        let peer = Arc::clone(&peer);
+        Arc::new(move |rejection| record_stream_rejection(&shared, &peer, remote, rejection)) as ReportRejection
+    });
+    let watched = WatchedIo::new(checked, report);
     let service_shared = Arc::clone(&shared);
     let service_peer = Arc::clone(&peer);
     let answered = over_connection_limit.map(|_| Arc::new(tokio::sync::Notify::new()));
@@ -549,7 +556,7 @@ async fn serve_connection(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let connection = builder.serve_connection(TokioIo::new(checked), service);
+    let connection = builder.serve_connection(TokioIo::new(watched), service);
     tokio::pin!(connection);
 
     // Resolves only on a connection over the limit: true once the response
@@ -627,6 +634,25 @@ fn record_http2_protocol_error(shared: &Shared, peer: &Peer, remote: SocketAddr,
     tracing::info!(%remote, app_id = %peer.app_id, %request_id, %reason, "HTTP/2 connection closed for a protocol error");
     let event = head_event(peer, request_id, (String::new(), String::new()), StatusCode::BAD_REQUEST, 0);
     shared.sinks.emit(AccessEvent { reason: Some("http2_protocol_error".to_owned()), ..event });
+}
+
+/// Records the access event of a request that h2 rejected before the
+/// handler received it. A header list over the limit gets 431
+/// `headers_too_large`, a stream over the concurrency limit (REFUSED_STREAM)
+/// 429 `too_many_streams`, and any other reset that the app's frames caused
+/// 400 `http2_stream_error`. h2 has already sent its response or reset.
+fn record_stream_rejection(shared: &Shared, peer: &Peer, remote: SocketAddr, rejection: StreamRejection) {
+    const REFUSED_STREAM: u32 = 0x7;
+
+    let request_id = crate::framing::new_request_id();
+    let (status, reason) = match rejection {
+        StreamRejection::HeadersTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
+        StreamRejection::Reset { code: REFUSED_STREAM, .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
+        StreamRejection::Reset { .. } => (StatusCode::BAD_REQUEST, "http2_stream_error"),
+    };
+    tracing::info!(%remote, app_id = %peer.app_id, %request_id, ?rejection, reason, "HTTP/2 stream rejected by h2");
+    let event = head_event(peer, request_id, (String::new(), String::new()), status, 0);
+    shared.sinks.emit(AccessEvent { reason: Some(reason.to_owned()), ..event });
 }
 
 /// Sends 408 (RFC 9110 section 15.5.9) on a connection whose request head

@@ -421,19 +421,62 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Returns the error code of the first GOAWAY frame in `received`, a
-/// sequence of HTTP/2 frames, or `None` if there is none.
-fn goaway_code(received: &[u8]) -> Option<u32> {
+/// Header fields in the order sent: name and value.
+type Fields = Vec<(String, String)>;
+
+/// One received HTTP/2 frame: type, flags, stream id and payload.
+type H2Frame = (u8, u8, u32, Vec<u8>);
+
+/// Splits `received` into HTTP/2 frames, up to the first incomplete one.
+fn h2_frames(received: &[u8]) -> Vec<H2Frame> {
+    let mut frames = Vec::new();
     let mut at = 0;
     while at + 9 <= received.len() {
         let length = u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]]) as usize;
-        let payload = received.get(at + 9..at + 9 + length)?;
-        if received[at + 3] == 0x7 {
-            return Some(u32::from_be_bytes(payload.get(4..8)?.try_into().ok()?));
-        }
+        let Some(payload) = received.get(at + 9..at + 9 + length) else { break };
+        let stream = u32::from_be_bytes(received[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
+        frames.push((received[at + 3], received[at + 4], stream, payload.to_vec()));
         at += 9 + length;
     }
-    None
+    frames
+}
+
+/// Returns the error code of the first GOAWAY frame in `received`, a
+/// sequence of HTTP/2 frames, or `None` if there is none.
+fn goaway_code(received: &[u8]) -> Option<u32> {
+    let (_, _, _, payload) = h2_frames(received).into_iter().find(|(kind, ..)| *kind == 0x7)?;
+    Some(u32::from_be_bytes(payload.get(4..8)?.try_into().ok()?))
+}
+
+/// Encodes an HPACK integer with a prefix of `bits` bits after `flags`
+/// (RFC 7541 section 5.1).
+fn hpack_integer(flags: u8, bits: u32, value: usize) -> Vec<u8> {
+    let max = (1usize << bits) - 1;
+    if value < max {
+        return vec![flags | value as u8];
+    }
+    let mut bytes = vec![flags | max as u8];
+    let mut rest = value - max;
+    while rest >= 128 {
+        bytes.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    bytes.push(rest as u8);
+    bytes
+}
+
+/// Encodes a header block of literal fields without indexing and with new
+/// names, none Huffman-coded (RFC 7541 section 6.2.2), in the order given.
+fn hpack_block(fields: &[(String, String)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        block.push(0x00);
+        block.extend(hpack_integer(0, 7, name.len()));
+        block.extend_from_slice(name.as_bytes());
+        block.extend(hpack_integer(0, 7, value.len()));
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
 }
 
 /// Connection-level HTTP/2 protocol errors: h2 closes the connection with
@@ -471,4 +514,107 @@ async fn http2_protocol_errors_get_events() {
     let outcomes: Vec<(u64, Option<&str>)> =
         log.iter().map(|event| (event["status"].as_u64().unwrap(), event["reason"].as_str())).collect();
     assert_eq!(outcomes, vec![(400, Some("http2_protocol_error")); cases.len()], "{log:?}");
+}
+
+/// Stream-level rejections that h2 makes before the handler receives the
+/// request: a malformed request head gets RST_STREAM with PROTOCOL_ERROR
+/// (RFC 9113 section 8.1.1) and a header list over the limit a bare 431.
+/// Each gets one access event, the connection keeps working, and a valid
+/// request on the next stream gets its response and its own event.
+#[tokio::test]
+async fn http2_stream_refusals_get_events() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const PROTOCOL_ERROR: u32 = 0x1;
+    let mut h = Harness::start(|config| config.gateway.max_header_bytes = 2048).await;
+    let token = h.token("weather", &["weather:read"]);
+    let head = |path: &str| -> Vec<(String, String)> {
+        [(":method", "GET"), (":scheme", "https"), (":authority", "localhost"), (":path", path)]
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .to_vec()
+    };
+    let with = |extra: &[(&str, &str)]| {
+        let mut fields = head("/weather/v1/bad");
+        fields.extend(extra.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())));
+        fields
+    };
+    let big = "a".repeat(3000);
+    let misplaced: Vec<(String, String)> = [(":method", "GET"), ("x-a", "1"), (":scheme", "https"), (":path", "/x")]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .to_vec();
+
+    // (case, fields of the refused request, RST_STREAM code or None for 431)
+    let cases: Vec<(&str, Fields, Option<u32>)> = vec![
+        ("connection-specific header (8.2.2)", with(&[("connection", "keep-alive")]), Some(PROTOCOL_ERROR)),
+        ("TE other than trailers (8.2.2)", with(&[("te", "gzip")]), Some(PROTOCOL_ERROR)),
+        ("no :path (8.3.1)", head("/x")[..3].to_vec(), Some(PROTOCOL_ERROR)),
+        ("second :path (8.3.1)", with(&[(":path", "/weather/v1/other")]), Some(PROTOCOL_ERROR)),
+        ("keep-alive header (8.2.2)", with(&[("keep-alive", "timeout=5")]), Some(PROTOCOL_ERROR)),
+        ("transfer-encoding header (8.2.2)", with(&[("transfer-encoding", "chunked")]), Some(PROTOCOL_ERROR)),
+        ("upgrade header (8.2.2)", with(&[("upgrade", "websocket")]), Some(PROTOCOL_ERROR)),
+        ("empty :path (8.3.1)", head(""), Some(PROTOCOL_ERROR)),
+        ("pseudo-header after a regular field (8.3)", misplaced, Some(PROTOCOL_ERROR)),
+        ("header list over gateway.max_header_bytes (10.5.1)", with(&[("x-big", big.as_str())]), None),
+    ];
+
+    let mut valid = head("/weather/v1/after");
+    valid.push(("authorization".to_owned(), format!("Bearer {token}")));
+    let valid = hpack_block(&valid);
+    for (case, fields, expected) in &cases {
+        let mut tls = connect(&h, b"h2", false).await;
+        let mut sent = H2_PREFACE.to_vec();
+        sent.extend(h2_frame(0x1, 0x5, 1, &hpack_block(fields)));
+        sent.extend(h2_frame(0x1, 0x5, 3, &valid));
+        tls.write_all(&sent).await.unwrap();
+        tls.flush().await.unwrap();
+
+        // Read until stream 3 ends: a frame on it with END_STREAM.
+        let mut received = Vec::new();
+        let _ = tokio::time::timeout(WAIT, async {
+            let mut chunk = [0u8; 16384];
+            while !h2_frames(&received).iter().any(|(_, flags, stream, _)| *stream == 3 && flags & 0x1 != 0) {
+                match tls.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => received.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        let frames = h2_frames(&received);
+        let on_first: Vec<(u8, u8, usize)> = frames
+            .iter()
+            .filter(|(_, _, stream, _)| *stream == 1)
+            .map(|(kind, flags, _, payload)| (*kind, *flags, payload.len()))
+            .collect();
+        match expected {
+            Some(code) => {
+                let reset = frames.iter().find(|(kind, _, stream, _)| *kind == 0x3 && *stream == 1);
+                let reset = reset.unwrap_or_else(|| {
+                    panic!(
+                        "{case}: no RST_STREAM on stream 1 in {:?}",
+                        frames.iter().map(|f| (f.0, f.1, f.2, f.3.len())).collect::<Vec<_>>()
+                    )
+                });
+                assert_eq!(u32::from_be_bytes(reset.3[..4].try_into().unwrap()), *code, "{case}");
+            }
+            None => {
+                assert_eq!(on_first.first().map(|(kind, flags, _)| (*kind, flags & 0x1)), Some((0x1, 0x1)), "{case}");
+                assert!(on_first[0].2 <= 8, "{case}: a bare status, not the gateway's own response: {on_first:?}");
+            }
+        }
+        assert!(frames.iter().any(|(kind, _, stream, _)| *kind == 0x1 && *stream == 3), "{case}: {frames:?}");
+    }
+
+    let targets: Vec<String> = h.upstream.seen().iter().map(|seen| seen.target.clone()).collect();
+    assert_eq!(targets, vec!["/weather/v1/after".to_owned(); cases.len()], "only the valid requests go upstream");
+
+    let log = h.access_log().await;
+    let mut outcomes: Vec<(u64, Option<&str>)> =
+        log.iter().map(|event| (event["status"].as_u64().unwrap(), event["reason"].as_str())).collect();
+    outcomes.sort();
+    let mut expected: Vec<(u64, Option<&str>)> = vec![(200, None); cases.len()];
+    expected.extend(vec![(400, Some("http2_stream_error")); cases.len() - 1]);
+    expected.push((431, Some("headers_too_large")));
+    expected.sort();
+    assert_eq!(outcomes, expected, "{log:?}");
 }

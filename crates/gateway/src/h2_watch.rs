@@ -1,0 +1,394 @@
+//! Rejections that h2 makes by itself on an app's HTTP/2 connection, found
+//! by reading the frame headers that pass through the connection.
+//!
+//! h2 responds to some requests before hyper hands them to the gateway's
+//! handler: a header list over `gateway.max_header_bytes` gets a bare 431
+//! (RFC 9113 section 10.5.1), and a malformed request head, a stream over
+//! the concurrency limit or a stream-level flow-control error gets
+//! RST_STREAM (section 5.4.2). Neither h2 nor hyper reports these, so
+//! without this watcher they would leave no access event and the guard
+//! could not count them. It is written by hand because no crate exposes a
+//! server's own stream rejections, and it reads only the 9-byte frame
+//! headers (section 4.1) and the 4-byte RST_STREAM error code, never HPACK.
+//!
+//! Invariant: a rejection is reported only for a stream on which the app has
+//! sent nothing but its header block and the gateway has not started a
+//! response. Every stream that reached the handler gets its access event
+//! there, so no stream is recorded twice.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The client connection preface (RFC 9113 section 3.4), which precedes
+/// the app's first frame.
+const CLIENT_PREFACE_LENGTH: usize = 24;
+
+/// Frame types (RFC 9113 section 6).
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const CONTINUATION: u8 = 0x9;
+
+/// The END_STREAM flag of a HEADERS frame (RFC 9113 section 6.2).
+const END_STREAM: u8 = 0x1;
+
+/// The largest header block of h2's own 431 response, which carries only
+/// `:status`: at most a dynamic table size update and one field of 5
+/// bytes. Every response of the gateway also carries a 32-character
+/// request id, so its header block is longer.
+const BARE_STATUS_BLOCK: usize = 8;
+
+/// Streams remembered as waiting for a response. hyper allows 200
+/// concurrent streams by default, so this is far above any real count.
+const MAX_WATCHED_STREAMS: usize = 4096;
+
+/// A request that h2 rejected before the handler received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamRejection {
+    /// h2 sent 431 because the header list was over the limit.
+    HeadersTooLarge {
+        /// The stream id.
+        stream: u32,
+    },
+    /// h2 reset the stream with this RST_STREAM error code.
+    Reset {
+        /// The stream id.
+        stream: u32,
+        /// The error code (RFC 9113 section 7).
+        code: u32,
+    },
+}
+
+/// Error codes of a reset that the app's own frames caused (RFC 9113
+/// section 7): PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED,
+/// FRAME_SIZE_ERROR and REFUSED_STREAM. The server's own resets use
+/// NO_ERROR, CANCEL or INTERNAL_ERROR.
+const APP_FAULT_CODES: [u32; 5] = [0x1, 0x3, 0x5, 0x6, 0x7];
+
+/// One frame's header (RFC 9113 section 4.1).
+#[derive(Debug, Clone, Copy)]
+struct FrameHead {
+    length: usize,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+/// A reader of frame boundaries in one direction of a connection. It keeps
+/// each frame's header and the first 4 payload bytes, and skips the rest.
+#[derive(Debug, Default)]
+struct FrameCursor {
+    /// Bytes still to skip before the first frame.
+    skip: usize,
+    header: [u8; 9],
+    header_filled: usize,
+    current: Option<FrameHead>,
+    /// Payload bytes of the current frame not yet passed.
+    payload_left: usize,
+    payload_start: [u8; 4],
+    payload_start_filled: usize,
+}
+
+impl FrameCursor {
+    /// Passes `bytes` and calls `complete` with each frame whose payload
+    /// has been passed, and the first bytes of that payload.
+    fn feed(&mut self, mut bytes: &[u8], mut complete: impl FnMut(FrameHead, &[u8])) {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let skipped = self.skip.min(bytes.len());
+                self.skip -= skipped;
+                bytes = &bytes[skipped..];
+                continue;
+            }
+
+            let Some(head) = self.current else {
+                let taken = (9 - self.header_filled).min(bytes.len());
+                self.header[self.header_filled..self.header_filled + taken].copy_from_slice(&bytes[..taken]);
+                self.header_filled += taken;
+                bytes = &bytes[taken..];
+                if self.header_filled == 9 {
+                    let head = parse_head(&self.header);
+                    self.header_filled = 0;
+                    self.payload_start_filled = 0;
+                    if head.length == 0 {
+                        complete(head, &[]);
+                    } else {
+                        self.current = Some(head);
+                        self.payload_left = head.length;
+                    }
+                }
+                continue;
+            };
+
+            let passed = self.payload_left.min(bytes.len());
+            let kept = (self.payload_start.len() - self.payload_start_filled).min(passed);
+            self.payload_start[self.payload_start_filled..self.payload_start_filled + kept]
+                .copy_from_slice(&bytes[..kept]);
+            self.payload_start_filled += kept;
+            self.payload_left -= passed;
+            bytes = &bytes[passed..];
+            if self.payload_left == 0 {
+                self.current = None;
+                complete(head, &self.payload_start[..self.payload_start_filled]);
+            }
+        }
+    }
+}
+
+fn parse_head(header: &[u8; 9]) -> FrameHead {
+    FrameHead {
+        length: usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]),
+        kind: header[3],
+        flags: header[4],
+        // The reserved high bit is not part of the id.
+        stream: u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff,
+    }
+}
+
+/// The frame state of one HTTP/2 connection: what the app sent on each
+/// open stream, and which rejections h2 sent back.
+#[derive(Debug)]
+pub(crate) struct FrameWatch {
+    inbound: FrameCursor,
+    outbound: FrameCursor,
+    /// Streams on which the app sent only its header block and the gateway
+    /// has not yet sent a response head or reset.
+    head_only: BTreeSet<u32>,
+    /// The highest stream id the app has opened.
+    highest_opened: u32,
+}
+
+impl Default for FrameWatch {
+    fn default() -> Self {
+        Self {
+            inbound: FrameCursor { skip: CLIENT_PREFACE_LENGTH, ..FrameCursor::default() },
+            outbound: FrameCursor::default(),
+            head_only: BTreeSet::new(),
+            highest_opened: 0,
+        }
+    }
+}
+
+impl FrameWatch {
+    /// Passes bytes that the app sent, after TLS.
+    pub fn inbound(&mut self, bytes: &[u8]) {
+        let Self { inbound, head_only, highest_opened, .. } = self;
+        inbound.feed(bytes, |head, _| {
+            if head.stream == 0 || head.kind == CONTINUATION {
+                return;
+            }
+            if head.kind == HEADERS && head.stream > *highest_opened {
+                *highest_opened = head.stream;
+                head_only.insert(head.stream);
+                if head_only.len() > MAX_WATCHED_STREAMS {
+                    head_only.pop_first();
+                }
+                return;
+            }
+
+            // Trailers, DATA, RST_STREAM, WINDOW_UPDATE, PRIORITY: the
+            // stream is past its head, so a reset of it is the handler's
+            // to record.
+            head_only.remove(&head.stream);
+        });
+    }
+
+    /// Passes bytes that the gateway sent, before TLS, and returns the
+    /// rejections among them.
+    pub fn outbound(&mut self, bytes: &[u8]) -> Vec<StreamRejection> {
+        let Self { outbound, head_only, .. } = self;
+        let mut rejections = Vec::new();
+        outbound.feed(bytes, |head, payload| {
+            if head.kind != HEADERS && head.kind != RST_STREAM {
+                return;
+            }
+            if !head_only.remove(&head.stream) {
+                return;
+            }
+
+            if head.kind == HEADERS && head.flags & END_STREAM != 0 && head.length <= BARE_STATUS_BLOCK {
+                rejections.push(StreamRejection::HeadersTooLarge { stream: head.stream });
+            }
+            if head.kind == RST_STREAM && payload.len() == 4 {
+                let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                if APP_FAULT_CODES.contains(&code) {
+                    rejections.push(StreamRejection::Reset { stream: head.stream, code });
+                }
+            }
+        });
+        rejections
+    }
+}
+
+/// The callback that records a rejection.
+pub(crate) type ReportRejection = Arc<dyn Fn(StreamRejection) + Send + Sync>;
+
+/// An I/O stream that passes every byte to a [`FrameWatch`] when `watch`
+/// is set, and reports the rejections found. Without a watch it only passes
+/// the calls on, for HTTP/1.1 connections.
+pub(crate) struct WatchedIo<S> {
+    inner: S,
+    watch: Option<(FrameWatch, ReportRejection)>,
+}
+
+impl<S> WatchedIo<S> {
+    /// Wraps `inner`, watching its frames if `watch` is set.
+    pub fn new(inner: S, watch: Option<ReportRejection>) -> Self {
+        Self { inner, watch: watch.map(|report| (FrameWatch::default(), report)) }
+    }
+
+    fn written(&mut self, chunks: &[&[u8]]) {
+        if let Some((watch, report)) = &mut self.watch {
+            for chunk in chunks {
+                for rejection in watch.outbound(chunk) {
+                    report(rejection);
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some((watch, _)) = &mut self.watch {
+            watch.inbound(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = polled {
+            self.written(&[&buf[..written]]);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut written)) = polled {
+            let mut chunks = Vec::with_capacity(bufs.len());
+            for buf in bufs {
+                let taken = written.min(buf.len());
+                chunks.push(&buf[..taken]);
+                written -= taken;
+            }
+            self.written(&chunks);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATA: u8 = 0x0;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = payload.len() as u32;
+        let mut bytes = length.to_be_bytes()[1..].to_vec();
+        bytes.extend_from_slice(&[kind, flags]);
+        bytes.extend_from_slice(&stream.to_be_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    fn reset(stream: u32, code: u32) -> Vec<u8> {
+        frame(RST_STREAM, 0, stream, &code.to_be_bytes())
+    }
+
+    /// Returns a watch past the preface and the app's SETTINGS frame.
+    fn started() -> FrameWatch {
+        let mut watch = FrameWatch::default();
+        watch.inbound(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        watch.inbound(&frame(0x4, 0, 0, &[]));
+        watch
+    }
+
+    #[test]
+    fn reset_of_a_bare_head_is_reported() {
+        let mut watch = started();
+        watch.inbound(&frame(HEADERS, 0x5, 1, &[0x82; 20]));
+        assert_eq!(watch.outbound(&reset(1, 0x1)), [StreamRejection::Reset { stream: 1, code: 0x1 }]);
+        assert_eq!(watch.outbound(&reset(1, 0x1)), [], "a stream is reported once");
+    }
+
+    #[test]
+    fn bare_431_is_reported_once() {
+        let mut watch = started();
+        watch.inbound(&frame(HEADERS, 0x4, 3, &[0; 100]));
+        let mut sent = frame(HEADERS, 0x5, 3, &[0x48, 0x03, b'4', b'3', b'1']);
+        sent.extend(reset(3, 0x1));
+        assert_eq!(watch.outbound(&sent), [StreamRejection::HeadersTooLarge { stream: 3 }]);
+    }
+
+    #[test]
+    fn handled_streams_are_not_reported() {
+        let cases: [(&str, Vec<u8>, Vec<u8>); 6] = [
+            ("reset after a body frame", frame(DATA, 0, 1, b"x"), reset(1, 0x1)),
+            ("reset after trailers", frame(HEADERS, 0x5, 1, &[0x82]), reset(1, 0x1)),
+            ("reset after WINDOW_UPDATE", frame(0x8, 0, 1, &[0, 0, 0, 0]), reset(1, 0x1)),
+            ("own CANCEL", Vec::new(), reset(1, 0x8)),
+            ("own INTERNAL_ERROR", Vec::new(), reset(1, 0x2)),
+            ("response head with a request id", Vec::new(), frame(HEADERS, 0x5, 1, &[0; 40])),
+        ];
+        for (case, more_inbound, sent) in cases {
+            let mut watch = started();
+            watch.inbound(&frame(HEADERS, 0x4, 1, &[0x82]));
+            watch.inbound(&more_inbound);
+            assert_eq!(watch.outbound(&sent), [], "{case}");
+        }
+    }
+
+    #[test]
+    fn trailers_after_a_response_are_not_431() {
+        let mut watch = started();
+        watch.inbound(&frame(HEADERS, 0x5, 1, &[0x82]));
+        assert_eq!(watch.outbound(&frame(HEADERS, 0x4, 1, &[0; 40])), []);
+        assert_eq!(watch.outbound(&frame(HEADERS, 0x5, 1, &[0xbe])), [], "a 1-byte trailer block");
+    }
+
+    #[test]
+    fn frames_split_at_every_byte() {
+        let mut inbound = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        inbound.extend(frame(HEADERS, 0x5, 1, &[0x82; 30]));
+        inbound.extend(frame(HEADERS, 0x5, 3, &[0x82; 30]));
+        let mut outbound = frame(0x4, 0, 0, &[0; 6]);
+        outbound.extend(reset(1, 0x7));
+        outbound.extend(frame(HEADERS, 0x5, 3, &[0x88]));
+
+        let mut watch = FrameWatch::default();
+        for byte in &inbound {
+            watch.inbound(std::slice::from_ref(byte));
+        }
+        let rejections: Vec<_> = outbound.iter().flat_map(|byte| watch.outbound(std::slice::from_ref(byte))).collect();
+        assert_eq!(
+            rejections,
+            [StreamRejection::Reset { stream: 1, code: 0x7 }, StreamRejection::HeadersTooLarge { stream: 3 }]
+        );
+    }
+}
