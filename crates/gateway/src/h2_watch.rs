@@ -277,12 +277,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(mut written)) = polled {
+        // HTTP/1.1 connections have no watch and skip the list of chunks.
+        if let Poll::Ready(Ok(written)) = polled
+            && self.watch.is_some()
+        {
+            let mut left = written;
             let mut chunks = Vec::with_capacity(bufs.len());
             for buf in bufs {
-                let taken = written.min(buf.len());
+                let taken = left.min(buf.len());
                 chunks.push(&buf[..taken]);
-                written -= taken;
+                left -= taken;
             }
             self.written(&chunks);
         }
