@@ -67,8 +67,9 @@ async fn connects_to_checked_literal() {
     assert_eq!(decision.rule, "allow_cidrs[0]");
     let target = decision.target.expect("allowed");
 
-    let mut stream = connect(&target, Duration::from_secs(2)).await.expect("connect");
-    assert_eq!(stream.peer_addr().unwrap(), SocketAddr::new(ip(LOOPBACK), port));
+    let (mut stream, address) = connect(&target, Duration::from_secs(2)).await.expect("connect");
+    assert_eq!(address, SocketAddr::new(ip(LOOPBACK), port));
+    assert_eq!(stream.peer_addr().unwrap(), address);
     stream.write_all(b"x").await.unwrap();
     let mut echoed = [0u8; 1];
     stream.read_exact(&mut echoed).await.unwrap();
@@ -88,8 +89,9 @@ async fn connect_uses_only_pinned_address() {
     let target = decision.target.expect("allowed");
     assert_eq!(target.addresses(), &[SocketAddr::new(ip(LOOPBACK), port)]);
 
-    let mut stream = connect(&target, Duration::from_secs(2)).await.expect("connect");
-    assert_eq!(stream.peer_addr().unwrap(), SocketAddr::new(ip(LOOPBACK), port), "connected to the checked address");
+    let (mut stream, address) = connect(&target, Duration::from_secs(2)).await.expect("connect");
+    assert_eq!(address, SocketAddr::new(ip(LOOPBACK), port), "connected to the checked address");
+    assert_eq!(stream.peer_addr().unwrap(), address);
     assert_eq!(resolver.calls.load(Ordering::SeqCst), 1, "connect must not resolve again");
 
     stream.write_all(b"y").await.unwrap();
@@ -128,8 +130,9 @@ async fn silent_first_address_leaves_time_for_next() {
     let target = decision.target.expect("allowed");
 
     let started = std::time::Instant::now();
-    let stream = connect(&target, Duration::from_secs(2)).await.expect("the second address accepts");
-    assert_eq!(stream.peer_addr().unwrap(), SocketAddr::new(ip("127.0.0.2"), port));
+    let (stream, address) = connect(&target, Duration::from_secs(2)).await.expect("the second address accepts");
+    assert_eq!(address, SocketAddr::new(ip("127.0.0.2"), port));
+    assert_eq!(stream.peer_addr().unwrap(), address);
     assert!(started.elapsed() < Duration::from_millis(1900), "took {:?}", started.elapsed());
     drop(open);
 }

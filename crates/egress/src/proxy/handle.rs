@@ -293,14 +293,9 @@ pub(crate) async fn open_upstream(
     };
 
     match connect(target, settings.connect_timeout).await {
-        Ok(stream) => {
-            let connected = stream.peer_addr().ok();
-            let event = match connected {
-                Some(address) => event.with_connected(address),
-                None => event,
-            };
-            proxy.events.send(event);
-            log_decision(&caller.app_id, method, &decision, Ok(connected));
+        Ok((stream, address)) => {
+            proxy.events.send(event.with_connected(address));
+            log_decision(&caller.app_id, method, &decision, Ok(Some(address)));
             Ok(Upstream { stream, engine: Arc::clone(&engine), slot, host: decision.host.clone(), port, cap })
         }
         Err(source) => {
