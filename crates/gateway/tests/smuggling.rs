@@ -618,3 +618,87 @@ async fn http2_stream_refusals_get_events() {
     expected.sort();
     assert_eq!(outcomes, expected, "{log:?}");
 }
+
+/// An app that opens more HTTP/2 streams at once than the 200 that hyper
+/// allows gets REFUSED_STREAM for the extra one (RFC 9113 section 5.1.2),
+/// recorded as 429 `too_many_streams`. The 200 open streams wait for their
+/// bodies and end when the app closes the connection.
+#[tokio::test]
+async fn http2_streams_over_the_limit_get_events() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const REFUSED_STREAM: u32 = 0x7;
+    const ALLOWED: u32 = 200;
+    let mut h = Harness::start(|config| config.gateway.rate_burst = 1000).await;
+    let token = h.token("records", &["records:write"]);
+    let mut tls = connect(&h, b"h2", false).await;
+    tls.write_all(H2_PREFACE).await.unwrap();
+    tls.flush().await.unwrap();
+
+    // The limit applies once the app acknowledges the gateway's SETTINGS.
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let settings_arrived = tokio::time::timeout(WAIT, async {
+        while !h2_frames(&received).iter().any(|(kind, flags, ..)| *kind == 0x4 && flags & 0x1 == 0) {
+            let n = tls.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the gateway closed the connection before its SETTINGS");
+            received.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(settings_arrived.is_ok(), "no SETTINGS from the gateway");
+
+    let mut sent = h2_frame(0x4, 0x1, 0, b"");
+    for index in 0..=ALLOWED {
+        let fields: Fields = [
+            (":method", "POST".to_owned()),
+            (":scheme", "https".to_owned()),
+            (":authority", "localhost".to_owned()),
+            (":path", format!("/records/v1/open-{index}")),
+            ("authorization", format!("Bearer {token}")),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+        // END_HEADERS without END_STREAM: a body is to follow.
+        sent.extend(h2_frame(0x1, 0x4, 2 * index + 1, &hpack_block(&fields)));
+    }
+    tls.write_all(&sent).await.unwrap();
+    tls.flush().await.unwrap();
+
+    let refused_stream = 2 * ALLOWED + 1;
+    let reset_arrived = tokio::time::timeout(WAIT, async {
+        while !h2_frames(&received).iter().any(|(kind, ..)| *kind == 0x3) {
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(reset_arrived.is_ok(), "no RST_STREAM within {WAIT:?}");
+    let resets: Vec<(u32, u32)> = h2_frames(&received)
+        .iter()
+        .filter(|(kind, ..)| *kind == 0x3)
+        .map(|(_, _, stream, payload)| (*stream, u32::from_be_bytes(payload[..4].try_into().unwrap())))
+        .collect();
+    assert_eq!(resets, [(refused_stream, REFUSED_STREAM)]);
+    drop(tls);
+
+    assert!(h.upstream.seen().is_empty(), "no body arrived whole, so nothing went upstream");
+    let log = h.access_log().await;
+    let refused: Vec<_> = log.iter().filter(|event| event["reason"] == "too_many_streams").collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["status"], 429);
+    // Closing the connection either drops a stream's handler (499) or
+    // fails the body it is reading (400); either way one event each.
+    let closed = log
+        .iter()
+        .filter(|event| {
+            (event["status"] == 499 && event["reason"] == "client_closed")
+                || (event["status"] == 400 && event["reason"] == "invalid_request_body")
+        })
+        .count();
+    assert_eq!(closed, ALLOWED as usize, "each open stream ends once");
+    assert_eq!(log.len(), ALLOWED as usize + 1);
+}
