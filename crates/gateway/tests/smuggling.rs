@@ -687,11 +687,11 @@ async fn http2_streams_over_the_limit_get_events() {
 
     assert!(h.upstream.seen().is_empty(), "no body arrived whole, so nothing went upstream");
     let log = h.access_log().await;
-    let refused: Vec<_> = log.iter().filter(|event| event["reason"] == "too_many_streams").collect();
-    assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!(refused[0]["status"], 429);
+    let rejected: Vec<_> = log.iter().filter(|event| event["reason"] == "too_many_streams").collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0]["status"], 429);
     // Closing the connection either drops a stream's handler (499) or
-    // fails the body it is reading (400); either way one event each.
+    // fails the body it is reading (400). Either way each gets one event.
     let closed = log
         .iter()
         .filter(|event| {
