@@ -7,7 +7,6 @@
 //! event and tell a body-limit failure (413) apart from an upstream failure
 //! (502) after the upstream client has consumed the error.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,10 +67,11 @@ enum Source {
     /// The app's whole body, read before the request went upstream, with
     /// the app's share of the buffer budget, kept until dropped.
     Buffered {
-        frames: VecDeque<Frame<Bytes>>,
-        /// The total of the data frames, or `None` with trailers, which
-        /// need chunked framing upstream.
-        exact: Option<u64>,
+        /// The data, taken by the first poll. Empty for an empty body.
+        data: Option<Bytes>,
+        /// The trailers, sent after the data. With trailers the upstream
+        /// request needs chunked framing.
+        trailers: Option<http::HeaderMap>,
         _slot: TallySlot,
     },
 }
@@ -85,8 +85,9 @@ impl LimitedBody {
     /// Forwards a body read whole by [`read_whole`]. The counters already
     /// contain its size.
     pub(crate) fn buffered(whole: WholeBody, counters: Arc<RequestCounters>) -> Self {
-        let WholeBody { frames, exact, slot } = whole;
-        Self { source: Source::Buffered { frames, exact, _slot: slot }, limit: u64::MAX, counters }
+        let WholeBody { data, trailers, slot } = whole;
+        let data = Some(data).filter(|data| !data.is_empty());
+        Self { source: Source::Buffered { data, trailers, _slot: slot }, limit: u64::MAX, counters }
     }
 
     /// Returns the counters, which the upstream pool reads to learn
@@ -96,12 +97,17 @@ impl LimitedBody {
     }
 }
 
-/// A request body read whole before forwarding.
+/// A request body read whole before forwarding: its data in one buffer,
+/// whatever the number of chunks or frames it came in.
 pub(crate) struct WholeBody {
-    frames: VecDeque<Frame<Bytes>>,
-    exact: Option<u64>,
+    data: Bytes,
+    trailers: Option<http::HeaderMap>,
     slot: TallySlot,
 }
+
+/// The first capacity of a buffered body's data, in bytes, unless the body
+/// limit is smaller.
+const FIRST_BUFFER_BYTES: usize = 4 * 1024;
 
 /// The reason [`read_whole`] stopped before the body's end.
 #[derive(Debug)]
@@ -115,10 +121,15 @@ pub(crate) enum ReadWholeError {
     Failed(hyper::Error),
 }
 
-/// Reads `body` to its end, at most `limit` data bytes, growing `slot` by
-/// each data frame within `budget` bytes for the app. Counts the bytes in
-/// `counters` and removes from trailers what [`strip_request_headers`]
+/// Reads `body` to its end, at most `limit` data bytes, and copies its data
+/// into one buffer. The buffer's capacity is charged to `slot` within
+/// `budget` bytes for the app, and never exceeds `limit`. Counts the bytes
+/// in `counters` and removes from trailers what [`strip_request_headers`]
 /// removes from the head. The caller bounds the time it takes.
+///
+/// Copying matters: each chunk hyper yields is a slice of a read buffer,
+/// so keeping tiny chunks would keep whole read buffers alive and use far
+/// more memory than the bytes charged.
 pub(crate) async fn read_whole(
     mut body: hyper::body::Incoming,
     limit: u64,
@@ -128,33 +139,45 @@ pub(crate) async fn read_whole(
 ) -> Result<WholeBody, ReadWholeError> {
     use http_body_util::BodyExt;
 
-    let mut frames = VecDeque::new();
-    let mut exact = Some(0);
+    let limit_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut data: Vec<u8> = Vec::new();
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        let mut frame = frame.map_err(|error| {
+        let frame = frame.map_err(|error| {
             counters.failed.store(true, Ordering::Relaxed);
             ReadWholeError::Failed(error)
         })?;
 
-        if let Some(data) = frame.data_ref() {
-            let length = data.len() as u64;
-            let total = counters.bytes_in.fetch_add(length, Ordering::Relaxed) + length;
-            if total > limit {
-                counters.too_large.store(true, Ordering::Relaxed);
-                return Err(ReadWholeError::TooLarge);
+        let chunk = match frame.into_data() {
+            Ok(chunk) => chunk,
+            Err(frame) => {
+                if let Ok(mut received) = frame.into_trailers() {
+                    strip_request_headers(&mut received);
+                    trailers = Some(received);
+                }
+                continue;
             }
-            if !slot.grow(length, budget) {
+        };
+        let length = chunk.len() as u64;
+        let total = counters.bytes_in.fetch_add(length, Ordering::Relaxed) + length;
+        if total > limit {
+            counters.too_large.store(true, Ordering::Relaxed);
+            return Err(ReadWholeError::TooLarge);
+        }
+
+        // Grows by doubling, for few copies, but never past the body limit,
+        // so that a single body always fits a budget of at least the limit.
+        let needed = data.len() + chunk.len();
+        if needed > data.capacity() {
+            let target = (data.capacity() * 2).max(FIRST_BUFFER_BYTES).min(limit_bytes).max(needed);
+            if !slot.grow((target - data.capacity()) as u64, budget) {
                 return Err(ReadWholeError::BudgetExhausted);
             }
-            exact = exact.map(|sum| sum + length);
+            data.reserve_exact(target - data.len());
         }
-        if let Some(trailers) = frame.trailers_mut() {
-            strip_request_headers(trailers);
-            exact = None;
-        }
-        frames.push_back(frame);
+        data.extend_from_slice(&chunk);
     }
-    Ok(WholeBody { frames, exact, slot })
+    Ok(WholeBody { data: Bytes::from(data), trailers, slot })
 }
 
 /// The error a [`LimitedBody`] returns past its limit.
@@ -170,9 +193,12 @@ impl Body for LimitedBody {
         let this = &mut *self;
         let inner = match &mut this.source {
             Source::Streaming(inner) => inner,
-            Source::Buffered { frames, .. } => {
-                let next = frames.pop_front();
-                if frames.is_empty() {
+            Source::Buffered { data, trailers, .. } => {
+                let next = match data.take() {
+                    Some(data) => Some(Frame::data(data)),
+                    None => trailers.take().map(Frame::trailers),
+                };
+                if data.is_none() && trailers.is_none() {
                     this.counters.ended.store(true, Ordering::Relaxed);
                 }
                 return Poll::Ready(next.map(Ok));
@@ -216,7 +242,7 @@ impl Body for LimitedBody {
     fn is_end_stream(&self) -> bool {
         let ended = match &self.source {
             Source::Streaming(inner) => inner.is_end_stream(),
-            Source::Buffered { frames, .. } => frames.is_empty(),
+            Source::Buffered { data, trailers, .. } => data.is_none() && trailers.is_none(),
         };
         if ended {
             self.counters.ended.store(true, Ordering::Relaxed);
@@ -229,8 +255,10 @@ impl Body for LimitedBody {
     fn size_hint(&self) -> SizeHint {
         match &self.source {
             Source::Streaming(inner) => inner.size_hint(),
-            Source::Buffered { exact: Some(exact), .. } => SizeHint::with_exact(*exact),
-            Source::Buffered { exact: None, .. } => SizeHint::default(),
+            Source::Buffered { data, trailers: None, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |data| data.len() as u64))
+            }
+            Source::Buffered { trailers: Some(_), .. } => SizeHint::default(),
         }
     }
 }

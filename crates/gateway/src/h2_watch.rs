@@ -11,10 +11,17 @@
 //! server's own stream rejections, and it reads only the 9-byte frame
 //! headers (section 4.1) and the 4-byte RST_STREAM error code, never HPACK.
 //!
-//! Invariant: a rejection is reported only for a stream on which the app has
-//! sent nothing but its header block and the gateway has not started a
-//! response. Every stream that reached the handler gets its access event
-//! there, so no stream is recorded twice.
+//! A rejection is reported for a stream on which the gateway has sent
+//! neither a response head nor a reset before. The watch reads the app's
+//! bytes before h2 does, so it cannot tell whether h2 rejected the head or
+//! a later frame on the same stream. It therefore counts every reset of an
+//! unanswered stream: otherwise an app could hide a malformed head by
+//! sending any frame on the stream right after it.
+//!
+//! NOTE: h2 may reset a request that reached the handler, for the app's
+//! protocol error before the response head (a body longer than its
+//! content-length, malformed trailers). Such a request gets two access
+//! events: the handler's (499 or 400) and this one.
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -30,7 +37,6 @@ const CLIENT_PREFACE_LENGTH: usize = 24;
 /// Frame types (RFC 9113 section 6).
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
-const CONTINUATION: u8 = 0x9;
 
 /// The END_STREAM flag of a HEADERS frame (RFC 9113 section 6.2).
 const END_STREAM: u8 = 0x1;
@@ -42,7 +48,8 @@ const END_STREAM: u8 = 0x1;
 const BARE_STATUS_BLOCK: usize = 8;
 
 /// Streams remembered as waiting for a response. hyper allows 200
-/// concurrent streams by default, so this is far above any real count.
+/// concurrent streams by default. Streams that the app reset itself get no
+/// response and stay until newer ones push them out.
 const MAX_WATCHED_STREAMS: usize = 4096;
 
 /// A request that h2 rejected before the handler received it.
@@ -62,11 +69,14 @@ pub(crate) enum StreamRejection {
     },
 }
 
-/// Error codes of a reset that the app's own frames caused (RFC 9113
-/// section 7): PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED,
-/// FRAME_SIZE_ERROR and REFUSED_STREAM. The server's own resets use
-/// NO_ERROR, CANCEL or INTERNAL_ERROR.
-const APP_FAULT_CODES: [u32; 5] = [0x1, 0x3, 0x5, 0x6, 0x7];
+/// Error codes of a reset of an unanswered stream that the app's own
+/// frames caused (RFC 9113 section 7): PROTOCOL_ERROR, INTERNAL_ERROR,
+/// FLOW_CONTROL_ERROR, STREAM_CLOSED, FRAME_SIZE_ERROR and REFUSED_STREAM.
+/// INTERNAL_ERROR is hyper's reset of a request it cannot take, such as a
+/// CONNECT with a content-length. The gateway's handler never fails (its
+/// error type is `Infallible`), and its own resets (NO_ERROR, CANCEL, or INTERNAL_ERROR for a failed
+/// response body) come after a response head.
+const APP_FAULT_CODES: [u32; 6] = [0x1, 0x2, 0x3, 0x5, 0x6, 0x7];
 
 /// One frame's header (RFC 9113 section 4.1).
 #[derive(Debug, Clone, Copy)]
@@ -154,9 +164,9 @@ fn parse_head(header: &[u8; 9]) -> FrameHead {
 pub(crate) struct FrameWatch {
     inbound: FrameCursor,
     outbound: FrameCursor,
-    /// Streams on which the app sent only its header block and the gateway
-    /// has not yet sent a response head or reset.
-    head_only: BTreeSet<u32>,
+    /// Streams the app opened to which the gateway has sent neither a
+    /// response head nor a reset.
+    unanswered: BTreeSet<u32>,
     /// The highest stream id the app has opened.
     highest_opened: u32,
 }
@@ -166,7 +176,7 @@ impl Default for FrameWatch {
         Self {
             inbound: FrameCursor { skip: CLIENT_PREFACE_LENGTH, ..FrameCursor::default() },
             outbound: FrameCursor::default(),
-            head_only: BTreeSet::new(),
+            unanswered: BTreeSet::new(),
             highest_opened: 0,
         }
     }
@@ -175,37 +185,32 @@ impl Default for FrameWatch {
 impl FrameWatch {
     /// Passes bytes that the app sent, after TLS.
     pub fn inbound(&mut self, bytes: &[u8]) {
-        let Self { inbound, head_only, highest_opened, .. } = self;
+        let Self { inbound, unanswered, highest_opened, .. } = self;
         inbound.feed(bytes, |head, _| {
-            if head.stream == 0 || head.kind == CONTINUATION {
+            // Only a HEADERS frame with a new stream id opens a stream.
+            // Trailers, DATA, RST_STREAM and the rest leave the stream
+            // unanswered, because h2 may still reset it for its head.
+            if head.kind != HEADERS || head.stream <= *highest_opened {
                 return;
             }
-            if head.kind == HEADERS && head.stream > *highest_opened {
-                *highest_opened = head.stream;
-                head_only.insert(head.stream);
-                if head_only.len() > MAX_WATCHED_STREAMS {
-                    head_only.pop_first();
-                }
-                return;
+            *highest_opened = head.stream;
+            unanswered.insert(head.stream);
+            if unanswered.len() > MAX_WATCHED_STREAMS {
+                unanswered.pop_first();
             }
-
-            // Trailers, DATA, RST_STREAM, WINDOW_UPDATE, PRIORITY: the
-            // stream is past its head, so a reset of it is the handler's
-            // to record.
-            head_only.remove(&head.stream);
         });
     }
 
     /// Passes bytes that the gateway sent, before TLS, and returns the
     /// rejections among them.
     pub fn outbound(&mut self, bytes: &[u8]) -> Vec<StreamRejection> {
-        let Self { outbound, head_only, .. } = self;
+        let Self { outbound, unanswered, .. } = self;
         let mut rejections = Vec::new();
         outbound.feed(bytes, |head, payload| {
             if head.kind != HEADERS && head.kind != RST_STREAM {
                 return;
             }
-            if !head_only.remove(&head.stream) {
+            if !unanswered.remove(&head.stream) {
                 return;
             }
 
@@ -351,21 +356,45 @@ mod tests {
     }
 
     #[test]
-    fn handled_streams_are_not_reported() {
-        let cases: [(&str, Vec<u8>, Vec<u8>); 6] = [
-            ("reset after a body frame", frame(DATA, 0, 1, b"x"), reset(1, 0x1)),
-            ("reset after trailers", frame(HEADERS, 0x5, 1, &[0x82]), reset(1, 0x1)),
-            ("reset after WINDOW_UPDATE", frame(0x8, 0, 1, &[0, 0, 0, 0]), reset(1, 0x1)),
-            ("own CANCEL", Vec::new(), reset(1, 0x8)),
-            ("own INTERNAL_ERROR", Vec::new(), reset(1, 0x2)),
-            ("response head with a request id", Vec::new(), frame(HEADERS, 0x5, 1, &[0; 40])),
+    fn reset_after_more_frames_is_reported() {
+        let cases: [(&str, Vec<u8>); 5] = [
+            ("body frame", frame(DATA, 0, 1, b"x")),
+            ("trailers", frame(HEADERS, 0x5, 1, &[0x82])),
+            ("WINDOW_UPDATE", frame(0x8, 0, 1, &[0, 0, 0, 0])),
+            ("the app's own RST_STREAM", frame(RST_STREAM, 0, 1, &[0, 0, 0, 0x8])),
+            ("unknown frame type", frame(0x20, 0, 1, b"")),
         ];
-        for (case, more_inbound, sent) in cases {
+        for (case, more_inbound) in cases {
+            let mut watch = started();
+            watch.inbound(&[frame(HEADERS, 0x4, 1, &[0x82]), more_inbound].concat());
+            assert_eq!(watch.outbound(&reset(1, 0x1)), [StreamRejection::Reset { stream: 1, code: 0x1 }], "{case}");
+        }
+    }
+
+    #[test]
+    fn answered_streams_are_not_reported() {
+        let cases: [(&str, Vec<u8>); 4] = [
+            ("own CANCEL", reset(1, 0x8)),
+            ("own NO_ERROR", reset(1, 0x0)),
+            ("response head with a request id", frame(HEADERS, 0x5, 1, &[0; 40])),
+            ("reset after a response head", [frame(HEADERS, 0x4, 1, &[0; 40]), reset(1, 0x2)].concat()),
+        ];
+        for (case, sent) in cases {
             let mut watch = started();
             watch.inbound(&frame(HEADERS, 0x4, 1, &[0x82]));
-            watch.inbound(&more_inbound);
             assert_eq!(watch.outbound(&sent), [], "{case}");
         }
+    }
+
+    #[test]
+    fn unanswered_streams_are_bounded() {
+        let mut watch = started();
+        for index in 0..MAX_WATCHED_STREAMS as u32 + 10 {
+            watch.inbound(&frame(HEADERS, 0x5, 2 * index + 1, &[0x82]));
+        }
+        assert_eq!(watch.unanswered.len(), MAX_WATCHED_STREAMS);
+        assert_eq!(watch.outbound(&reset(1, 0x1)), [], "the oldest stream was pushed out");
+        assert_eq!(watch.outbound(&reset(21, 0x1)), [StreamRejection::Reset { stream: 21, code: 0x1 }]);
     }
 
     #[test]

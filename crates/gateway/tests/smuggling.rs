@@ -516,9 +516,10 @@ async fn http2_protocol_errors_get_events() {
     assert_eq!(outcomes, vec![(400, Some("http2_protocol_error")); cases.len()], "{log:?}");
 }
 
-/// Stream-level rejections that h2 makes before the handler receives the
-/// request: a malformed request head gets RST_STREAM with PROTOCOL_ERROR
-/// (RFC 9113 section 8.1.1) and a header list over the limit a bare 431.
+/// Stream-level rejections that h2 or hyper makes before the handler
+/// receives the request: a malformed request head gets RST_STREAM with
+/// PROTOCOL_ERROR (RFC 9113 section 8.1.1), also when more frames on the
+/// stream follow it, and a header list over the limit a bare 431.
 /// Each gets one access event, the connection keeps working, and a valid
 /// request on the next stream gets its response and its own event.
 #[tokio::test]
@@ -543,27 +544,49 @@ async fn http2_stream_refusals_get_events() {
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .to_vec();
 
-    // (case, fields of the refused request, RST_STREAM code or None for 431)
-    let cases: Vec<(&str, Fields, Option<u32>)> = vec![
-        ("connection-specific header (8.2.2)", with(&[("connection", "keep-alive")]), Some(PROTOCOL_ERROR)),
-        ("TE other than trailers (8.2.2)", with(&[("te", "gzip")]), Some(PROTOCOL_ERROR)),
-        ("no :path (8.3.1)", head("/x")[..3].to_vec(), Some(PROTOCOL_ERROR)),
-        ("second :path (8.3.1)", with(&[(":path", "/weather/v1/other")]), Some(PROTOCOL_ERROR)),
-        ("keep-alive header (8.2.2)", with(&[("keep-alive", "timeout=5")]), Some(PROTOCOL_ERROR)),
-        ("transfer-encoding header (8.2.2)", with(&[("transfer-encoding", "chunked")]), Some(PROTOCOL_ERROR)),
-        ("upgrade header (8.2.2)", with(&[("upgrade", "websocket")]), Some(PROTOCOL_ERROR)),
-        ("empty :path (8.3.1)", head(""), Some(PROTOCOL_ERROR)),
-        ("pseudo-header after a regular field (8.3)", misplaced, Some(PROTOCOL_ERROR)),
-        ("header list over gateway.max_header_bytes (10.5.1)", with(&[("x-big", big.as_str())]), None),
+    let alone = |fields: &Fields| h2_frame(0x1, 0x5, 1, &hpack_block(fields));
+    // The head without END_STREAM, then another frame on the same stream in
+    // the same write, as a client sends a body right after its head.
+    let keep_alive = with(&[("connection", "keep-alive")]);
+    let followed = |follower: Vec<u8>| [h2_frame(0x1, 0x4, 1, &hpack_block(&keep_alive)), follower].concat();
+    let connect_with_length: Fields =
+        [(":method", "CONNECT"), (":authority", "localhost:443"), ("content-length", "5")]
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .to_vec();
+
+    // (case, frames on stream 1, RST_STREAM code or None for 431)
+    let cases: Vec<(&str, Vec<u8>, Option<u32>)> = vec![
+        ("connection-specific header (8.2.2)", alone(&keep_alive), Some(PROTOCOL_ERROR)),
+        ("TE other than trailers (8.2.2)", alone(&with(&[("te", "gzip")])), Some(PROTOCOL_ERROR)),
+        ("no :path (8.3.1)", alone(&head("/x")[..3].to_vec()), Some(PROTOCOL_ERROR)),
+        ("second :path (8.3.1)", alone(&with(&[(":path", "/weather/v1/other")])), Some(PROTOCOL_ERROR)),
+        ("keep-alive header (8.2.2)", alone(&with(&[("keep-alive", "timeout=5")])), Some(PROTOCOL_ERROR)),
+        ("transfer-encoding header (8.2.2)", alone(&with(&[("transfer-encoding", "chunked")])), Some(PROTOCOL_ERROR)),
+        ("upgrade header (8.2.2)", alone(&with(&[("upgrade", "websocket")])), Some(PROTOCOL_ERROR)),
+        ("empty :path (8.3.1)", alone(&head("")), Some(PROTOCOL_ERROR)),
+        ("pseudo-header after a regular field (8.3)", alone(&misplaced), Some(PROTOCOL_ERROR)),
+        ("malformed head, then its DATA", followed(h2_frame(0x0, 0x1, 1, b"hello")), Some(PROTOCOL_ERROR)),
+        ("malformed head, then PRIORITY", followed(h2_frame(0x2, 0x0, 1, &[0, 0, 0, 0, 15])), Some(PROTOCOL_ERROR)),
+        ("malformed head, then WINDOW_UPDATE", followed(h2_frame(0x8, 0x0, 1, &[0, 0, 0x10, 0])), Some(PROTOCOL_ERROR)),
+        ("malformed head, then an unknown frame type", followed(h2_frame(0x20, 0x0, 1, b"")), Some(PROTOCOL_ERROR)),
+        // hyper, not h2, resets this one, with INTERNAL_ERROR.
+        ("CONNECT with content-length (8.5)", h2_frame(0x1, 0x4, 1, &hpack_block(&connect_with_length)), Some(0x2)),
+        ("header list over gateway.max_header_bytes (10.5.1)", alone(&with(&[("x-big", big.as_str())])), None),
+        (
+            "header list over the limit, then its DATA",
+            [h2_frame(0x1, 0x4, 1, &hpack_block(&with(&[("x-big", big.as_str())]))), h2_frame(0x0, 0x1, 1, b"x")]
+                .concat(),
+            None,
+        ),
     ];
 
     let mut valid = head("/weather/v1/after");
     valid.push(("authorization".to_owned(), format!("Bearer {token}")));
     let valid = hpack_block(&valid);
-    for (case, fields, expected) in &cases {
+    for (case, first, expected) in &cases {
         let mut tls = connect(&h, b"h2", false).await;
         let mut sent = H2_PREFACE.to_vec();
-        sent.extend(h2_frame(0x1, 0x5, 1, &hpack_block(fields)));
+        sent.extend(first);
         sent.extend(h2_frame(0x1, 0x5, 3, &valid));
         tls.write_all(&sent).await.unwrap();
         tls.flush().await.unwrap();
@@ -613,8 +636,12 @@ async fn http2_stream_refusals_get_events() {
         log.iter().map(|event| (event["status"].as_u64().unwrap(), event["reason"].as_str())).collect();
     outcomes.sort();
     let mut expected: Vec<(u64, Option<&str>)> = vec![(200, None); cases.len()];
-    expected.extend(vec![(400, Some("http2_stream_error")); cases.len() - 1]);
-    expected.push((431, Some("headers_too_large")));
+    for (_, _, reset) in &cases {
+        expected.push(match reset {
+            Some(_) => (400, Some("http2_stream_error")),
+            None => (431, Some("headers_too_large")),
+        });
+    }
     expected.sort();
     assert_eq!(outcomes, expected, "{log:?}");
 }
