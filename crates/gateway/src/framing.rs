@@ -20,7 +20,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Version};
 use rustls_pki_types::DnsName;
@@ -42,11 +42,12 @@ const OWN_PREFIX: &[u8] = b"x-portcullis-";
 /// Hop-by-hop headers of RFC 9110 section 7.6.1, plus `expect` (hyper
 /// sends `100 Continue` to the app itself) and `host`. Every `proxy-*`
 /// header, `proxy-connection` included, is removed by its prefix.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Trailer` is end to end (RFC 9110 section 6.6.2) and passes, because
+/// hyper's HTTP/1.1 side sends only the trailers that it names.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::EXPECT,
@@ -279,7 +280,41 @@ fn check_target<B>(request: &Request<B>, names: &ServerNames, local: SocketAddr)
 /// [`is_own_header`] claims for the gateway. Used for request headers and
 /// for request trailers alike.
 pub fn strip_request_headers(headers: &mut HeaderMap) {
-    strip_headers(headers, |name| *name == header::AUTHORIZATION || is_own_header(name.as_str()));
+    let stripped = |name: &HeaderName| *name == header::AUTHORIZATION || is_own_header(name.as_str());
+    strip_headers(headers, stripped);
+    announce_only_kept_trailers(headers, stripped);
+}
+
+/// Rewrites `Trailer` to name only trailers that may follow: none that
+/// `stripped` removes, no hop-by-hop header, and no framing, routing or
+/// authentication field (RFC 9110 section 6.5.1). Removes it when none is
+/// left.
+fn announce_only_kept_trailers(headers: &mut HeaderMap, stripped: impl Fn(&HeaderName) -> bool) {
+    if !headers.contains_key(header::TRAILER) {
+        return;
+    }
+    let forbidden = [header::CONTENT_LENGTH, header::CONTENT_TYPE, header::CONTENT_ENCODING, header::TRAILER];
+    let kept: Vec<HeaderName> = headers
+        .get_all(header::TRAILER)
+        .iter()
+        .flat_map(|value| {
+            String::from_utf8_lossy(value.as_bytes()).split(',').map(str::trim).map(str::to_owned).collect::<Vec<_>>()
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter(|name| {
+            !stripped(name)
+                && !HOP_BY_HOP.contains(name)
+                && !name.as_str().starts_with("proxy-")
+                && !forbidden.contains(name)
+        })
+        .collect();
+    headers.remove(header::TRAILER);
+    let value = kept.iter().map(HeaderName::as_str).collect::<Vec<_>>().join(", ");
+    if let Ok(value) = HeaderValue::from_str(&value)
+        && !value.is_empty()
+    {
+        headers.insert(header::TRAILER, value);
+    }
 }
 
 /// Returns whether `name` falls in the gateway's `x-portcullis-` namespace
@@ -474,7 +509,6 @@ mod tests {
             "keep-alive",
             "proxy-connection",
             "te",
-            "trailer",
             "transfer-encoding",
             "upgrade",
             "expect",
@@ -489,6 +523,24 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["accept", "authorization"]);
+    }
+
+    #[test]
+    fn trailer_names_only_kept_trailers() {
+        let cases = [
+            ("x-checksum", Some("x-checksum")),
+            ("X-Checksum, x-portcullis-app-id, X_Portcullis_Scopes", Some("x-checksum")),
+            ("authorization, content-length, transfer-encoding, te, host, proxy-authorization", None),
+            ("x-a,x-b , , x-c", Some("x-a, x-b, x-c")),
+            ("bad name, x-ok", Some("x-ok")),
+        ];
+        for (announced, expected) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::TRAILER, announced.parse().unwrap());
+            strip_request_headers(&mut headers);
+            let left = headers.get(header::TRAILER).map(|value| value.to_str().unwrap());
+            assert_eq!(left, expected, "{announced}");
+        }
     }
 
     #[test]

@@ -491,6 +491,29 @@ async fn body_limits_for_length_and_chunked() {
     assert_eq!(forwarded.headers.get("transfer-encoding"), None);
 }
 
+/// A chunked body's trailers reach an HTTP/1.1 upstream when `Trailer`
+/// announces them. `Trailer` then names only the trailers that pass, and
+/// an identity trailer is removed even when announced.
+#[tokio::test]
+async fn announced_trailers_reach_an_http1_upstream() {
+    let h = Harness::start(|_| {}).await;
+    let token = h.token("records", &["records:write"]);
+    let announce = "Transfer-Encoding: chunked\r\nTrailer: x-checksum, x-portcullis-app-id\r\n";
+    let mut sent = request("POST", "/records/v1/trailers", &token, announce);
+    sent.extend_from_slice(b"5\r\nhello\r\n0\r\nx-checksum: abc\r\nx-portcullis-app-id: admin\r\n\r\n");
+    let received = h.raw(&sent, WAIT).await;
+    assert_eq!(status_of(&received), 200, "{received}");
+
+    let seen = h.upstream.seen();
+    let forwarded = seen.iter().find(|s| s.target.ends_with("/trailers")).unwrap();
+    assert_eq!(forwarded.body, "hello");
+    assert_eq!(forwarded.headers.get("trailer").unwrap(), "x-checksum");
+    assert_eq!(forwarded.headers.get("transfer-encoding").unwrap(), "chunked", "trailers need chunked framing");
+    let trailers = forwarded.trailers.as_ref().expect("trailers arrived");
+    assert_eq!(trailers.get("x-checksum").unwrap(), "abc");
+    assert_eq!(trailers.get("x-portcullis-app-id"), None);
+}
+
 /// With request buffering off, a chunked body streams upstream chunked,
 /// and one over the limit still gets 413.
 #[tokio::test]
