@@ -220,9 +220,10 @@ pub struct GatewaySettings {
     /// goes upstream, so that a body over `max_body_bytes` gets 413 before
     /// the upstream sees any of it. Off, such bodies stream.
     pub request_buffering: bool,
-    /// Bytes of request bodies that one app may have buffered at once, over
-    /// all its requests (response above it: 429). At least
-    /// `max_body_bytes` while `request_buffering` is on.
+    /// Bytes of buffer for request bodies that one app may hold at once,
+    /// over all its requests, counted by each buffer's capacity (response
+    /// above it: 429). At least `max_body_bytes` while `request_buffering`
+    /// is on.
     pub max_buffered_bytes_per_app: u64,
     /// Time allowed for the upstream to send the response head (response:
     /// 504), and for each wait for more of the response body (the response

@@ -67,7 +67,7 @@ enum Source {
     /// The app's whole body, read before the request went upstream, with
     /// the app's share of the buffer budget, kept until dropped.
     Buffered {
-        /// The data, taken by the first poll. Empty for an empty body.
+        /// The data, taken by the first poll. `None` for an empty body.
         data: Option<Bytes>,
         /// The trailers, sent after the data. With trailers the upstream
         /// request needs chunked framing.
@@ -114,7 +114,7 @@ const FIRST_BUFFER_BYTES: usize = 4 * 1024;
 pub(crate) enum ReadWholeError {
     /// More than the body limit arrived.
     TooLarge,
-    /// The app's buffer budget could not take the next frame.
+    /// The app's buffer budget could not take the buffer's next growth.
     BudgetExhausted,
     /// The app's body failed: a reset stream, a closed connection or a
     /// malformed chunk.
