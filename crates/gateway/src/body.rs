@@ -41,6 +41,48 @@ pub struct RequestCounters {
     /// Set when the app's body failed: a reset stream, a closed connection
     /// or a malformed chunk.
     pub failed: AtomicBool,
+    /// Set with `failed` when the app went away (closed or reset the
+    /// connection, or reset its stream) rather than sent a malformed body.
+    pub app_went_away: AtomicBool,
+}
+
+impl RequestCounters {
+    /// Marks the body failed with `error`, and notes whether the app went
+    /// away.
+    fn fail(&self, error: &hyper::Error) {
+        self.failed.store(true, Ordering::Relaxed);
+        if app_went_away(error) {
+            self.app_went_away.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Returns whether a body `error` means that the app went away: its
+/// connection closed or was reset mid-body, or it reset its HTTP/2 stream
+/// or sent GOAWAY. A malformed chunk, or a reset that the gateway's own h2
+/// sent for a protocol error, is the app's fault instead.
+pub(crate) fn app_went_away(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(h2_error) = current.downcast_ref::<h2::Error>() {
+            return h2_error.is_remote() || h2_error.is_io();
+        }
+        if let Some(io_error) = current.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind;
+            return matches!(
+                io_error.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::UnexpectedEof
+            );
+        }
+        cause = current.source();
+    }
+    false
 }
 
 /// The request body forwarded upstream: counts bytes, fails once more
@@ -144,7 +186,7 @@ pub(crate) async fn read_whole(
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
-            counters.failed.store(true, Ordering::Relaxed);
+            counters.fail(&error);
             ReadWholeError::Failed(error)
         })?;
 
@@ -226,7 +268,7 @@ impl Body for LimitedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
-                this.counters.failed.store(true, Ordering::Relaxed);
+                this.counters.fail(&error);
                 Poll::Ready(Some(Err(Box::new(error))))
             }
             Poll::Ready(None) => {

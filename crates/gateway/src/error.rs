@@ -88,10 +88,21 @@ pub enum GatewayError {
         limit: u64,
     },
 
-    /// The app's request body failed before its end: the app reset the
-    /// stream or closed the connection, or sent a malformed chunk.
+    /// The app's request body failed before its end for the app's fault:
+    /// a malformed chunk, or a protocol error that made the gateway reset
+    /// the stream.
     #[error("request body failed: {detail}")]
     BodyAborted {
+        /// The failure, for the log only.
+        detail: String,
+    },
+
+    /// The app went away before its request body ended: it closed or
+    /// reset the connection, or reset its HTTP/2 stream. No response
+    /// reaches it, and the access event gets 499 `client_closed`, as when
+    /// it goes away at any other point before the response head.
+    #[error("app closed the request before its body ended: {detail}")]
+    BodyCutByApp {
         /// The failure, for the log only.
         detail: String,
     },
@@ -319,6 +330,9 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::BodyAborted { .. } => StatusCode::BAD_REQUEST,
+            Self::BodyCutByApp { .. } => {
+                StatusCode::from_u16(crate::body::CLIENT_CLOSED_STATUS).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::MissingToken { .. } | Self::AppMismatch { .. } => StatusCode::UNAUTHORIZED,
             Self::Token { reason, .. } if reason.error_code() == "insufficient_scope" => StatusCode::FORBIDDEN,
@@ -350,6 +364,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyStalled { .. } => "request_body_timeout",
             Self::BodyAborted { .. } => "invalid_request_body",
+            Self::BodyCutByApp { .. } => crate::body::CLIENT_CLOSED,
             Self::NoRoute { .. } => "no_route",
             Self::MissingToken { .. } => "missing_token",
             Self::Token { reason, .. } => reason.error_code(),
@@ -382,6 +397,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => "the request body exceeds the gateway's limit",
             Self::BodyStalled { .. } => "the request body did not arrive in time",
             Self::BodyAborted { .. } => "the request body ended before it was complete",
+            Self::BodyCutByApp { .. } => "the app closed the request before its body ended",
             Self::NoRoute { .. } => "no route matches this method and path",
             Self::MissingToken { .. } => "exactly one Authorization: Bearer header is required",
             Self::Token { reason, .. } => reason.description(),

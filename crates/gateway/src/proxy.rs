@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 use crate::body::{
     BoxError, LimitedBody, PendingEvent, ReadWholeError, RequestCounters, ResponseBody, StallLimitedBody, WholeBody,
-    read_whole,
+    app_went_away, read_whole,
 };
 use crate::error::GatewayError;
 use crate::events::{AccessEvent, EventSinks, now_ms};
@@ -284,6 +284,9 @@ async fn forward(
         Ok(Err(_)) if counters.too_large.load(Ordering::Relaxed) => {
             return Err(GatewayError::BodyTooLarge { max: settings.max_body_bytes });
         }
+        Ok(Err(error)) if counters.app_went_away.load(Ordering::Relaxed) => {
+            return Err(GatewayError::BodyCutByApp { detail: error.detail });
+        }
         Ok(Err(error)) if counters.failed.load(Ordering::Relaxed) => {
             return Err(GatewayError::BodyAborted { detail: error.detail });
         }
@@ -326,6 +329,9 @@ async fn read_whole_body(
         Ok(Err(ReadWholeError::TooLarge)) => Err(GatewayError::BodyTooLarge { max: settings.max_body_bytes }),
         Ok(Err(ReadWholeError::BudgetExhausted)) => {
             Err(GatewayError::BufferFull { app_id: peer.app_id.clone(), limit: budget })
+        }
+        Ok(Err(ReadWholeError::Failed(error))) if app_went_away(&error) => {
+            Err(GatewayError::BodyCutByApp { detail: error.to_string() })
         }
         Ok(Err(ReadWholeError::Failed(error))) => Err(GatewayError::BodyAborted { detail: error.to_string() }),
         Err(_) => Err(GatewayError::BodyStalled { after: settings.upstream_timeout }),

@@ -710,10 +710,24 @@ async fn stalled_and_broken_bodies_are_client_errors() {
     assert_eq!(status_of(&received), 400, "{received}");
     assert!(body_of(&received).contains("\"error\":\"invalid_request_body\""), "{received}");
 
+    // Half a chunked body, then the app closes the connection: the app
+    // went away, which is not a malformed body.
+    let mut cut = request("POST", "/records/v1/cut", &token, "Transfer-Encoding: chunked\r\n");
+    cut.extend_from_slice(b"a\r\n01234");
+    let mut tls = connect(&h, b"http/1.1", false).await;
+    tls.write_all(&cut).await.unwrap();
+    tls.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut rest)).await;
+    drop(tls);
+
     let log = h.access_log().await;
     let outcomes: Vec<(u64, Option<&str>)> =
         log.iter().map(|event| (event["status"].as_u64().unwrap(), event["reason"].as_str())).collect();
-    assert_eq!(outcomes, [(408, Some("request_body_timeout")), (400, Some("invalid_request_body"))]);
+    assert_eq!(
+        outcomes,
+        [(408, Some("request_body_timeout")), (400, Some("invalid_request_body")), (499, Some("client_closed"))]
+    );
 }
 
 /// An HTTP/2 connection that carries requests stays open, and one on which
