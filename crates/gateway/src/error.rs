@@ -80,7 +80,9 @@ pub enum GatewayError {
 
     /// Reading this request's body whole would take the app's buffered
     /// request bodies over `gateway.max_buffered_bytes_per_app`.
-    #[error("app {app_id} has request bodies of {limit} bytes buffered, the gateway.max_buffered_bytes_per_app limit")]
+    #[error(
+        "app {app_id} would hold more than {limit} bytes of request body buffers, the gateway.max_buffered_bytes_per_app limit"
+    )]
     BufferFull {
         /// The app.
         app_id: String,

@@ -189,7 +189,7 @@ pub(super) fn gateway(check: &Checker, raw: &RawGateway) -> Result<GatewaySettin
         )?,
     };
 
-    // A budget below one whole body would refuse every body near the limit.
+    // A budget below one whole body would reject every body near the limit.
     if settings.request_buffering && settings.max_buffered_bytes_per_app < settings.max_body_bytes {
         return Err(check.invalid(
             "gateway.max_buffered_bytes_per_app",
