@@ -218,7 +218,7 @@ pub struct GatewaySettings {
     /// Whether a request body without a declared length (chunked, or
     /// HTTP/2 without Content-Length) is read whole before the request
     /// goes upstream, so that a body over `max_body_bytes` gets 413 before
-    /// the upstream sees any of it. Off, such bodies stream.
+    /// the upstream receives any of it. Off, such bodies stream.
     pub request_buffering: bool,
     /// Bytes of buffer for request bodies that one app may hold at once,
     /// over all its requests, counted by each buffer's capacity (response

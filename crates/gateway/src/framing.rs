@@ -294,7 +294,7 @@ fn announce_only_kept_trailers(headers: &mut HeaderMap, stripped: impl Fn(&Heade
         return;
     }
     let forbidden = [header::CONTENT_LENGTH, header::CONTENT_TYPE, header::CONTENT_ENCODING, header::TRAILER];
-    let kept: Vec<HeaderName> = headers
+    let allowed: Vec<HeaderName> = headers
         .get_all(header::TRAILER)
         .iter()
         .flat_map(|value| {
@@ -309,7 +309,7 @@ fn announce_only_kept_trailers(headers: &mut HeaderMap, stripped: impl Fn(&Heade
         })
         .collect();
     headers.remove(header::TRAILER);
-    let value = kept.iter().map(HeaderName::as_str).collect::<Vec<_>>().join(", ");
+    let value = allowed.iter().map(HeaderName::as_str).collect::<Vec<_>>().join(", ");
     if let Ok(value) = HeaderValue::from_str(&value)
         && !value.is_empty()
     {

@@ -73,7 +73,7 @@ pub(crate) enum StreamRejection {
 /// frames caused (RFC 9113 section 7): PROTOCOL_ERROR, INTERNAL_ERROR,
 /// FLOW_CONTROL_ERROR, STREAM_CLOSED, FRAME_SIZE_ERROR and REFUSED_STREAM.
 /// INTERNAL_ERROR is hyper's reset of a request it cannot take, such as a
-/// CONNECT with a content-length. The gateway's handler never fails (its
+/// CONNECT with a content-length. The gateway's handler cannot fail (its
 /// error type is `Infallible`), and its own resets (NO_ERROR, CANCEL, or INTERNAL_ERROR for a failed
 /// response body) come after a response head.
 const APP_FAULT_CODES: [u32; 6] = [0x1, 0x2, 0x3, 0x5, 0x6, 0x7];
@@ -115,10 +115,11 @@ impl FrameCursor {
             }
 
             let Some(head) = self.current else {
-                let taken = (9 - self.header_filled).min(bytes.len());
-                self.header[self.header_filled..self.header_filled + taken].copy_from_slice(&bytes[..taken]);
-                self.header_filled += taken;
-                bytes = &bytes[taken..];
+                let header_bytes = (9 - self.header_filled).min(bytes.len());
+                let end = self.header_filled + header_bytes;
+                self.header[self.header_filled..end].copy_from_slice(&bytes[..header_bytes]);
+                self.header_filled = end;
+                bytes = &bytes[header_bytes..];
                 if self.header_filled == 9 {
                     let head = parse_head(&self.header);
                     self.header_filled = 0;
@@ -134,10 +135,10 @@ impl FrameCursor {
             };
 
             let passed = self.payload_left.min(bytes.len());
-            let kept = (self.payload_start.len() - self.payload_start_filled).min(passed);
-            self.payload_start[self.payload_start_filled..self.payload_start_filled + kept]
-                .copy_from_slice(&bytes[..kept]);
-            self.payload_start_filled += kept;
+            let start_bytes = (self.payload_start.len() - self.payload_start_filled).min(passed);
+            let end = self.payload_start_filled + start_bytes;
+            self.payload_start[self.payload_start_filled..end].copy_from_slice(&bytes[..start_bytes]);
+            self.payload_start_filled = end;
             self.payload_left -= passed;
             bytes = &bytes[passed..];
             if self.payload_left == 0 {
@@ -289,9 +290,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
             let mut left = written;
             let mut chunks = Vec::with_capacity(bufs.len());
             for buf in bufs {
-                let taken = left.min(buf.len());
-                chunks.push(&buf[..taken]);
-                left -= taken;
+                let written_here = left.min(buf.len());
+                chunks.push(&buf[..written_here]);
+                left -= written_here;
             }
             self.written(&chunks);
         }

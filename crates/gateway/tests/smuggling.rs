@@ -517,9 +517,9 @@ async fn http2_protocol_errors_get_events() {
 }
 
 /// Stream-level rejections that h2 or hyper makes before the handler
-/// receives the request: a malformed request head gets RST_STREAM with
+/// receives the request. A malformed request head gets RST_STREAM with
 /// PROTOCOL_ERROR (RFC 9113 section 8.1.1), also when more frames on the
-/// stream follow it, and a header list over the limit a bare 431.
+/// stream follow it. A header list over the limit gets a bare 431.
 /// Each gets one access event, the connection keeps working, and a valid
 /// request on the next stream gets its response and its own event.
 #[tokio::test]
