@@ -9,16 +9,18 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::events::{AccessEvent, EventSinks, now_ms};
 use crate::framing::strip_request_headers;
+use crate::h2_watch::{Claim, ResetLedger};
 use crate::limits::TallySlot;
 
 /// A boxed error of a body.
@@ -44,6 +46,10 @@ pub struct RequestCounters {
     /// Set with `failed` when the app went away (closed or reset the
     /// connection, or reset its stream) rather than sent a malformed body.
     pub app_went_away: AtomicBool,
+    /// Set with `failed` to the RST_STREAM error code when the gateway's
+    /// own h2 reset the stream for the app's protocol error, such as a
+    /// body longer than its content-length. 0 otherwise.
+    pub h2_reset_code: AtomicU32,
 }
 
 impl RequestCounters {
@@ -54,7 +60,24 @@ impl RequestCounters {
         if app_went_away(error) {
             self.app_went_away.store(true, Ordering::Relaxed);
         }
+        if let Some(code) = own_h2_reset(error) {
+            self.h2_reset_code.store(code, Ordering::Relaxed);
+        }
     }
+}
+
+/// Returns the RST_STREAM error code if `error` is a reset that the
+/// gateway's own h2 sent for the app's protocol error on the stream.
+fn own_h2_reset(error: &hyper::Error) -> Option<u32> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(h2_error) = current.downcast_ref::<h2::Error>() {
+            let own_reset = h2_error.is_reset() && h2_error.is_library();
+            return h2_error.reason().filter(|_| own_reset).map(u32::from);
+        }
+        cause = current.source();
+    }
+    None
 }
 
 /// Returns whether a body `error` means that the app went away: its
@@ -227,6 +250,25 @@ pub(crate) async fn read_whole(
 #[error("request body exceeds {0} bytes")]
 pub struct BodyLimitExceeded(u64);
 
+impl Drop for LimitedBody {
+    /// Polls a streaming body that ends unfinished once more, without
+    /// waiting, so that the cause of its end reaches the counters. hyper
+    /// drops the handler, and the upstream request with this body, as
+    /// soon as h2 has reset the stream, before anything has read the
+    /// body's error. The access event needs that error to tell a reset
+    /// by the app from one by the gateway's h2.
+    fn drop(&mut self) {
+        let Source::Streaming(inner) = &mut self.source else { return };
+        if self.counters.ended.load(Ordering::Relaxed) || self.counters.failed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Some(Err(error))) = Pin::new(inner).poll_frame(&mut cx) {
+            self.counters.fail(&error);
+        }
+    }
+}
+
 impl Body for LimitedBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -315,6 +357,10 @@ pub const CLIENT_CLOSED_STATUS: u16 = 499;
 /// before the response head.
 pub const CLIENT_CLOSED: &str = "client_closed";
 
+/// The reason code in the access event of an HTTP/2 stream that the
+/// gateway's h2 reset for the app's protocol error.
+pub const H2_STREAM_ERROR: &str = "http2_stream_error";
+
 /// The access event of one request, from the request head until it is
 /// emitted.
 ///
@@ -333,14 +379,31 @@ pub struct PendingEvent {
     counters: Arc<RequestCounters>,
     /// The sinks that receive the event.
     sinks: EventSinks,
+    /// The resets found on the request's connection, for HTTP/2.
+    h2_resets: Option<Arc<ResetLedger>>,
+    /// Set on the copy that waits for the body's error after hyper dropped
+    /// the handler, so that dropping it never waits again.
+    deferred: bool,
     /// Set once the event went to the sinks.
     emitted: bool,
 }
 
 impl PendingEvent {
     /// Starts the event of a request whose head arrived at `started`.
-    pub fn new(event: AccessEvent, started: Instant, counters: Arc<RequestCounters>, sinks: EventSinks) -> Self {
-        Self { event, started, counters, sinks, emitted: false }
+    pub fn new(
+        event: AccessEvent,
+        started: Instant,
+        counters: Arc<RequestCounters>,
+        sinks: EventSinks,
+        h2_resets: Option<Arc<ResetLedger>>,
+    ) -> Self {
+        Self { event, started, counters, sinks, h2_resets, deferred: false, emitted: false }
+    }
+
+    /// Drops the event unsent, for a request whose event another part of
+    /// the gateway has recorded.
+    pub fn discard(&mut self) {
+        self.emitted = true;
     }
 
     /// Completes the event with the byte counts and latency and emits it,
@@ -352,11 +415,60 @@ impl PendingEvent {
         self.emitted = true;
         self.event.bytes_in = self.counters.bytes_in.load(Ordering::Relaxed);
         self.event.bytes_out = bytes_out;
-        self.event.latency_us = self.started.elapsed().as_micros() as u64;
-        self.event.at_ms = now_ms();
+        // A deferred event carries the time at which its request ended.
+        if !self.deferred {
+            self.stamp_end();
+        }
         self.sinks.emit(std::mem::take(&mut self.event));
     }
+
+    /// Sets the event's time and latency to now.
+    fn stamp_end(&mut self) {
+        self.event.latency_us = self.started.elapsed().as_micros() as u64;
+        self.event.at_ms = now_ms();
+    }
+
+    /// Records a request that ended before its response head: 400
+    /// `http2_stream_error` if the gateway's h2 reset its stream for the
+    /// app's protocol error, unless the frame watch recorded that reset,
+    /// and 499 `client_closed` otherwise.
+    fn finish_unanswered(&mut self) {
+        let reset_code = self.counters.h2_reset_code.load(Ordering::Relaxed);
+        let claim = match &self.h2_resets {
+            Some(ledger) if reset_code != 0 => Some(ledger.claim(reset_code)),
+            _ => None,
+        };
+        match claim {
+            Some(Claim::AlreadyRecorded) => {
+                self.discard();
+                return;
+            }
+            Some(Claim::Record) => {
+                self.event.status = StatusCode::BAD_REQUEST.as_u16();
+                self.event.reason = Some(H2_STREAM_ERROR.to_owned());
+            }
+            None => {
+                self.event.status = CLIENT_CLOSED_STATUS;
+                self.event.reason = Some(CLIENT_CLOSED.to_owned());
+            }
+        }
+        tracing::debug!(
+            app_id = %self.event.app_id,
+            request_id = %self.event.request_id,
+            service = %self.event.service,
+            reason = self.event.reason.as_deref().unwrap_or_default(),
+            "request ended before the response head"
+        );
+        self.finish(0);
+    }
 }
+
+/// How long the event of an HTTP/2 request whose handler hyper dropped
+/// waits for the request body's error. hyper drops the handler as soon as
+/// h2 has reset the stream. The upstream connection that holds the body
+/// drops it in its next turn, well within this time, and the body's drop
+/// reads the error.
+pub(crate) const RESET_CHECK_DELAY: Duration = Duration::from_millis(10);
 
 impl Drop for PendingEvent {
     fn drop(&mut self) {
@@ -366,15 +478,29 @@ impl Drop for PendingEvent {
 
         // NOTE: a request cut off because a shutdown's deadline passed is
         // also dropped here and recorded as client_closed.
-        self.event.status = CLIENT_CLOSED_STATUS;
-        self.event.reason = Some(CLIENT_CLOSED.to_owned());
-        tracing::debug!(
-            app_id = %self.event.app_id,
-            request_id = %self.event.request_id,
-            service = %self.event.service,
-            "app closed the request before the response head"
-        );
-        self.finish(0);
+        let on_runtime = tokio::runtime::Handle::try_current().is_ok();
+        if self.h2_resets.is_none() || self.deferred || !on_runtime {
+            self.finish_unanswered();
+            return;
+        }
+
+        // An HTTP/2 request: the stream may have been reset by the app or
+        // by the gateway's h2, and the body's error tells which.
+        self.stamp_end();
+        let mut deferred = Self {
+            event: std::mem::take(&mut self.event),
+            started: self.started,
+            counters: Arc::clone(&self.counters),
+            sinks: self.sinks.clone(),
+            h2_resets: self.h2_resets.take(),
+            deferred: true,
+            emitted: false,
+        };
+        self.emitted = true;
+        tokio::spawn(async move {
+            tokio::time::sleep(RESET_CHECK_DELAY).await;
+            deferred.finish_unanswered();
+        });
     }
 }
 

@@ -109,6 +109,19 @@ pub enum GatewayError {
         detail: String,
     },
 
+    /// The gateway's own h2 reset the request's stream for the app's
+    /// protocol error after the handler received the request, such as
+    /// malformed trailers. No response reaches the app. The access event
+    /// matches the one that the HTTP/2 frame watch records for a reset.
+    #[error("HTTP/2 stream reset by the gateway with error code {code:#x} for the app's protocol error")]
+    Http2StreamReset {
+        /// The RST_STREAM error code (RFC 9113 section 7).
+        code: u32,
+        /// Set when the frame watch has recorded the reset's event already,
+        /// so the request records none.
+        recorded: bool,
+    },
+
     /// No route covers the path with this method.
     #[error("no route for {method} {path}")]
     NoRoute {
@@ -331,7 +344,7 @@ impl GatewayError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
-            Self::BodyAborted { .. } => StatusCode::BAD_REQUEST,
+            Self::BodyAborted { .. } | Self::Http2StreamReset { .. } => StatusCode::BAD_REQUEST,
             Self::BodyCutByApp { .. } => {
                 StatusCode::from_u16(crate::body::CLIENT_CLOSED_STATUS).unwrap_or(StatusCode::BAD_REQUEST)
             }
@@ -367,6 +380,7 @@ impl GatewayError {
             Self::BodyStalled { .. } => "request_body_timeout",
             Self::BodyAborted { .. } => "invalid_request_body",
             Self::BodyCutByApp { .. } => crate::body::CLIENT_CLOSED,
+            Self::Http2StreamReset { .. } => crate::body::H2_STREAM_ERROR,
             Self::NoRoute { .. } => "no_route",
             Self::MissingToken { .. } => "missing_token",
             Self::Token { reason, .. } => reason.error_code(),
@@ -400,6 +414,7 @@ impl GatewayError {
             Self::BodyStalled { .. } => "the request body did not arrive in time",
             Self::BodyAborted { .. } => "the request body ended before it was complete",
             Self::BodyCutByApp { .. } => "the app closed the request before its body ended",
+            Self::Http2StreamReset { .. } => "the request broke the HTTP/2 protocol and its stream was reset",
             Self::NoRoute { .. } => "no route matches this method and path",
             Self::MissingToken { .. } => "exactly one Authorization: Bearer header is required",
             Self::Token { reason, .. } => reason.description(),

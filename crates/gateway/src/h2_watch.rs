@@ -18,17 +18,20 @@
 //! unanswered stream: otherwise an app could hide a malformed head by
 //! sending any frame on the stream right after it.
 //!
-//! NOTE: h2 may reset a request that reached the handler, for the app's
+//! h2 may also reset a request that reached the handler, for the app's
 //! protocol error before the response head (a body longer than its
-//! content-length, malformed trailers). Such a request gets two access
-//! events: the handler's (499 or 400) and this one.
+//! content-length, malformed trailers). Through [`ResetLedger`], the
+//! handler's event then records the reset too, so the request gets one
+//! event.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
 
 /// The client connection preface (RFC 9113 section 3.4), which precedes
 /// the app's first frame.
@@ -232,6 +235,124 @@ impl FrameWatch {
 /// The callback that records a rejection.
 pub(crate) type ReportRejection = Arc<dyn Fn(StreamRejection) + Send + Sync>;
 
+/// REFUSED_STREAM (RFC 9113 section 7): h2 rejected the stream before
+/// hyper passed it on, so no handler ever receives it.
+const REFUSED_STREAM: u32 = 0x7;
+
+/// How long the event of a reset waits before it is recorded, so that the
+/// handler of a request that h2 reset can take it over. A handler learns
+/// of the reset within [`crate::body::RESET_CHECK_DELAY`].
+pub(crate) const RESET_EVENT_DELAY: Duration = Duration::from_millis(100);
+
+/// The resets of one HTTP/2 connection's streams that the frame watch
+/// found, shared with the handlers of the connection's requests, so that
+/// a request that reached its handler before h2 reset it gets one access
+/// event, not two.
+///
+/// The watch sees h2's RST_STREAM as h2 writes it, before the handler of a
+/// request on that stream, if any, learns of the reset. So
+/// [`ResetLedger::hold`] keeps each reset back for [`RESET_EVENT_DELAY`].
+/// A handler that learns that h2 reset its request calls
+/// [`ResetLedger::claim`], which takes a held reset with the same code,
+/// and records the request's own event with its method, path and route.
+/// Once the delay has passed, the watch records the reset's event, and a
+/// handler that claims it later records none.
+///
+/// Every holder keeps the worker's shutdown waiting (through `_alive`),
+/// so that held events are recorded before the worker ends.
+///
+/// NOTE: hyper passes no stream id to the handler, so a claim takes the
+/// oldest held reset with the same code. The number of events is right,
+/// but when h2 resets two streams of one connection with the same code
+/// within the delay, an event may carry the other stream's request.
+#[derive(Debug)]
+pub(crate) struct ResetLedger {
+    state: Mutex<LedgerState>,
+    _alive: mpsc::Sender<()>,
+}
+
+#[derive(Debug, Default)]
+struct LedgerState {
+    /// Held resets, oldest first, each with the time its event is due.
+    held: VecDeque<(Instant, StreamRejection)>,
+    /// The number of resets per error code whose events the watch recorded
+    /// and that no handler has claimed.
+    recorded: BTreeMap<u32, u32>,
+}
+
+/// What a handler does with the event of a request that h2 reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Record the request's event, which also records the reset.
+    Record,
+    /// Record nothing, because the watch has recorded the reset.
+    AlreadyRecorded,
+}
+
+impl ResetLedger {
+    /// Creates the ledger of one connection, holding the connection's
+    /// `alive` sender.
+    pub fn new(alive: mpsc::Sender<()>) -> Self {
+        Self { state: Mutex::default(), _alive: alive }
+    }
+
+    /// Returns whether a handler may see `rejection`, so that its event
+    /// must be held back. A 431 or a refused stream never reaches one.
+    pub fn holds(rejection: StreamRejection) -> bool {
+        matches!(rejection, StreamRejection::Reset { code, .. } if code != REFUSED_STREAM)
+    }
+
+    /// Holds `rejection` back and returns the time its event is due.
+    pub fn hold(&self, rejection: StreamRejection, now: Instant) -> Instant {
+        let due = now + RESET_EVENT_DELAY;
+        self.lock().held.push_back((due, rejection));
+        due
+    }
+
+    /// Removes the held resets whose events are due at `now` and counts
+    /// them as recorded. The caller records their events.
+    pub fn take_due(&self, now: Instant) -> Vec<StreamRejection> {
+        let mut state = self.lock();
+        let mut due = Vec::new();
+        while let Some(&(at, rejection)) = state.held.front()
+            && at <= now
+        {
+            state.held.pop_front();
+            if let StreamRejection::Reset { code, .. } = rejection {
+                *state.recorded.entry(code).or_default() += 1;
+            }
+            due.push(rejection);
+        }
+        due
+    }
+
+    /// Claims the event of a reset with `code` for a handler whose request
+    /// h2 reset with that code.
+    pub fn claim(&self, code: u32) -> Claim {
+        let mut state = self.lock();
+        let held = state.held.iter().position(
+            |(_, rejection)| matches!(rejection, StreamRejection::Reset { code: held_code, .. } if *held_code == code),
+        );
+        if let Some(index) = held {
+            state.held.remove(index);
+            return Claim::Record;
+        }
+        match state.recorded.get_mut(&code) {
+            Some(count) if *count > 0 => {
+                *count -= 1;
+                Claim::AlreadyRecorded
+            }
+            // The watch saw no such reset, so only the handler's event
+            // records it.
+            _ => Claim::Record,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LedgerState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// An I/O stream that passes every byte to a [`FrameWatch`] when `watch`
 /// is set, and reports the rejections found. Without a watch it only passes
 /// the calls on, for HTTP/1.1 connections.
@@ -424,5 +545,64 @@ mod tests {
             rejections,
             [StreamRejection::Reset { stream: 1, code: 0x7 }, StreamRejection::HeadersTooLarge { stream: 3 }]
         );
+    }
+
+    fn stream_reset(stream: u32, code: u32) -> StreamRejection {
+        StreamRejection::Reset { stream, code }
+    }
+
+    fn ledger() -> ResetLedger {
+        ResetLedger::new(mpsc::channel(1).0)
+    }
+
+    /// A handler that claims within the delay takes the held reset, whose
+    /// event then never becomes due.
+    #[test]
+    fn ledger_claim_within_the_delay_takes_the_reset() {
+        let ledger = ledger();
+        let start = Instant::now();
+        ledger.hold(stream_reset(1, 0x1), start);
+
+        assert_eq!(ledger.claim(0x1), Claim::Record);
+        assert_eq!(ledger.take_due(start + RESET_EVENT_DELAY), Vec::new());
+    }
+
+    /// Once the watch has recorded a reset, one claim of its code records
+    /// nothing, and a claim beyond that records its own event.
+    #[test]
+    fn ledger_claim_after_the_delay_records_once() {
+        let ledger = ledger();
+        let start = Instant::now();
+        ledger.hold(stream_reset(1, 0x1), start);
+
+        assert_eq!(ledger.take_due(start + RESET_EVENT_DELAY), vec![stream_reset(1, 0x1)]);
+        assert_eq!(ledger.claim(0x1), Claim::AlreadyRecorded);
+        assert_eq!(ledger.claim(0x1), Claim::Record);
+    }
+
+    /// A claim takes only a reset with its own code, and resets become due
+    /// in the order they were held.
+    #[test]
+    fn ledger_claim_matches_the_code() {
+        let ledger = ledger();
+        let start = Instant::now();
+        ledger.hold(stream_reset(1, 0x1), start);
+        ledger.hold(stream_reset(3, 0x3), start + Duration::from_millis(1));
+        ledger.hold(stream_reset(5, 0x1), start + Duration::from_millis(2));
+
+        assert_eq!(ledger.claim(0x3), Claim::Record);
+        assert_eq!(ledger.take_due(start + RESET_EVENT_DELAY), vec![stream_reset(1, 0x1)]);
+        assert_eq!(ledger.take_due(start + RESET_EVENT_DELAY + Duration::from_millis(2)), vec![stream_reset(5, 0x1)]);
+        assert_eq!(ledger.claim(0x3), Claim::Record, "the recorded resets have another code");
+    }
+
+    /// Only resets that a handler may see are held: not h2's 431 and not
+    /// REFUSED_STREAM.
+    #[test]
+    fn ledger_holds_only_resets_a_handler_may_see() {
+        assert!(ResetLedger::holds(stream_reset(1, 0x1)));
+        assert!(ResetLedger::holds(stream_reset(1, 0x3)));
+        assert!(!ResetLedger::holds(stream_reset(1, REFUSED_STREAM)));
+        assert!(!ResetLedger::holds(StreamRejection::HeadersTooLarge { stream: 1 }));
     }
 }

@@ -40,6 +40,7 @@ use crate::framing::{
     APP_ID_HEADER, REQUEST_ID_HEADER, SCOPES_HEADER, ServerNames, check_head, new_request_id, strip_hop_by_hop,
     strip_request_headers,
 };
+use crate::h2_watch::{Claim, ResetLedger};
 use crate::limits::{AppTally, RateLimits};
 use crate::path::canonicalise;
 use crate::pool::UpstreamPool;
@@ -84,6 +85,9 @@ pub(crate) struct Peer {
     /// `gateway.max_connections_per_app` if the app already held that many
     /// other connections when this one opened. Its requests then get 429.
     pub over_connection_limit: Option<u32>,
+    /// The resets that the frame watch found on this connection, for
+    /// HTTP/2 connections.
+    pub h2_resets: Option<Arc<ResetLedger>>,
 }
 
 /// Handles one request; never fails, because every failure becomes a
@@ -120,7 +124,8 @@ pub(crate) async fn handle(
 
     // Created before forwarding: if hyper drops this future, the pending
     // event still records the request, which the upstream may have received.
-    let mut pending = PendingEvent::new(event, started, Arc::clone(&counters), shared.sinks.clone());
+    let mut pending =
+        PendingEvent::new(event, started, Arc::clone(&counters), shared.sinks.clone(), peer.h2_resets.clone());
 
     let result = forward(&shared, &pool, &peer, request, &request_id, &counters, &mut pending.event)
         .instrument(span.clone())
@@ -131,6 +136,12 @@ pub(crate) async fn handle(
             let span = if span.is_none() { request_span() } else { span };
             let _entered = span.enter();
             pending.event.reason = Some(error.code().to_owned());
+            if let GatewayError::Http2StreamReset { recorded: true, .. } = error {
+                // The frame watch has recorded the reset's event for this
+                // request. The response goes nowhere, because h2 has closed
+                // the stream.
+                pending.discard();
+            }
             error.to_response(&request_id).map(|body| body.map_err(|never| match never {}).boxed_unsync())
         }
     };
@@ -287,6 +298,9 @@ async fn forward(
         Ok(Err(error)) if counters.app_went_away.load(Ordering::Relaxed) => {
             return Err(GatewayError::BodyCutByApp { detail: error.detail });
         }
+        Ok(Err(_)) if counters.h2_reset_code.load(Ordering::Relaxed) != 0 => {
+            return Err(own_stream_reset(peer, counters));
+        }
         Ok(Err(error)) if counters.failed.load(Ordering::Relaxed) => {
             return Err(GatewayError::BodyAborted { detail: error.detail });
         }
@@ -330,12 +344,24 @@ async fn read_whole_body(
         Ok(Err(ReadWholeError::BudgetExhausted)) => {
             Err(GatewayError::BufferFull { app_id: peer.app_id.clone(), limit: budget })
         }
+        Ok(Err(ReadWholeError::Failed(_))) if counters.h2_reset_code.load(Ordering::Relaxed) != 0 => {
+            Err(own_stream_reset(peer, counters))
+        }
         Ok(Err(ReadWholeError::Failed(error))) if app_went_away(&error) => {
             Err(GatewayError::BodyCutByApp { detail: error.to_string() })
         }
         Ok(Err(ReadWholeError::Failed(error))) => Err(GatewayError::BodyAborted { detail: error.to_string() }),
         Err(_) => Err(GatewayError::BodyStalled { after: settings.upstream_timeout }),
     }
+}
+
+/// Builds the error of a request whose stream the gateway's own h2 reset,
+/// and claims the reset's event from the connection's [`ResetLedger`], so
+/// that the request and the reset get one event between them.
+fn own_stream_reset(peer: &Peer, counters: &RequestCounters) -> GatewayError {
+    let code = counters.h2_reset_code.load(Ordering::Relaxed);
+    let claim = peer.h2_resets.as_ref().map_or(Claim::Record, |ledger| ledger.claim(code));
+    GatewayError::Http2StreamReset { code, recorded: claim == Claim::AlreadyRecorded }
 }
 
 /// Returns the token of the one `Authorization: Bearer` header

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::GatewayError;
 use crate::events::{AccessEvent, EventSinks};
 use crate::framing::{REQUEST_ID_HEADER, ServerNames};
-use crate::h2_watch::{ReportRejection, StreamRejection, WatchedIo};
+use crate::h2_watch::{ReportRejection, ResetLedger, StreamRejection, WatchedIo};
 use crate::head::{HeadCheckedIo, Rejection, RejectionSlot};
 use crate::limits::{Rate, RateLimits, ServiceRates};
 use crate::pool::{DEFAULT_CONNECT_TIMEOUT, UpstreamPool, UpstreamTls};
@@ -454,8 +454,10 @@ async fn accept_loop(
     }
 }
 
-/// Runs the TLS handshake and then HTTP on one connection. `_alive` is
-/// held until the connection ends, which is how shutdown counts it.
+/// Runs the TLS handshake and then HTTP on one connection. `alive` is
+/// held until the connection ends, and on HTTP/2 connections also by the
+/// connection's [`ResetLedger`] until its held events are recorded. That
+/// is how shutdown counts them.
 async fn serve_connection(
     tcp: TcpStream,
     remote: SocketAddr,
@@ -463,7 +465,7 @@ async fn serve_connection(
     shared: Arc<Shared>,
     pool: Arc<UpstreamPool>,
     mut stopped: watch::Receiver<bool>,
-    _alive: mpsc::Sender<()>,
+    alive: mpsc::Sender<()>,
 ) {
     let settings = shared.settings.load_full();
     let local_addr = match tcp.local_addr() {
@@ -510,6 +512,7 @@ async fn serve_connection(
         spki_pin: verified.spki_pin().to_owned(),
         local_addr,
         over_connection_limit,
+        h2_resets: h2.then(|| Arc::new(ResetLedger::new(alive.clone()))),
     });
     tracing::debug!(%remote, app_id = %peer.app_id, h2, "connection accepted");
 
@@ -536,7 +539,7 @@ async fn serve_connection(
     let report: Option<ReportRejection> = h2.then(|| {
         let shared = Arc::clone(&shared);
         let peer = Arc::clone(&peer);
-        Arc::new(move |rejection| record_stream_rejection(&shared, &peer, remote, rejection)) as ReportRejection
+        Arc::new(move |rejection| report_stream_rejection(&shared, &peer, remote, rejection)) as ReportRejection
     });
     let watched = WatchedIo::new(checked, report);
     let service_shared = Arc::clone(&shared);
@@ -648,11 +651,31 @@ fn record_stream_rejection(shared: &Shared, peer: &Peer, remote: SocketAddr, rej
     let (status, reason) = match rejection {
         StreamRejection::HeadersTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
         StreamRejection::Reset { code: REFUSED_STREAM, .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
-        StreamRejection::Reset { .. } => (StatusCode::BAD_REQUEST, "http2_stream_error"),
+        StreamRejection::Reset { .. } => (StatusCode::BAD_REQUEST, crate::body::H2_STREAM_ERROR),
     };
     tracing::info!(%remote, app_id = %peer.app_id, %request_id, ?rejection, reason, "HTTP/2 stream rejected by h2");
     let event = head_event(peer, request_id, (String::new(), String::new()), status, 0);
     shared.sinks.emit(AccessEvent { reason: Some(reason.to_owned()), ..event });
+}
+
+/// Records `rejection` at once, or, if a handler may take it over, after
+/// [`crate::h2_watch::RESET_EVENT_DELAY`] unless a handler has claimed it
+/// by then.
+fn report_stream_rejection(shared: &Arc<Shared>, peer: &Arc<Peer>, remote: SocketAddr, rejection: StreamRejection) {
+    let Some(ledger) = peer.h2_resets.as_ref().filter(|_| ResetLedger::holds(rejection)) else {
+        record_stream_rejection(shared, peer, remote, rejection);
+        return;
+    };
+
+    let due = ledger.hold(rejection, std::time::Instant::now());
+    let (shared, peer) = (Arc::clone(shared), Arc::clone(peer));
+    tokio::spawn(async move {
+        tokio::time::sleep_until(due.into()).await;
+        let Some(ledger) = peer.h2_resets.as_ref() else { return };
+        for rejection in ledger.take_due(std::time::Instant::now()) {
+            record_stream_rejection(&shared, &peer, remote, rejection);
+        }
+    });
 }
 
 /// Sends 408 (RFC 9110 section 15.5.9) on a connection whose request head

@@ -479,6 +479,28 @@ fn hpack_block(fields: &[(String, String)]) -> Vec<u8> {
     block
 }
 
+/// Reads frames until one on `stream` carries END_STREAM, the connection
+/// ends or [`WAIT`] passes, and returns every frame read.
+async fn read_until_stream_ends(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    stream: u32,
+) -> Vec<H2Frame> {
+    use tokio::io::AsyncReadExt;
+
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        let mut chunk = [0u8; 16384];
+        while !h2_frames(&received).iter().any(|(_, flags, id, _)| *id == stream && flags & 0x1 != 0) {
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    h2_frames(&received)
+}
+
 /// Connection-level HTTP/2 protocol errors: h2 closes the connection with
 /// GOAWAY and the error code, the request reaches no upstream, and each
 /// connection yields one access event with status 400 and reason
@@ -524,7 +546,7 @@ async fn http2_protocol_errors_get_events() {
 /// request on the next stream gets its response and its own event.
 #[tokio::test]
 async fn http2_stream_refusals_get_events() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     const PROTOCOL_ERROR: u32 = 0x1;
     let mut h = Harness::start(|config| config.gateway.max_header_bytes = 2048).await;
@@ -591,19 +613,7 @@ async fn http2_stream_refusals_get_events() {
         tls.write_all(&sent).await.unwrap();
         tls.flush().await.unwrap();
 
-        // Read until stream 3 ends: a frame on it with END_STREAM.
-        let mut received = Vec::new();
-        let _ = tokio::time::timeout(WAIT, async {
-            let mut chunk = [0u8; 16384];
-            while !h2_frames(&received).iter().any(|(_, flags, stream, _)| *stream == 3 && flags & 0x1 != 0) {
-                match tls.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => received.extend_from_slice(&chunk[..n]),
-                }
-            }
-        })
-        .await;
-        let frames = h2_frames(&received);
+        let frames = read_until_stream_ends(&mut tls, 3).await;
         let on_first: Vec<(u8, u8, usize)> = frames
             .iter()
             .filter(|(_, _, stream, _)| *stream == 1)
@@ -644,6 +654,93 @@ async fn http2_stream_refusals_get_events() {
     }
     expected.sort();
     assert_eq!(outcomes, expected, "{log:?}");
+}
+
+/// A request that reached its handler and that h2 then reset for the app's
+/// protocol error in the body gets one access event, the handler's, with
+/// its method, path and service, and reason `http2_stream_error`. The
+/// head goes first and the body 200 ms later, so that the handler has
+/// the request when h2 resets it. A body with a content-length streams
+/// to the upstream, and hyper drops the handler at the reset. A body
+/// without one is read whole by the handler when request buffering is on.
+#[tokio::test]
+async fn http2_late_reset_gets_one_event() {
+    use tokio::io::AsyncWriteExt;
+
+    const PROTOCOL_ERROR: u32 = 0x1;
+    let head = |stream: u32, path: &str, token: &str, length: Option<&str>| -> Vec<u8> {
+        let mut fields: Fields = [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", path),
+            ("authorization", &format!("Bearer {token}")),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .to_vec();
+        fields.extend(length.map(|length| ("content-length".to_owned(), length.to_owned())));
+        // END_HEADERS without END_STREAM: a body is to follow.
+        h2_frame(0x1, 0x4, stream, &hpack_block(&fields))
+    };
+    let trailers = hpack_block(&[("x-checksum".to_owned(), "1".to_owned())]);
+
+    // (case, content-length of stream 1, the body frames that h2 resets)
+    let cases: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
+        ("DATA longer than content-length (8.1.1)", Some("5"), h2_frame(0x0, 0x1, 1, b"0123456789")),
+        ("DATA shorter than content-length (8.1.1)", Some("5"), h2_frame(0x0, 0x1, 1, b"abc")),
+        (
+            "trailers without END_STREAM (8.1)",
+            None,
+            [h2_frame(0x0, 0x0, 1, b"abc"), h2_frame(0x1, 0x4, 1, &trailers)].concat(),
+        ),
+    ];
+
+    for buffering in [true, false] {
+        for (case, length, body) in &cases {
+            let case = format!("{case}, request buffering {buffering}");
+            let mut h = Harness::start(|config| config.gateway.request_buffering = buffering).await;
+            let token = h.token("records", &["records:write"]);
+            let mut tls = connect(&h, b"h2", false).await;
+            let mut first = H2_PREFACE.to_vec();
+            first.extend(head(1, "/records/v1/broken", &token, *length));
+            tls.write_all(&first).await.unwrap();
+            tls.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+
+            let mut rest = body.clone();
+            rest.extend(head(3, "/records/v1/after", &token, Some("2")));
+            rest.extend(h2_frame(0x0, 0x1, 3, b"ok"));
+            tls.write_all(&rest).await.unwrap();
+            tls.flush().await.unwrap();
+
+            let frames = read_until_stream_ends(&mut tls, 3).await;
+            let reset = frames.iter().find(|(kind, _, stream, _)| *kind == 0x3 && *stream == 1);
+            let code = reset.map(|(.., payload)| u32::from_be_bytes(payload[..4].try_into().unwrap()));
+            assert_eq!(code, Some(PROTOCOL_ERROR), "{case}");
+            drop(tls);
+
+            let log = h.access_log().await;
+            let mut outcomes: Vec<(u64, Option<&str>, &str, &str, &str)> = log
+                .iter()
+                .map(|event| {
+                    let text = |key: &str| event[key].as_str().unwrap_or_default();
+                    (
+                        event["status"].as_u64().unwrap(),
+                        event["reason"].as_str(),
+                        text("method"),
+                        text("path"),
+                        text("service"),
+                    )
+                })
+                .collect();
+            outcomes.sort();
+            let expected = [
+                (200, None, "POST", "/records/v1/after", "records"),
+                (400, Some("http2_stream_error"), "POST", "/records/v1/broken", "records"),
+            ];
+            assert_eq!(outcomes, expected, "{case}: {log:?}");
+        }
+    }
 }
 
 /// An app that opens more HTTP/2 streams at once than the 200 that hyper
