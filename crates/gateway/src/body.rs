@@ -435,7 +435,7 @@ impl PendingEvent {
     fn finish_unanswered(&mut self) {
         let reset_code = self.counters.h2_reset_code.load(Ordering::Relaxed);
         let claim = match &self.h2_resets {
-            Some(ledger) if reset_code != 0 => Some(ledger.claim(reset_code)),
+            Some(ledger) if reset_code != 0 => Some(ledger.claim(reset_code, Instant::now())),
             _ => None,
         };
         match claim {
@@ -465,7 +465,7 @@ impl PendingEvent {
 
 /// How long the event of an HTTP/2 request whose handler hyper dropped
 /// waits for the request body's error. hyper drops the handler as soon as
-/// h2 has reset the stream. The upstream connection that holds the body
+/// h2 has reset the stream. The upstream connection that owns the body
 /// drops it in its next turn, well within this time, and the body's drop
 /// reads the error.
 pub(crate) const RESET_CHECK_DELAY: Duration = Duration::from_millis(10);
@@ -485,7 +485,7 @@ impl Drop for PendingEvent {
         }
 
         // An HTTP/2 request: the stream may have been reset by the app or
-        // by the gateway's h2, and the body's error tells which.
+        // by the gateway's h2, and the body's error shows which.
         self.stamp_end();
         let mut deferred = Self {
             event: std::mem::take(&mut self.event),

@@ -24,14 +24,13 @@
 //! handler's event then records the reset too, so the request gets one
 //! event.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::mpsc;
 
 /// The client connection preface (RFC 9113 section 3.4), which precedes
 /// the app's first frame.
@@ -249,38 +248,48 @@ pub(crate) const RESET_EVENT_DELAY: Duration = Duration::from_millis(100);
 /// a request that reached its handler before h2 reset it gets one access
 /// event, not two.
 ///
-/// The watch sees h2's RST_STREAM as h2 writes it, before the handler of a
+/// The watch reads h2's RST_STREAM as h2 writes it, before the handler of a
 /// request on that stream, if any, learns of the reset. So
 /// [`ResetLedger::hold`] keeps each reset back for [`RESET_EVENT_DELAY`].
 /// A handler that learns that h2 reset its request calls
 /// [`ResetLedger::claim`], which takes a held reset with the same code,
 /// and records the request's own event with its method, path and route.
 /// Once the delay has passed, the watch records the reset's event, and a
-/// handler that claims it later records none.
-///
-/// Every holder keeps the worker's shutdown waiting (through `_alive`),
-/// so that held events are recorded before the worker ends.
+/// handler that claims it within another delay records none.
 ///
 /// NOTE: hyper passes no stream id to the handler, so a claim takes the
-/// oldest held reset with the same code. The number of events is right,
-/// but when h2 resets two streams of one connection with the same code
-/// within the delay, an event may carry the other stream's request.
-#[derive(Debug)]
+/// oldest reset with the same code. The number of events is right when
+/// each reset is claimed within the delays, but when h2 resets two streams
+/// of one connection with the same code at once, an event may carry the
+/// other stream's request. A handler learns of a reset only from its
+/// request body. h2 can also reset a stream after the body has ended, for
+/// a WINDOW_UPDATE overflow or HEADERS after END_STREAM, and hyper then
+/// lets the handler run on until the upstream responds. Such a request
+/// still gets two events: the reset's 400 and the handler's.
+#[derive(Debug, Default)]
 pub(crate) struct ResetLedger {
     state: Mutex<LedgerState>,
-    _alive: mpsc::Sender<()>,
 }
 
 #[derive(Debug, Default)]
 struct LedgerState {
     /// Held resets, oldest first, each with the time its event is due.
     held: VecDeque<(Instant, StreamRejection)>,
-    /// The number of resets per error code whose events the watch recorded
-    /// and that no handler has claimed.
-    recorded: BTreeMap<u32, u32>,
+    /// Error codes of resets whose events the watch recorded and that no
+    /// handler has claimed, each with the time until which it can be.
+    recorded: VecDeque<(Instant, u32)>,
 }
 
-/// What a handler does with the event of a request that h2 reset.
+impl LedgerState {
+    /// Drops the recorded resets that can no longer be claimed at `now`.
+    fn expire(&mut self, now: Instant) {
+        while self.recorded.front().is_some_and(|(until, _)| *until <= now) {
+            self.recorded.pop_front();
+        }
+    }
+}
+
+/// The handler's part in the event of a request that h2 reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Claim {
     /// Record the request's event, which also records the reset.
@@ -290,12 +299,6 @@ pub(crate) enum Claim {
 }
 
 impl ResetLedger {
-    /// Creates the ledger of one connection, holding the connection's
-    /// `alive` sender.
-    pub fn new(alive: mpsc::Sender<()>) -> Self {
-        Self { state: Mutex::default(), _alive: alive }
-    }
-
     /// Returns whether a handler may see `rejection`, so that its event
     /// must be held back. A 431 or a refused stream never reaches one.
     pub fn holds(rejection: StreamRejection) -> bool {
@@ -309,17 +312,19 @@ impl ResetLedger {
         due
     }
 
-    /// Removes the held resets whose events are due at `now` and counts
-    /// them as recorded. The caller records their events.
+    /// Removes the held resets whose events are due at `now` and keeps
+    /// them claimable for another [`RESET_EVENT_DELAY`]. The caller
+    /// records their events.
     pub fn take_due(&self, now: Instant) -> Vec<StreamRejection> {
         let mut state = self.lock();
+        state.expire(now);
         let mut due = Vec::new();
         while let Some(&(at, rejection)) = state.held.front()
             && at <= now
         {
             state.held.pop_front();
             if let StreamRejection::Reset { code, .. } = rejection {
-                *state.recorded.entry(code).or_default() += 1;
+                state.recorded.push_back((now + RESET_EVENT_DELAY, code));
             }
             due.push(rejection);
         }
@@ -328,24 +333,21 @@ impl ResetLedger {
 
     /// Claims the event of a reset with `code` for a handler whose request
     /// h2 reset with that code.
-    pub fn claim(&self, code: u32) -> Claim {
+    pub fn claim(&self, code: u32, now: Instant) -> Claim {
         let mut state = self.lock();
-        let held = state.held.iter().position(
-            |(_, rejection)| matches!(rejection, StreamRejection::Reset { code: held_code, .. } if *held_code == code),
-        );
-        if let Some(index) = held {
+        state.expire(now);
+        let fits = |rejection: &StreamRejection| matches!(rejection, StreamRejection::Reset { code: held, .. } if *held == code);
+        if let Some(index) = state.held.iter().position(|(_, rejection)| fits(rejection)) {
             state.held.remove(index);
             return Claim::Record;
         }
-        match state.recorded.get_mut(&code) {
-            Some(count) if *count > 0 => {
-                *count -= 1;
-                Claim::AlreadyRecorded
-            }
-            // The watch saw no such reset, so only the handler's event
-            // records it.
-            _ => Claim::Record,
+        if let Some(index) = state.recorded.iter().position(|(_, recorded)| *recorded == code) {
+            state.recorded.remove(index);
+            return Claim::AlreadyRecorded;
         }
+        // The watch saw no such reset, so only the handler's event
+        // records it.
+        Claim::Record
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LedgerState> {
@@ -552,7 +554,7 @@ mod tests {
     }
 
     fn ledger() -> ResetLedger {
-        ResetLedger::new(mpsc::channel(1).0)
+        ResetLedger::default()
     }
 
     /// A handler that claims within the delay takes the held reset, whose
@@ -563,21 +565,34 @@ mod tests {
         let start = Instant::now();
         ledger.hold(stream_reset(1, 0x1), start);
 
-        assert_eq!(ledger.claim(0x1), Claim::Record);
+        assert_eq!(ledger.claim(0x1, start), Claim::Record);
         assert_eq!(ledger.take_due(start + RESET_EVENT_DELAY), Vec::new());
     }
 
-    /// Once the watch has recorded a reset, one claim of its code records
-    /// nothing, and a claim beyond that records its own event.
+    /// Once the watch has recorded a reset, one claim of its code within
+    /// another delay records nothing, and a claim beyond that records its
+    /// own event.
     #[test]
     fn ledger_claim_after_the_delay_records_once() {
         let ledger = ledger();
         let start = Instant::now();
-        ledger.hold(stream_reset(1, 0x1), start);
+        let due = ledger.hold(stream_reset(1, 0x1), start);
 
-        assert_eq!(ledger.take_due(start + RESET_EVENT_DELAY), vec![stream_reset(1, 0x1)]);
-        assert_eq!(ledger.claim(0x1), Claim::AlreadyRecorded);
-        assert_eq!(ledger.claim(0x1), Claim::Record);
+        assert_eq!(ledger.take_due(due), vec![stream_reset(1, 0x1)]);
+        assert_eq!(ledger.claim(0x1, due), Claim::AlreadyRecorded);
+        assert_eq!(ledger.claim(0x1, due), Claim::Record);
+    }
+
+    /// A recorded reset that no handler claimed in time is not taken by a
+    /// later request's claim, which then records its own event.
+    #[test]
+    fn ledger_recorded_resets_expire() {
+        let ledger = ledger();
+        let start = Instant::now();
+        let due = ledger.hold(stream_reset(1, 0x1), start);
+        ledger.take_due(due);
+
+        assert_eq!(ledger.claim(0x1, due + RESET_EVENT_DELAY), Claim::Record);
     }
 
     /// A claim takes only a reset with its own code, and resets become due
@@ -590,10 +605,11 @@ mod tests {
         ledger.hold(stream_reset(3, 0x3), start + Duration::from_millis(1));
         ledger.hold(stream_reset(5, 0x1), start + Duration::from_millis(2));
 
-        assert_eq!(ledger.claim(0x3), Claim::Record);
+        assert_eq!(ledger.claim(0x3, start), Claim::Record);
         assert_eq!(ledger.take_due(start + RESET_EVENT_DELAY), vec![stream_reset(1, 0x1)]);
-        assert_eq!(ledger.take_due(start + RESET_EVENT_DELAY + Duration::from_millis(2)), vec![stream_reset(5, 0x1)]);
-        assert_eq!(ledger.claim(0x3), Claim::Record, "the recorded resets have another code");
+        let later = start + RESET_EVENT_DELAY + Duration::from_millis(2);
+        assert_eq!(ledger.take_due(later), vec![stream_reset(5, 0x1)]);
+        assert_eq!(ledger.claim(0x3, later), Claim::Record, "the recorded resets have another code");
     }
 
     /// Only resets that a handler may see are held: not h2's 431 and not

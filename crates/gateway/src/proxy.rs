@@ -360,7 +360,7 @@ async fn read_whole_body(
 /// that the request and the reset get one event between them.
 fn own_stream_reset(peer: &Peer, counters: &RequestCounters) -> GatewayError {
     let code = counters.h2_reset_code.load(Ordering::Relaxed);
-    let claim = peer.h2_resets.as_ref().map_or(Claim::Record, |ledger| ledger.claim(code));
+    let claim = peer.h2_resets.as_ref().map_or(Claim::Record, |ledger| ledger.claim(code, Instant::now()));
     GatewayError::Http2StreamReset { code, recorded: claim == Claim::AlreadyRecorded }
 }
 

@@ -455,9 +455,8 @@ async fn accept_loop(
 }
 
 /// Runs the TLS handshake and then HTTP on one connection. `alive` is
-/// held until the connection ends, and on HTTP/2 connections also by the
-/// connection's [`ResetLedger`] until its held events are recorded. That
-/// is how shutdown counts them.
+/// held until the connection ends, and on HTTP/2 connections also until
+/// its held reset events are recorded. That is how shutdown counts them.
 async fn serve_connection(
     tcp: TcpStream,
     remote: SocketAddr,
@@ -512,7 +511,7 @@ async fn serve_connection(
         spki_pin: verified.spki_pin().to_owned(),
         local_addr,
         over_connection_limit,
-        h2_resets: h2.then(|| Arc::new(ResetLedger::new(alive.clone()))),
+        h2_resets: h2.then(|| Arc::new(ResetLedger::default())),
     });
     tracing::debug!(%remote, app_id = %peer.app_id, h2, "connection accepted");
 
@@ -539,7 +538,8 @@ async fn serve_connection(
     let report: Option<ReportRejection> = h2.then(|| {
         let shared = Arc::clone(&shared);
         let peer = Arc::clone(&peer);
-        Arc::new(move |rejection| report_stream_rejection(&shared, &peer, remote, rejection)) as ReportRejection
+        let alive = alive.clone();
+        Arc::new(move |rejection| report_stream_rejection(&shared, &peer, remote, &alive, rejection)) as ReportRejection
     });
     let watched = WatchedIo::new(checked, report);
     let service_shared = Arc::clone(&shared);
@@ -660,21 +660,29 @@ fn record_stream_rejection(shared: &Shared, peer: &Peer, remote: SocketAddr, rej
 
 /// Records `rejection` at once, or, if a handler may take it over, after
 /// [`crate::h2_watch::RESET_EVENT_DELAY`] unless a handler has claimed it
-/// by then.
-fn report_stream_rejection(shared: &Arc<Shared>, peer: &Arc<Peer>, remote: SocketAddr, rejection: StreamRejection) {
+/// by then. The delayed recording keeps the worker's shutdown waiting
+/// through `alive`.
+fn report_stream_rejection(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    remote: SocketAddr,
+    alive: &mpsc::Sender<()>,
+    rejection: StreamRejection,
+) {
     let Some(ledger) = peer.h2_resets.as_ref().filter(|_| ResetLedger::holds(rejection)) else {
         record_stream_rejection(shared, peer, remote, rejection);
         return;
     };
 
     let due = ledger.hold(rejection, std::time::Instant::now());
-    let (shared, peer) = (Arc::clone(shared), Arc::clone(peer));
+    let (shared, peer, alive) = (Arc::clone(shared), Arc::clone(peer), alive.clone());
     tokio::spawn(async move {
         tokio::time::sleep_until(due.into()).await;
         let Some(ledger) = peer.h2_resets.as_ref() else { return };
         for rejection in ledger.take_due(std::time::Instant::now()) {
             record_stream_rejection(&shared, &peer, remote, rejection);
         }
+        drop(alive);
     });
 }
 

@@ -479,8 +479,9 @@ fn hpack_block(fields: &[(String, String)]) -> Vec<u8> {
     block
 }
 
-/// Reads frames until one on `stream` carries END_STREAM, the connection
-/// ends or [`WAIT`] passes, and returns every frame read.
+/// Reads frames until `stream` ends (a frame on it with END_STREAM, or
+/// RST_STREAM), the connection ends or [`WAIT`] passes, and returns every
+/// frame read.
 async fn read_until_stream_ends(
     tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     stream: u32,
@@ -490,7 +491,10 @@ async fn read_until_stream_ends(
     let mut received = Vec::new();
     let _ = tokio::time::timeout(WAIT, async {
         let mut chunk = [0u8; 16384];
-        while !h2_frames(&received).iter().any(|(_, flags, id, _)| *id == stream && flags & 0x1 != 0) {
+        while !h2_frames(&received)
+            .iter()
+            .any(|(kind, flags, id, _)| *id == stream && (flags & 0x1 != 0 || *kind == 0x3))
+        {
             match tls.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => received.extend_from_slice(&chunk[..n]),
@@ -656,89 +660,187 @@ async fn http2_stream_refusals_get_events() {
     assert_eq!(outcomes, expected, "{log:?}");
 }
 
+/// Builds a HEADERS frame on `stream` for `method` and `path` with the
+/// bearer `token` and an optional content-length, without END_STREAM: a
+/// body is to follow.
+fn request_head(stream: u32, method: &str, path: &str, token: &str, length: Option<&str>) -> Vec<u8> {
+    let mut fields: Fields = [
+        (":method", method),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", path),
+        ("authorization", &format!("Bearer {token}")),
+    ]
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .to_vec();
+    fields.extend(length.map(|length| ("content-length".to_owned(), length.to_owned())));
+    h2_frame(0x1, 0x4, stream, &hpack_block(&fields))
+}
+
+/// One access event as status, reason, method, path and service.
+type EventOutcome = (u64, Option<String>, String, String, String);
+
+/// Returns the outcomes of `log`'s events, sorted.
+fn event_outcomes(log: &[serde_json::Value]) -> Vec<EventOutcome> {
+    let text = |event: &serde_json::Value, key: &str| event[key].as_str().unwrap_or_default().to_owned();
+    let mut outcomes: Vec<EventOutcome> = log
+        .iter()
+        .map(|event| {
+            let reason = event["reason"].as_str().map(str::to_owned);
+            (
+                event["status"].as_u64().unwrap(),
+                reason,
+                text(event, "method"),
+                text(event, "path"),
+                text(event, "service"),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    outcomes
+}
+
+fn event_outcome(status: u64, reason: Option<&str>, method: &str, path: &str, service: &str) -> EventOutcome {
+    (status, reason.map(str::to_owned), method.to_owned(), path.to_owned(), service.to_owned())
+}
+
 /// A request that reached its handler and that h2 then reset for the app's
-/// protocol error in the body gets one access event, the handler's, with
-/// its method, path and service, and reason `http2_stream_error`. The
-/// head goes first and the body 200 ms later, so that the handler has
-/// the request when h2 resets it. A body with a content-length streams
-/// to the upstream, and hyper drops the handler at the reset. A body
-/// without one is read whole by the handler when request buffering is on.
+/// protocol error gets one access event, the handler's, with its method,
+/// path and service, and reason `http2_stream_error`. The head goes first
+/// and the offending frames 200 ms later, so that the handler has the
+/// request when h2 resets it. A body with a content-length streams to the
+/// upstream, and hyper drops the handler at the reset. A body without one
+/// is read whole by the handler when request buffering is on.
 #[tokio::test]
 async fn http2_late_reset_gets_one_event() {
     use tokio::io::AsyncWriteExt;
 
     const PROTOCOL_ERROR: u32 = 0x1;
-    let head = |stream: u32, path: &str, token: &str, length: Option<&str>| -> Vec<u8> {
-        let mut fields: Fields = [
-            (":method", "POST"),
-            (":scheme", "https"),
-            (":authority", "localhost"),
-            (":path", path),
-            ("authorization", &format!("Bearer {token}")),
-        ]
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .to_vec();
-        fields.extend(length.map(|length| ("content-length".to_owned(), length.to_owned())));
-        // END_HEADERS without END_STREAM: a body is to follow.
-        h2_frame(0x1, 0x4, stream, &hpack_block(&fields))
-    };
+    const FLOW_CONTROL_ERROR: u32 = 0x3;
     let trailers = hpack_block(&[("x-checksum".to_owned(), "1".to_owned())]);
+    // A send window above 2^31-1 is a stream error (RFC 9113 section 6.9.1).
+    let window_overflow = h2_frame(0x8, 0x0, 1, &0x7fff_ffffu32.to_be_bytes());
+    let data = |flags: u8, payload: &[u8]| h2_frame(0x0, flags, 1, payload);
+    let broken = "/records/v1/broken";
 
-    // (case, content-length of stream 1, the body frames that h2 resets)
-    let cases: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
-        ("DATA longer than content-length (8.1.1)", Some("5"), h2_frame(0x0, 0x1, 1, b"0123456789")),
-        ("DATA shorter than content-length (8.1.1)", Some("5"), h2_frame(0x0, 0x1, 1, b"abc")),
+    // (case, method, path, content-length, frames right after the head,
+    // frames 200 ms later, reset code)
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(&str, &str, &str, Option<&str>, Vec<u8>, Vec<u8>, u32)> = vec![
+        (
+            "DATA longer than content-length (8.1.1)",
+            "POST",
+            broken,
+            Some("5"),
+            vec![],
+            data(0x1, b"0123456789"),
+            PROTOCOL_ERROR,
+        ),
+        (
+            "DATA shorter than content-length (8.1.1)",
+            "POST",
+            broken,
+            Some("5"),
+            vec![],
+            data(0x1, b"abc"),
+            PROTOCOL_ERROR,
+        ),
         (
             "trailers without END_STREAM (8.1)",
+            "POST",
+            broken,
             None,
-            [h2_frame(0x0, 0x0, 1, b"abc"), h2_frame(0x1, 0x4, 1, &trailers)].concat(),
+            vec![],
+            [data(0x0, b"abc"), h2_frame(0x1, 0x4, 1, &trailers)].concat(),
+            PROTOCOL_ERROR,
+        ),
+        (
+            "part of the body, then a window overflow (6.9.1)",
+            "POST",
+            broken,
+            Some("5"),
+            data(0x0, b"ab"),
+            window_overflow,
+            FLOW_CONTROL_ERROR,
         ),
     ];
 
     for buffering in [true, false] {
-        for (case, length, body) in &cases {
+        for (case, method, path, length, with_head, offending, code) in &cases {
             let case = format!("{case}, request buffering {buffering}");
             let mut h = Harness::start(|config| config.gateway.request_buffering = buffering).await;
-            let token = h.token("records", &["records:write"]);
+            let token = h.token("records", &["records:read", "records:write"]);
             let mut tls = connect(&h, b"h2", false).await;
             let mut first = H2_PREFACE.to_vec();
-            first.extend(head(1, "/records/v1/broken", &token, *length));
+            first.extend(request_head(1, method, path, &token, *length));
+            first.extend(with_head);
             tls.write_all(&first).await.unwrap();
             tls.flush().await.unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;
 
-            let mut rest = body.clone();
-            rest.extend(head(3, "/records/v1/after", &token, Some("2")));
+            let mut rest = offending.clone();
+            rest.extend(request_head(3, "POST", "/records/v1/after", &token, Some("2")));
             rest.extend(h2_frame(0x0, 0x1, 3, b"ok"));
             tls.write_all(&rest).await.unwrap();
             tls.flush().await.unwrap();
 
             let frames = read_until_stream_ends(&mut tls, 3).await;
             let reset = frames.iter().find(|(kind, _, stream, _)| *kind == 0x3 && *stream == 1);
-            let code = reset.map(|(.., payload)| u32::from_be_bytes(payload[..4].try_into().unwrap()));
-            assert_eq!(code, Some(PROTOCOL_ERROR), "{case}");
+            let sent_code = reset.map(|(.., payload)| u32::from_be_bytes(payload[..4].try_into().unwrap()));
+            assert_eq!(sent_code, Some(*code), "{case}");
             drop(tls);
 
             let log = h.access_log().await;
-            let mut outcomes: Vec<(u64, Option<&str>, &str, &str, &str)> = log
-                .iter()
-                .map(|event| {
-                    let text = |key: &str| event[key].as_str().unwrap_or_default();
-                    (
-                        event["status"].as_u64().unwrap(),
-                        event["reason"].as_str(),
-                        text("method"),
-                        text("path"),
-                        text("service"),
-                    )
-                })
-                .collect();
-            outcomes.sort();
             let expected = [
-                (200, None, "POST", "/records/v1/after", "records"),
-                (400, Some("http2_stream_error"), "POST", "/records/v1/broken", "records"),
+                event_outcome(200, None, "POST", "/records/v1/after", "records"),
+                event_outcome(400, Some("http2_stream_error"), method, path, "records"),
             ];
-            assert_eq!(outcomes, expected, "{case}: {log:?}");
+            assert_eq!(event_outcomes(&log), expected, "{case}: {log:?}");
+        }
+    }
+}
+
+/// A reset that the frame watch recorded long before is not taken over by
+/// a later request that h2 resets while the app closes the connection:
+/// the malformed head and the later request get one event each.
+#[tokio::test]
+async fn http2_old_reset_is_not_taken_over() {
+    use tokio::io::AsyncWriteExt;
+
+    let malformed: Fields = [(":method", "GET"), (":scheme", "https"), (":path", "/x"), ("connection", "keep-alive")]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .to_vec();
+    for reset_on_close in [false, true] {
+        for buffering in [true, false] {
+            let case = format!("RST on close {reset_on_close}, request buffering {buffering}");
+            let mut h = Harness::start(|config| config.gateway.request_buffering = buffering).await;
+            let token = h.token("records", &["records:write"]);
+            let mut tls = connect(&h, b"h2", reset_on_close).await;
+            let mut first = H2_PREFACE.to_vec();
+            first.extend(h2_frame(0x1, 0x5, 1, &hpack_block(&malformed)));
+            tls.write_all(&first).await.unwrap();
+            tls.flush().await.unwrap();
+            let frames = read_until_stream_ends(&mut tls, 1).await;
+            assert!(frames.iter().any(|(kind, _, stream, _)| *kind == 0x3 && *stream == 1), "{case}: {frames:?}");
+
+            // The malformed head's event is recorded 100 ms after its reset.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tls.write_all(&request_head(3, "POST", "/records/v1/closed", &token, Some("5"))).await.unwrap();
+            tls.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tls.write_all(&h2_frame(0x0, 0x1, 3, b"0123456789")).await.unwrap();
+            tls.flush().await.unwrap();
+            drop(tls);
+
+            let log = h.access_log().await;
+            let outcomes = event_outcomes(&log);
+            assert_eq!(outcomes.len(), 2, "{case}: {log:?}");
+            assert_eq!(outcomes[0], event_outcome(400, Some("http2_stream_error"), "", "", ""), "{case}");
+            // Whether h2 or the closed connection ends the request first
+            // depends on timing.
+            let late = &outcomes[1];
+            assert!(late.0 == 400 || late.0 == 499, "{case}: {late:?}");
+            assert_eq!(late.3, "/records/v1/closed", "{case}");
         }
     }
 }
