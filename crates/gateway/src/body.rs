@@ -468,7 +468,7 @@ impl PendingEvent {
 /// h2 has reset the stream. The upstream connection that owns the body
 /// drops it in its next turn, well within this time, and the body's drop
 /// reads the error.
-pub(crate) const RESET_CHECK_DELAY: Duration = Duration::from_millis(10);
+pub(crate) const RESET_CHECK_DELAY: Duration = Duration::from_millis(50);
 
 impl Drop for PendingEvent {
     fn drop(&mut self) {

@@ -241,7 +241,7 @@ const REFUSED_STREAM: u32 = 0x7;
 /// How long the event of a reset waits before it is recorded, so that the
 /// handler of a request that h2 reset can take it over. A handler learns
 /// of the reset within [`crate::body::RESET_CHECK_DELAY`].
-pub(crate) const RESET_EVENT_DELAY: Duration = Duration::from_millis(100);
+pub(crate) const RESET_EVENT_DELAY: Duration = Duration::from_millis(200);
 
 /// The resets of one HTTP/2 connection's streams that the frame watch
 /// found, shared with the handlers of the connection's requests, so that

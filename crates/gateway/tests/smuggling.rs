@@ -823,8 +823,9 @@ async fn http2_old_reset_is_not_taken_over() {
             let frames = read_until_stream_ends(&mut tls, 1).await;
             assert!(frames.iter().any(|(kind, _, stream, _)| *kind == 0x3 && *stream == 1), "{case}: {frames:?}");
 
-            // The malformed head's event is recorded 100 ms after its reset.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The malformed head's event is recorded 200 ms after its reset and
+            // can be claimed for another 200 ms.
+            tokio::time::sleep(Duration::from_millis(600)).await;
             tls.write_all(&request_head(3, "POST", "/records/v1/closed", &token, Some("5"))).await.unwrap();
             tls.flush().await.unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;
