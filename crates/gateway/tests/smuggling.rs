@@ -846,6 +846,114 @@ async fn http2_old_reset_is_not_taken_over() {
     }
 }
 
+/// Many streams of one connection end at once in different ways. After
+/// their handlers have them, h2 resets 40 for a body longer than its
+/// content-length and 20 for a WINDOW_UPDATE overflow mid-body. h2 also
+/// rejects 20 malformed heads, and the app cancels 20 streams itself. Each
+/// stream gets one event, with the method and path for those that reached
+/// a handler, and each reset request's path appears once.
+#[tokio::test]
+async fn http2_mixed_resets_get_one_event_each() {
+    use tokio::io::AsyncWriteExt;
+
+    const LATE: u32 = 40;
+    const WINDOW: u32 = 20;
+    const MALFORMED: u32 = 20;
+    const CANCELLED: u32 = 20;
+    const CANCEL: u32 = 0x8;
+    let malformed: Fields = [(":method", "GET"), (":scheme", "https"), (":path", "/x"), ("connection", "keep-alive")]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .to_vec();
+    let malformed = hpack_block(&malformed);
+
+    for buffering in [true, false] {
+        let mut h = Harness::start(|config| {
+            config.gateway.request_buffering = buffering;
+            config.gateway.rate_burst = 2000;
+            config.gateway.rate_per_second = 2000.0;
+        })
+        .await;
+        let token = h.token("records", &["records:read", "records:write"]);
+        let mut tls = connect(&h, b"h2", false).await;
+
+        let mut next_stream = 1u32;
+        let mut open = |kind: &str, count: u32| -> Vec<(u32, String)> {
+            (0..count)
+                .map(|index| {
+                    let stream = next_stream;
+                    next_stream += 2;
+                    (stream, format!("/records/v1/{kind}-{index}"))
+                })
+                .collect()
+        };
+        let late = open("late", LATE);
+        let window = open("window", WINDOW);
+        let cancelled = open("cancelled", CANCELLED);
+        let mut heads = H2_PREFACE.to_vec();
+        for (stream, path) in late.iter().chain(&window).chain(&cancelled) {
+            heads.extend(request_head(*stream, "POST", path, &token, Some("5")));
+        }
+        tls.write_all(&heads).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // One write that ends every stream, interleaved.
+        let malformed_streams = open("malformed", MALFORMED);
+        let (last, _) = open("last", 1)[0].clone();
+        let mut burst = Vec::new();
+        for index in 0..LATE as usize {
+            if let Some((stream, _)) = late.get(index) {
+                burst.extend(h2_frame(0x0, 0x1, *stream, b"0123456789"));
+            }
+            if let Some((stream, _)) = malformed_streams.get(index) {
+                burst.extend(h2_frame(0x1, 0x5, *stream, &malformed));
+            }
+            if let Some((stream, _)) = window.get(index) {
+                burst.extend(h2_frame(0x0, 0x0, *stream, b"ab"));
+                burst.extend(h2_frame(0x8, 0x0, *stream, &0x7fff_ffffu32.to_be_bytes()));
+            }
+            if let Some((stream, _)) = cancelled.get(index) {
+                burst.extend(h2_frame(0x3, 0x0, *stream, &CANCEL.to_be_bytes()));
+            }
+        }
+        let mut last_head: Fields = [(":method", "GET"), (":scheme", "https"), (":authority", "localhost")]
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .to_vec();
+        last_head.push((":path".to_owned(), "/records/v1/last".to_owned()));
+        last_head.push(("authorization".to_owned(), format!("Bearer {token}")));
+        burst.extend(h2_frame(0x1, 0x5, last, &hpack_block(&last_head)));
+        tls.write_all(&burst).await.unwrap();
+        tls.flush().await.unwrap();
+        read_until_stream_ends(&mut tls, last).await;
+        drop(tls);
+
+        let case = format!("request buffering {buffering}");
+        let outcomes = event_outcomes(&h.access_log().await);
+        let mut tally: std::collections::BTreeMap<(u64, Option<String>, bool), u32> = Default::default();
+        for (status, reason, _, path, _) in &outcomes {
+            *tally.entry((*status, reason.clone(), !path.is_empty())).or_default() += 1;
+        }
+        let stream_error = Some("http2_stream_error".to_owned());
+        let expected = std::collections::BTreeMap::from([
+            ((200, None, true), 1),
+            ((400, stream_error.clone(), true), LATE + WINDOW),
+            ((400, stream_error, false), MALFORMED),
+            ((499, Some("client_closed".to_owned()), true), CANCELLED),
+        ]);
+        assert_eq!(tally, expected, "{case}");
+
+        let mut reset_paths: Vec<&str> = outcomes
+            .iter()
+            .filter(|event| event.0 == 400 && !event.3.is_empty())
+            .map(|event| event.3.as_str())
+            .collect();
+        reset_paths.sort();
+        let mut expected_paths: Vec<&str> = late.iter().chain(&window).map(|(_, path)| path.as_str()).collect();
+        expected_paths.sort();
+        assert_eq!(reset_paths, expected_paths, "{case}: each reset request once");
+    }
+}
+
 /// An app that opens more HTTP/2 streams at once than the 200 that hyper
 /// allows gets REFUSED_STREAM for the extra one (RFC 9113 section 5.1.2),
 /// recorded as 429 `too_many_streams`. The 200 open streams wait for their
