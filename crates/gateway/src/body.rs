@@ -66,18 +66,17 @@ impl RequestCounters {
     }
 }
 
+/// Returns `error` and its sources, outermost first.
+fn causes(error: &hyper::Error) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |cause| cause.source())
+}
+
 /// Returns the RST_STREAM error code if `error` is a reset that the
 /// gateway's own h2 sent for the app's protocol error on the stream.
 fn own_h2_reset(error: &hyper::Error) -> Option<u32> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = cause {
-        if let Some(h2_error) = current.downcast_ref::<h2::Error>() {
-            let own_reset = h2_error.is_reset() && h2_error.is_library();
-            return h2_error.reason().filter(|_| own_reset).map(u32::from);
-        }
-        cause = current.source();
-    }
-    None
+    let h2_error = causes(error).find_map(|cause| cause.downcast_ref::<h2::Error>())?;
+    let own_reset = h2_error.is_reset() && h2_error.is_library();
+    h2_error.reason().filter(|_| own_reset).map(u32::from)
 }
 
 /// Returns whether a body `error` means that the app went away: its
@@ -88,12 +87,11 @@ pub(crate) fn app_went_away(error: &hyper::Error) -> bool {
     if error.is_incomplete_message() {
         return true;
     }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = cause {
-        if let Some(h2_error) = current.downcast_ref::<h2::Error>() {
+    for cause in causes(error) {
+        if let Some(h2_error) = cause.downcast_ref::<h2::Error>() {
             return h2_error.is_remote() || h2_error.is_io();
         }
-        if let Some(io_error) = current.downcast_ref::<std::io::Error>() {
+        if let Some(io_error) = cause.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind;
             return matches!(
                 io_error.kind(),
@@ -103,7 +101,6 @@ pub(crate) fn app_went_away(error: &hyper::Error) -> bool {
                     | ErrorKind::UnexpectedEof
             );
         }
-        cause = current.source();
     }
     false
 }
@@ -382,7 +379,7 @@ pub struct PendingEvent {
     /// The resets found on the request's connection, for HTTP/2.
     h2_resets: Option<Arc<ResetLedger>>,
     /// Set on the copy that waits for the body's error after hyper dropped
-    /// the handler, so that dropping it never waits again.
+    /// the handler. Its own drop records the event at once.
     deferred: bool,
     /// Set once the event went to the sinks.
     emitted: bool,

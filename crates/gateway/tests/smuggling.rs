@@ -821,7 +821,9 @@ async fn http2_old_reset_is_not_taken_over() {
             tls.write_all(&first).await.unwrap();
             tls.flush().await.unwrap();
             let frames = read_until_stream_ends(&mut tls, 1).await;
-            assert!(frames.iter().any(|(kind, _, stream, _)| *kind == 0x3 && *stream == 1), "{case}: {frames:?}");
+            let reset = frames.iter().find(|(kind, _, stream, _)| *kind == 0x3 && *stream == 1);
+            let code = reset.map(|(.., payload)| u32::from_be_bytes(payload[..4].try_into().unwrap()));
+            assert_eq!(code, Some(0x1), "{case}: PROTOCOL_ERROR for the malformed head, in {frames:?}");
 
             // The malformed head's event is recorded 200 ms after its reset and
             // can be claimed for another 200 ms.
